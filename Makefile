@@ -1,0 +1,41 @@
+# dreamstep: `make play` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# A plain `torch` requirement can pull a multi-GB CUDA build; pin the CPU build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,games,minari
+ARGS   ?=
+
+.PHONY: setup play test lint bench-engine dataset clean-venv
+
+$(VENV)/.installed: pyproject.toml Makefile
+	bash .ci/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+play: setup
+	$(PY) play.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench-engine: setup
+	$(PY) -m benchmarks.engine --out benchmarks/results/engine.json
+
+# The default-game dataset (200+ episodes, explorer policy) regenerated from seeds.
+dataset: setup
+	$(PY) -m world.record --world adventure --policy explorer --episodes 240 --steps 256 \
+		--seed 0 --out data/datasets/adventure-explorer-v0
+
+clean-venv:
+	rm -rf $(VENV)
