@@ -191,8 +191,8 @@ class World(abc.ABC):
     def set_state(self, state: dict[str, Any]) -> None:
         raise StateNotSupportedError(f"world {self.name!r} does not support set_state()")
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what the world holds (GL objects, an external env)."""
 
     def __enter__(self) -> World:
         return self
