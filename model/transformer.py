@@ -1,0 +1,330 @@
+"""The frame-causal transformer (ALGORITHMS.md section 1), read top to bottom like a figure.
+
+Each latent frame is a grid of tokens. Attention is block-causal over frames: a token of
+frame i sees every token of the frames it may see (a block of K frames is denoised jointly;
+K = 1 is frame-wise). Each frame carries its own noise level and action, summed into a
+conditioning vector that drives AdaLN-Zero modulation of every block. Action index
+``num_actions`` is the null action (for classifier-free guidance).
+
+Positions. Within a frame: a learned spatial embedding. Across frames: a learned
+per-head bias on the attention logits, indexed by the time distance between the query's
+frame and the key's frame, plus a separate bias for the first ``sink`` frames (the
+attention sink). Because the bias depends only on true time distances, rolling the cache
+never shifts the model out of its training distribution, and a streamed session with a
+rolling window equals one windowed full-sequence forward exactly.
+
+Every frame in a sequence is described by its time index and whether it is a clean
+(context) frame or a noisy (being denoised) one; :func:`frame_mask` turns those
+descriptors into the allowed-attention pattern:
+- clean frame i sees clean frames in blocks <= block(i);
+- noisy frame i sees clean frames in blocks < block(i) and the noisy frames of its block;
+- both see only keys within ``window`` frames back, except the sink frames.
+The teacher-forcing layout ``[clean x0[0..F-1] || noisy x_t[0..F-1]]`` is one such
+sequence with shared times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from model.attention import attention
+
+
+@dataclass
+class TransformerConfig:
+    latent_channels: int = 16
+    latent_size: int = 8          # latent grid side (tokens = (latent_size / patch) ** 2 per frame)
+    patch: int = 1
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_actions: int = 5          # real actions; index num_actions is the null action
+    block_frames: int = 1         # K: frames denoised jointly (1 = frame-wise)
+    window: int = 16              # frames visible back in time, the query's own frame included
+    sink: int = 1                 # first frames always visible (attention sink)
+    attn_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.latent_size % self.patch:
+            raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.block_frames < 1 or self.window < self.block_frames:
+            raise ValueError(f"need 1 <= block_frames <= window, got {self.block_frames}, {self.window}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size // self.patch) ** 2
+
+    @property
+    def null_action(self) -> int:
+        return self.num_actions
+
+
+# ---------------------------------------------------------------------------- masks
+def frame_mask(q_times: torch.Tensor, q_clean: torch.Tensor, k_times: torch.Tensor,
+               k_clean: torch.Tensor, block: int, window: int, sink: int) -> torch.Tensor:
+    """(Fq, Fk) bool: may query frame q attend to key frame k (see the module docstring)."""
+    qb = (q_times // block)[:, None]
+    kb = (k_times // block)[None, :]
+    qc, kc = q_clean[:, None], k_clean[None, :]
+    clean_rule = qc & kc & (kb <= qb)
+    noisy_rule = ~qc & ((kc & (kb < qb)) | (~kc & (kb == qb)))
+    dist = q_times[:, None] - k_times[None, :]
+    in_window = (dist < window) | (k_times[None, :] < sink)
+    return (clean_rule | noisy_rule) & in_window
+
+
+def teacher_forcing_descriptors(frames: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times and clean flags of the layout [clean 0..F-1 || noisy 0..F-1]."""
+    t = torch.arange(frames, device=device)
+    times = torch.cat([t, t])
+    clean = torch.cat([torch.ones(frames, dtype=torch.bool, device=device),
+                       torch.zeros(frames, dtype=torch.bool, device=device)])
+    return times, clean
+
+
+# ---------------------------------------------------------------------------- blocks
+def timestep_embedding(sigma: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of sigma in [0, 1] (scaled to [0, 1000])."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = sigma.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.backend = cfg.attn_backend
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        head_dim = cfg.width // cfg.heads
+        self.q_norm = RMSNorm(head_dim)
+        self.k_norm = RMSNorm(head_dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor,
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, N, D). Returns the output and this call's (k, v) for a cache."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        new_kv = (k, v)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
+            v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
+        out = attention(q, k, v, bias, self.backend)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)")), new_kv
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with AdaLN-Zero modulation from a per-frame condition."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
+        hidden = int(cfg.width * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, cfg.width))
+        self.ada = nn.Linear(cfg.width, 6 * cfg.width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, N, D) tokens; cond: (B, N, D) the condition of each token's frame."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
+        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1), bias, past_kv)
+        x = x + g1 * h
+        x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        return x, kv
+
+
+# ---------------------------------------------------------------------------- cache
+class KVCache:
+    """Keys/values of finished (clean) frames for streaming, with a rolling window + sink.
+
+    Holds at most ``sink + window - 1`` frames: the first ``sink`` frames of the session and
+    the most recent ones a future frame can still see.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        self.cfg = cfg
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * cfg.depth
+        self.times = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.times.numel())
+
+    def append(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor) -> None:
+        for i, (k, v) in enumerate(layer_kv):
+            old = self.layers[i]
+            self.layers[i] = (k, v) if old is None else (torch.cat([old[0], k], 2), torch.cat([old[1], v], 2))
+        self.times = torch.cat([self.times, times.cpu()])
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop frames no future frame can see (older than the window, and not sink frames)."""
+        latest = int(self.times.max())
+        # the next frame to generate is at least latest + 1 and sees dist < window
+        keep = (self.times < self.cfg.sink) | (self.times > latest + 1 - self.cfg.window)
+        if bool(keep.all()):
+            return
+        L = self.cfg.tokens_per_frame
+        token_keep = keep.repeat_interleave(L)
+        idx = token_keep.nonzero().squeeze(1)
+        for i, kv in enumerate(self.layers):
+            if kv is not None:
+                dev_idx = idx.to(kv[0].device)
+                self.layers[i] = (kv[0].index_select(2, dev_idx), kv[1].index_select(2, dev_idx))
+        self.times = self.times[keep]
+
+    def state(self) -> dict[str, object]:
+        return {"layers": [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in self.layers],
+                "times": self.times.clone()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.layers = [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in state["layers"]]  # type: ignore[union-attr]
+        self.times = state["times"].clone()  # type: ignore[union-attr]
+
+    def nbytes(self) -> int:
+        return sum(kv[0].numel() * kv[0].element_size() * 2 for kv in self.layers if kv is not None)
+
+
+# ---------------------------------------------------------------------------- model
+class FrameTransformer(nn.Module):
+    """Velocity predictor over sequences of latent frames: (B, F, C, h, w) -> (B, F, C, h, w)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, p, C = cfg.width, cfg.patch, cfg.latent_channels
+        self.patch_in = nn.Linear(C * p * p, D)
+        self.pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, D) * 0.02)
+        self.t_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.action_emb = nn.Embedding(cfg.num_actions + 1, D)
+        nn.init.zeros_(self.action_emb.weight)  # zero-initialised action embedder (paper)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        # time-distance bias: distances -(K-1)..window-1, then one entry per sink frame
+        self.n_dist = cfg.window + cfg.block_frames - 1
+        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / cfg.heads) for h in range(cfg.heads)])
+        dist = torch.arange(-(cfg.block_frames - 1), cfg.window).float().clamp(min=0)
+        init = torch.cat([-slopes[:, None] * dist[None, :], torch.zeros(cfg.heads, cfg.sink)], 1)
+        self.time_bias = nn.Parameter(init)  # (heads, n_dist + sink)
+        self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(D, 2 * D)
+        self.patch_out = nn.Linear(D, C * p * p)
+        for lin in (self.final_ada, self.patch_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ------------------------------------------------------------ pieces
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.patch
+        t = rearrange(x, "b f c (h p1) (w p2) -> b f (h w) (c p1 p2)", p1=p, p2=p)
+        return self.patch_in(t) + self.pos
+
+    def _untokens(self, t: torch.Tensor) -> torch.Tensor:
+        p, s = self.cfg.patch, self.cfg.latent_size // self.cfg.patch
+        return rearrange(t, "b f (h w) (c p1 p2) -> b f c (h p1) (w p2)", h=s, w=s, p1=p, p2=p)
+
+    def _cond(self, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(B, F, D): timestep embedding + action embedding per frame."""
+        t = self.t_mlp(timestep_embedding(sigma, self.cfg.width).to(self.pos.dtype))
+        return t + self.action_emb(actions)
+
+    def attention_bias(self, q_times: torch.Tensor, q_clean: torch.Tensor, k_times: torch.Tensor,
+                       k_clean: torch.Tensor) -> torch.Tensor:
+        """(1, heads, Nq, Nk) additive bias over tokens: time-distance bias, -inf where masked."""
+        cfg = self.cfg
+        allowed = frame_mask(q_times, q_clean, k_times, k_clean, cfg.block_frames, cfg.window, cfg.sink)
+        dist = q_times[:, None] - k_times[None, :]
+        idx = (dist + cfg.block_frames - 1).clamp(0, self.n_dist - 1)
+        sink_idx = self.n_dist + k_times.clamp(max=cfg.sink - 1) if cfg.sink > 0 else None
+        if sink_idx is not None:
+            idx = torch.where(k_times[None, :] < cfg.sink, sink_idx[None, :].expand_as(idx), idx)
+        bias = self.time_bias[:, idx.to(self.time_bias.device)]  # (H, Fq, Fk)
+        bias = bias.masked_fill(~allowed.to(bias.device)[None], float("-inf"))
+        L = cfg.tokens_per_frame
+        return bias.repeat_interleave(L, dim=1).repeat_interleave(L, dim=2)[None]
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
+                times: torch.Tensor, clean: torch.Tensor,
+                cache: KVCache | None = None, write_cache: bool = False) -> torch.Tensor:
+        """Predict velocities for a sequence of frames.
+
+        x: (B, F, C, h, w); sigma: (B, F) in [0, 1]; actions: (B, F) long (null allowed);
+        times: (F,) long time index of each frame; clean: (F,) bool (context vs noisy).
+        With ``cache``, the frames also attend to the cached frames; with ``write_cache``
+        (all frames clean), their keys/values are appended to it afterwards.
+        """
+        B, Fn = x.shape[:2]
+        L = self.cfg.tokens_per_frame
+        tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
+        cond = self._cond(sigma, actions).repeat_interleave(L, dim=1)
+        times = times.to(x.device)
+        clean = clean.to(x.device)
+        if cache is not None and cache.num_frames:
+            k_times = torch.cat([cache.times.to(x.device), times])
+            k_clean = torch.cat([torch.ones(cache.num_frames, dtype=torch.bool, device=x.device), clean])
+        else:
+            k_times, k_clean = times, clean
+        bias = self.attention_bias(times, clean, k_times, k_clean)
+        new_kv = []
+        h = tokens
+        for i, blk in enumerate(self.blocks):
+            past = cache.layers[i] if cache is not None else None
+            h, kv = blk(h, cond, bias, past)
+            new_kv.append(kv)
+        if write_cache:
+            if cache is None or not bool(clean.all()):
+                raise ValueError("write_cache needs a cache and clean frames only")
+            cache.append([(k.detach(), v.detach()) for k, v in new_kv], times)
+        shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
+        out = self.patch_out(modulate(self.final_norm(h), shift, scale))
+        return self._untokens(rearrange(out, "b (f l) d -> b f l d", f=Fn))
+
+    def forward_teacher(self, x_clean: torch.Tensor, x_noisy: torch.Tensor, sigma: torch.Tensor,
+                        actions: torch.Tensor, clean_sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: velocities of the noisy frames given the clean history.
+
+        x_clean, x_noisy: (B, F, C, h, w); sigma: (B, F) noise of the noisy frames;
+        clean_sigma: (B, F) noise level of the (optionally noise-augmented) context, 0 by default.
+        """
+        B, Fn = x_clean.shape[:2]
+        times, clean = teacher_forcing_descriptors(Fn, x_clean.device)
+        if clean_sigma is None:
+            clean_sigma = torch.zeros_like(sigma)
+        out = self.forward(torch.cat([x_clean, x_noisy], 1), torch.cat([clean_sigma, sigma], 1),
+                           torch.cat([actions, actions], 1), times, clean)
+        return out[:, Fn:]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

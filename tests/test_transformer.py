@@ -1,0 +1,153 @@
+"""Mechanics of the frame-causal transformer: masks, no leakage, KV-cache streaming, rolling window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.transformer import (
+    FrameTransformer,
+    KVCache,
+    TransformerConfig,
+    frame_mask,
+    teacher_forcing_descriptors,
+)
+
+
+def tiny(**kw) -> FrameTransformer:
+    cfg = TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=2, heads=2,
+                            num_actions=5, **kw)
+    torch.manual_seed(0)
+    model = FrameTransformer(cfg).double().eval()
+    # AdaLN-Zero starts as the identity; randomise so the tests see a non-trivial network
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def clip(B=2, F=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
+    xt = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
+    sigma = torch.rand(B, F, generator=g, dtype=torch.float64)
+    actions = torch.randint(0, 6, (B, F), generator=g)
+    return x0, xt, sigma, actions
+
+
+def test_teacher_forcing_mask_is_the_one_in_algorithms_md():
+    F = 3
+    times, clean = teacher_forcing_descriptors(F)
+    m = frame_mask(times, clean, times, clean, block=1, window=100, sink=1).int()
+    # rows/cols: clean 0,1,2 then noisy 0,1,2
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0],   # clean i sees clean <= i
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],   # noisy i sees clean < i and itself
+        [1, 0, 0, 0, 1, 0],
+        [1, 1, 0, 0, 0, 1],
+    ])
+    assert torch.equal(m, expected)
+
+
+def test_chunkwise_mask_denoises_blocks_jointly():
+    times, clean = teacher_forcing_descriptors(4)
+    m = frame_mask(times, clean, times, clean, block=2, window=100, sink=1).int()
+    noisy_rows = m[4:]
+    # noisy frames 0,1 (block 0) see each other and no clean frame; 2,3 see clean 0,1
+    assert noisy_rows[0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert noisy_rows[3].tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    assert m[1].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # clean 1 sees its whole block
+
+
+def test_window_and_sink_in_mask():
+    t = torch.arange(6)
+    c = torch.ones(6, dtype=torch.bool)
+    m = frame_mask(t, c, t, c, block=1, window=2, sink=1)
+    assert m[5].tolist() == [True, False, False, False, True, True]
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_no_future_leakage(block):
+    model = tiny(block_frames=block, window=16)
+    x0, xt, sigma, actions = clip(F=6)
+    out = model.forward_teacher(x0, xt, sigma, actions)
+    j = 4
+    x0b, xtb, ab = x0.clone(), xt.clone(), actions.clone()
+    x0b[:, j:] += 1.0
+    xtb[:, j:] += 1.0
+    ab[:, j:] = (ab[:, j:] + 1) % 6
+    out2 = model.forward_teacher(x0b, xtb, sigma, ab)
+    first_affected = (j // block) * block  # a block is denoised jointly
+    assert torch.allclose(out[:, :first_affected], out2[:, :first_affected], atol=1e-12)
+    assert not torch.allclose(out[:, j], out2[:, j])
+
+
+def stream(model: FrameTransformer, x0, xt, sigma, actions) -> tuple[torch.Tensor, list[int]]:
+    """Generate frame by frame with the KV cache: noisy pass, then write the clean frame."""
+    cache = KVCache(model.cfg)
+    outs, sizes = [], []
+    K = model.cfg.block_frames
+    for s in range(0, x0.shape[1], K):
+        t = torch.arange(s, s + K)
+        sl = slice(s, s + K)
+        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(K, dtype=torch.bool),
+                          cache=cache))
+        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(K, dtype=torch.bool),
+              cache=cache, write_cache=True)
+        sizes.append(cache.num_frames)
+    return torch.cat(outs, 1), sizes
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_streaming_with_kv_cache_equals_full_forward(block):
+    model = tiny(block_frames=block, window=16)
+    x0, xt, sigma, actions = clip(F=6)
+    full = model.forward_teacher(x0, xt, sigma, actions)
+    streamed, _ = stream(model, x0, xt, sigma, actions)
+    assert torch.allclose(full, streamed, atol=1e-10)
+
+
+def test_rolling_window_is_bounded_and_matches_windowed_forward():
+    model = tiny(window=3, sink=1)
+    x0, xt, sigma, actions = clip(F=12)
+    full = model.forward_teacher(x0, xt, sigma, actions)  # the mask applies window + sink
+    streamed, sizes = stream(model, x0, xt, sigma, actions)
+    assert max(sizes) <= model.cfg.sink + model.cfg.window - 1
+    assert torch.allclose(full, streamed, atol=1e-10)
+    # the window really limits context: a change in frame 1 does not reach frame 8 (but frame 0 does)
+    x0b = x0.clone()
+    x0b[:, 1] += 1
+    assert torch.allclose(full[:, 8], model.forward_teacher(x0b, xt, sigma, actions)[:, 8], atol=1e-12)
+    x0c = x0.clone()
+    x0c[:, 0] += 1
+    assert not torch.allclose(full[:, 8], model.forward_teacher(x0c, xt, sigma, actions)[:, 8])
+
+
+def test_cache_snapshot_restores_exactly():
+    model = tiny(window=4)
+    x0, xt, sigma, actions = clip(F=5)
+    cache = KVCache(model.cfg)
+    for i in range(3):
+        model(x0[:, i:i + 1], torch.zeros(2, 1, dtype=torch.float64), actions[:, i:i + 1],
+              torch.tensor([i]), torch.ones(1, dtype=torch.bool), cache=cache, write_cache=True)
+    snap = cache.state()
+    a = model(xt[:, 3:4], sigma[:, 3:4], actions[:, 3:4], torch.tensor([3]), torch.zeros(1, dtype=torch.bool), cache)
+    model(x0[:, 3:4], torch.zeros(2, 1, dtype=torch.float64), actions[:, 3:4], torch.tensor([3]),
+          torch.ones(1, dtype=torch.bool), cache=cache, write_cache=True)
+    cache.load_state(snap)
+    b = model(xt[:, 3:4], sigma[:, 3:4], actions[:, 3:4], torch.tensor([3]), torch.zeros(1, dtype=torch.bool), cache)
+    assert torch.equal(a, b)
+
+
+def test_null_action_and_zero_init_action_embedding():
+    cfg = TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=1, heads=2)
+    model = FrameTransformer(cfg)
+    assert model.action_emb.num_embeddings == cfg.num_actions + 1
+    assert torch.count_nonzero(model.action_emb.weight) == 0
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="patch 3"):
+        TransformerConfig(latent_size=8, patch=3)
