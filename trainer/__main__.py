@@ -1,0 +1,60 @@
+"""Run one training stage: ``python -m trainer <stage> --config FILE [--set key=value ...]``.
+
+Works the same under ``torchrun --nproc_per_node=N -m trainer ...`` (DDP: gloo on CPU,
+NCCL on GPU). A run resumes from its latest checkpoint unless ``--fresh`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import ConfigError, load_config, parse_overrides, to_dict
+from trainer.distributed import init_distributed, shutdown
+
+STAGES = ("autoencoder", "teacher")
+
+
+def build(stage: str, config: str, overrides: dict):
+    if stage == "autoencoder":
+        from trainer.stages.autoencoder import AutoencoderExperiment, AutoencoderStage
+
+        cfg = load_config(AutoencoderExperiment, config, overrides)
+        return cfg, AutoencoderStage
+    if stage == "teacher":
+        from trainer.stages.teacher import TeacherExperiment, TeacherStage
+
+        cfg = load_config(TeacherExperiment, config, overrides)
+        return cfg, TeacherStage
+    raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGES)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0])
+    p.add_argument("stage", help=f"one of {list(STAGES)}")
+    p.add_argument("--config", required=True, help="experiment YAML (see assets/configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    args = p.parse_args(argv)
+    try:
+        cfg, stage_cls = build(args.stage, args.config, parse_overrides(args.overrides))
+        if cfg.stage != args.stage:
+            raise ConfigError(f"{args.config} is a {cfg.stage!r} config, not {args.stage!r}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from trainer.loop import train
+
+    info = init_distributed(args.device)
+    try:
+        stage = stage_cls(cfg)
+        train(stage, cfg.train, cfg.run_dir, info, to_dict(cfg), resume=not args.fresh)
+    finally:
+        shutdown(info)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

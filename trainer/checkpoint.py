@@ -1,0 +1,153 @@
+"""Atomic checkpoints: safetensors weights + the training state needed for exact resume.
+
+A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXXX/`` holding one
+``<name>.safetensors`` per weight group (model, ema, ...), ``train_state.pt``
+(optimizer, RNG and data-order state) and ``meta.json``. It is written into a hidden
+temporary folder and renamed into place, then ``RUN/checkpoints/latest`` is replaced
+atomically, so a ``kill -9`` at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                    train_state: dict[str, Any], meta: dict[str, Any], keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, sd in weights.items():
+        tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        save_file(tensors, str(tmp / f"{name}.safetensors"), metadata={"step": str(step)})
+    torch.save(train_state, tmp / "train_state.pt")
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    atomic_write_text(root / "latest", final.name + "\n")
+    _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    ckpts = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for p in ckpts[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".tmp_step_*"):  # leftovers of killed writers
+        if p.is_dir() and not p.name.endswith(f"_{os.getpid()}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    ckpts = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    return ckpts[-1] if ckpts else None
+
+
+def load_weights(path: str | Path, name: str = "model") -> dict[str, torch.Tensor]:
+    """Load one weight group from a checkpoint folder or a .safetensors file, with clear errors."""
+    path = Path(path)
+    file = path if path.suffix == ".safetensors" else path / f"{name}.safetensors"
+    if not file.is_file():
+        hint = ""
+        if path.is_dir():
+            hint = f"; this folder has {sorted(p.name for p in path.iterdir())}"
+        raise CheckpointError(f"checkpoint weights {file} not found{hint}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {file} is corrupt or not a safetensors file ({e}); delete it and resume from "
+            f"an earlier checkpoint, or re-export it"
+        ) from e
+
+
+def load_checkpoint(path: str | Path, names: tuple[str, ...] = ("model",)) -> tuple[dict[str, dict[str, torch.Tensor]],
+                                                                               dict[str, Any], dict[str, Any]]:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder {path} not found")
+    weights = {n: load_weights(path, n) for n in names}
+    try:
+        state = torch.load(path / "train_state.pt", weights_only=False)
+        meta = json.loads((path / "meta.json").read_text())
+    except Exception as e:  # noqa: BLE001 - any failure here means the files are damaged
+        raise CheckpointError(f"checkpoint {path} has a damaged train_state.pt/meta.json ({e}); "
+                              f"resume from an earlier checkpoint") from e
+    return weights, state, meta
+
+
+def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict with an error that names missing/unexpected keys and shape mismatches."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{what} does not fit the model config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {shapes[:5]}; check that the config matches the one it was trained with"
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})

@@ -1,0 +1,148 @@
+"""Training data: episodes from recorded datasets, frame batches, latent caches, F-frame windows.
+
+Action convention (stated once, tested): in a clip, ``actions[i]`` is the action taken
+*before* frame ``i`` is shown, the one that leads from frame ``i-1`` to frame ``i``.
+A Minari episode stores T+1 observations and T actions with ``actions[t]`` taken at
+observation t, so ``clip_actions[i] = minari_actions[i - 1]`` and ``clip_actions[0]`` is
+NOOP (0): nothing led to the first frame.
+
+Everything random here is a pure function of (seed, epoch, position): data order after
+a resume is exactly the order an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class DataError(RuntimeError):
+    pass
+
+
+@dataclass
+class Episode:
+    frames: np.ndarray      # (T+1, H, W, 3) uint8
+    actions: np.ndarray     # (T+1,) int64, clip convention (actions[0] = 0)
+    effective: np.ndarray   # (T+1,) int64, the effective actions, same convention
+    rewards: np.ndarray     # (T+1,) float32, reward received on arriving at frame i
+    terminated: np.ndarray  # (T+1,) bool, frame i ended the episode
+    seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def episode_from_minari(ep: Any, seed: int | None = None) -> Episode:
+    obs = np.asarray(ep.observations)
+    if obs.dtype != np.uint8 or obs.ndim != 4:
+        raise DataError(f"expected uint8 image observations (T+1, H, W, 3), got {obs.dtype} {obs.shape}")
+    T1 = len(obs)
+    acts = np.zeros(T1, np.int64)
+    acts[1:] = np.asarray(ep.actions, np.int64).reshape(-1)[: T1 - 1]
+    eff = acts.copy()
+    infos = ep.infos if isinstance(ep.infos, dict) else {}
+    if "effective_action" in infos:
+        e = np.asarray(infos["effective_action"], np.int64).reshape(-1)
+        # infos has T+1 entries: info of the reset and of every step
+        eff = e[:T1].copy() if len(e) >= T1 else np.concatenate([[0], e])[:T1]
+        eff[0] = 0
+    rew = np.zeros(T1, np.float32)
+    rew[1:] = np.asarray(ep.rewards, np.float32).reshape(-1)[: T1 - 1]
+    term = np.zeros(T1, bool)
+    term[1:] = np.asarray(ep.terminations, bool).reshape(-1)[: T1 - 1]
+    return Episode(obs, acts, eff, rew, term, seed)
+
+
+def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) -> list[Episode]:
+    """Read episodes of a recorded Minari dataset folder (the recorder's ``--out``)."""
+    path = Path(dataset_dir)
+    data = path / "data"
+    if not (data / "metadata.json").is_file():
+        raise DataError(
+            f"no dataset at {path} (expected {data}/metadata.json); record one with "
+            f"`python -m world.record --world adventure --policy explorer --out {path}` or `make dataset`"
+        )
+    try:
+        from minari import MinariDataset
+    except ImportError as e:
+        raise DataError("reading datasets needs minari: pip install 'dreamstep[minari]'") from e
+    ds = MinariDataset(str(data))
+    ids = list(range(ds.total_episodes)) if episodes is None else episodes
+    meta = {}
+    out = []
+    for ep in ds.iterate_episodes(ids):
+        meta_seed = None
+        try:
+            meta = next(iter(ds.storage.get_episode_metadata([ep.id])))
+            meta_seed = meta.get("seed")
+        except Exception:  # noqa: BLE001 - the seed is informative only
+            pass
+        out.append(episode_from_minari(ep, meta_seed))
+    return out
+
+
+def dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(dataset_dir) / "data" / "metadata.json").read_text())
+
+
+def dataset_fingerprint(dataset_dir: str | Path) -> str:
+    meta = dataset_metadata(dataset_dir)
+    key = json.dumps({k: meta.get(k) for k in ("total_episodes", "total_steps", "dataset_id")}, sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def split_episodes(n: int, holdout: int) -> tuple[list[int], list[int]]:
+    """Train on the first n - holdout episodes, hold out the last ``holdout``."""
+    if not 0 <= holdout < n:
+        raise DataError(f"holdout_episodes={holdout} must be in [0, {n - 1}] for a dataset of {n} episodes")
+    return list(range(n - holdout)), list(range(n - holdout, n))
+
+
+class EpochSampler:
+    """Deterministic shuffled order over ``n`` items, epoch after epoch, resumable by position."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n <= 0:
+            raise DataError("nothing to sample from: the training split is empty")
+        self.n, self.seed = n, seed
+        self.epoch, self.pos = 0, 0
+        self._perm = self._make_perm()
+
+    def _make_perm(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def take(self, k: int) -> np.ndarray:
+        out = []
+        while k > 0:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._make_perm()
+            m = min(k, self.n - self.pos)
+            out.append(self._perm[self.pos:self.pos + m])
+            self.pos += m
+            k -= m
+        return np.concatenate(out)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "n": self.n, "seed": self.seed}
+
+    def load_state(self, s: dict[str, int]) -> None:
+        if s["n"] != self.n:
+            raise DataError(f"resume: the data changed size ({s['n']} items then, {self.n} now); "
+                            f"resume with the same dataset or start a new run")
+        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
+        self._perm = self._make_perm()
+
+
+def window_index(lengths: list[int], frames: int) -> np.ndarray:
+    """(N, 2) [episode, start] of every window of ``frames`` consecutive frames."""
+    rows = [(e, s) for e, L in enumerate(lengths) for s in range(0, L - frames + 1)]
+    if not rows:
+        raise DataError(f"no episode has {frames} frames; record longer episodes or use fewer frames")
+    return np.array(rows, np.int64)

@@ -1,0 +1,114 @@
+"""Loading a trained autoencoder, and the on-disk cache of dataset frames encoded to latents."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from model.autoencoder import Autoencoder, AutoencoderConfig, from_uint8
+from trainer.checkpoint import CheckpointError, latest_checkpoint, load_into, load_weights
+from trainer.config import from_dict
+from trainer.data import dataset_fingerprint, load_episodes
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """A run folder, a checkpoint folder, or a shipped .safetensors -> (weights file, model config dict)."""
+    p = Path(path)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(p)
+        if ckpt is None:
+            raise CheckpointError(f"run folder {p} has no complete checkpoint yet")
+        p = ckpt
+    if p.is_dir():
+        meta_file = p / "meta.json"
+        if not meta_file.is_file():
+            raise CheckpointError(f"{p} is not a checkpoint folder (no meta.json)")
+        cfg = json.loads(meta_file.read_text())["config"]["model"]
+        weights = p / "ema.safetensors" if (p / "ema.safetensors").is_file() else p / "model.safetensors"
+        return weights, cfg
+    if p.suffix == ".safetensors" and p.is_file():
+        card = p.with_suffix(".yaml")
+        if not card.is_file():
+            raise CheckpointError(f"shipped checkpoint {p} has no model card {card} (it holds the config)")
+        return p, yaml.safe_load(card.read_text())["config"]["model"]
+    raise CheckpointError(f"checkpoint {p} not found: give a run folder, a checkpoint folder or a .safetensors file")
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:
+    """The autoencoder at ``path`` (eval mode, frozen) and an id of its weights."""
+    weights, cfg_dict = resolve_checkpoint(path)
+    ae = Autoencoder(from_dict(AutoencoderConfig, cfg_dict, f"{weights} config"))
+    load_into(ae, load_weights(weights), str(weights))
+    ae.eval().requires_grad_(False).to(device)
+    return ae, _file_hash(weights)
+
+
+class LatentCache:
+    """Latents of every frame of a dataset, with the clip-convention actions, in one .npz."""
+
+    def __init__(self, latents: np.ndarray, actions: np.ndarray, effective: np.ndarray,
+                 rewards: np.ndarray, terminated: np.ndarray, offsets: np.ndarray) -> None:
+        self.latents, self.actions, self.effective = latents, actions, effective
+        self.rewards, self.terminated, self.offsets = rewards, terminated, offsets
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, ep: int) -> int:
+        return int(self.offsets[ep + 1] - self.offsets[ep])
+
+    def windows(self, rows: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """rows (N, 2) [episode, start] -> latents (N, F, C, h, w) float32, actions (N, F)."""
+        starts = self.offsets[rows[:, 0]] + rows[:, 1]
+        idx = starts[:, None] + np.arange(frames)[None, :]
+        return self.latents[idx].astype(np.float32), self.actions[idx]
+
+    @classmethod
+    def build(cls, dataset: str, ae: Autoencoder, ae_id: str, cache_dir: str | Path,
+              batch: int = 256) -> LatentCache:
+        cache_dir = Path(cache_dir)
+        path = cache_dir / f"{Path(dataset).name}_{dataset_fingerprint(dataset)}_ae{ae_id}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as z:
+                    return cls(z["latents"], z["actions"], z["effective"], z["rewards"], z["terminated"],
+                               z["offsets"])
+            except (OSError, ValueError, KeyError):
+                path.unlink()  # a damaged cache is rebuilt
+        eps = load_episodes(dataset)
+        lat = []
+        dev = next(ae.parameters()).device
+        from tqdm import tqdm
+
+        for e in tqdm(eps, desc="encode latents", dynamic_ncols=True):
+            zs = []
+            for i in range(0, len(e.frames), batch):
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                    z = ae.encode(from_uint8(torch.from_numpy(e.frames[i:i + batch])).to(dev))
+                zs.append(z.float().cpu().numpy().astype(np.float16))
+            lat.append(np.concatenate(zs))
+        offsets = np.cumsum([0] + [len(e) for e in eps])
+        obj = cls(np.concatenate(lat), np.concatenate([e.actions for e in eps]),
+                  np.concatenate([e.effective for e in eps]), np.concatenate([e.rewards for e in eps]),
+                  np.concatenate([e.terminated for e in eps]), offsets)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, latents=obj.latents, actions=obj.actions, effective=obj.effective, rewards=obj.rewards,
+                 terminated=obj.terminated, offsets=obj.offsets)
+        tmp.replace(path)
+        print(f"latent cache: {len(obj.latents)} frames of {obj.num_episodes} episodes -> {path}")
+        return obj

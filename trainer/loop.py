@@ -1,0 +1,265 @@
+"""The training loop every stage shares: resume, steps, logging, checkpoints, DDP.
+
+A stage supplies the model(s), a batch function and a loss; the loop owns everything
+else: precision (bf16 autocast on CPU and CUDA, fp32 master weights), the optimizer and
+its schedule, gradient clipping, EMA, a tqdm bar with loss and rate, a JSONL metrics log
+(and TensorBoard when installed), atomic checkpoints every N steps or M minutes with
+exact resume, and a one-line summary at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_into,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from trainer.distributed import DistInfo, all_reduce_mean, barrier
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0          # 0 disables the EMA copy
+    precision: str = "bf16"         # bf16 autocast (fp32 master weights) or fp32
+    threads: int = 0                # torch threads per process; 0 = leave torch's default
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    ckpt_minutes: float = 10.0
+    eval_every: int = 0             # 0 = only at the end
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+
+
+class Stage(Protocol):
+    name: str
+
+    def model(self) -> nn.Module: ...                       # the trained module
+    def extra_modules(self) -> dict[str, nn.Module]: ...    # other saved modules (frozen or buffers)
+    def next_batch(self, batch_size: int, info: DistInfo) -> Any: ...
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]: ...
+    def data_state(self) -> dict[str, Any]: ...
+    def load_data_state(self, state: dict[str, Any]) -> None: ...
+    def tokens_per_sample(self) -> int: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` over parameters; buffers are copied."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach().to(pe.dtype), 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # keep the curve up to the resumed step only
+            lines = [ln for ln in self.path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
+        except Exception:  # noqa: BLE001 - TensorBoard is optional
+            self.tb = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
+          config_dict: dict[str, Any], resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) a stage to ``cfg.steps``; returns the final metrics."""
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + info.rank)
+    model = stage.model().to(info.device)
+    ema = None
+    if cfg.ema_decay > 0:
+        import copy
+
+        ema = copy.deepcopy(model).requires_grad_(False)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, cfg.beta2), fused=info.device.type == "cuda")
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        names = ("model", "ema") if ema is not None else ("model",)
+        weights, state, _meta = load_checkpoint(ckpt, names)
+        load_into(model, weights["model"], f"{ckpt}/model.safetensors")
+        if ema is not None:
+            load_into(ema, weights["ema"], f"{ckpt}/ema.safetensors")
+        opt.load_state_dict(state["optimizer"])
+        stage.load_data_state(state["data"])
+        set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
+        step = int(state["step"])
+        if info.is_main:
+            print(f"[{stage.name}] resumed from {ckpt} at step {step}")
+    train_module: nn.Module = DDP(model) if info.enabled else model
+    log = MetricsLog(run_dir, step, info.is_main)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2))
+    per_rank = cfg.batch_size // info.world_size
+    if per_rank * info.world_size != cfg.batch_size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes "
+                         f"({info.world_size})")
+
+    def checkpoint(final: bool = False) -> Path | None:
+        rngs = [rng_state()]
+        if info.enabled:
+            gathered: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        path = None
+        if info.is_main:
+            weights = {"model": model.state_dict()}
+            if ema is not None:
+                weights["ema"] = ema.state_dict()
+            for name, mod in stage.extra_modules().items():
+                weights[name] = mod.state_dict()
+            state = {"optimizer": opt.state_dict(), "data": stage.data_state(), "rng": rngs, "step": step}
+            meta = {"stage": stage.name, "config": config_dict, "final": final,
+                    "wall_s_total": wall_before + (time.time() - t_start)}
+            path = save_checkpoint(run_dir, step, weights, state, meta, keep=cfg.keep_checkpoints)
+        barrier(info)
+        return path
+
+    wall_before = 0.0
+    if ckpt is not None:
+        wall_before = float(_meta.get("wall_s_total", 0.0))
+    t_start = time.time()
+    last_ckpt_time = time.time()
+    bar = None
+    if info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=stage.name, dynamic_ncols=True,
+                   disable=os.environ.get("DREAMSTEP_NO_BAR") == "1")
+    window_t, window_n, samples_seen = time.time(), 0, 0
+    last_metrics: dict[str, float] = {}
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        batch = stage.next_batch(per_rank, info)
+        with autocast(info.device, cfg.precision):
+            loss, metrics = stage.loss(train_module, batch, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{stage.name}] loss became {loss.item()} at step {step}; "
+                                     f"lower train.lr (now {cfg.lr}) or resume from the last checkpoint")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        opt.step()
+        if ema is not None:
+            ema_update(ema, model, cfg.ema_decay)
+        step += 1
+        window_n += 1
+        samples_seen += cfg.batch_size
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            loss_avg = all_reduce_mean(loss.detach().float(), info).item()
+            dt = time.time() - window_t
+            rate = window_n / dt if dt > 0 else 0.0
+            last_metrics = {"loss": loss_avg, "lr": lr_at(step - 1, cfg), "grad_norm": float(gnorm),
+                            "steps_per_s": rate,
+                            "tokens_per_s": rate * cfg.batch_size * stage.tokens_per_sample(),
+                            **{k: float(v) for k, v in metrics.items()}}
+            log.log(step, last_metrics)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{last_metrics['lr']:.1e}")
+            window_t, window_n = time.time(), 0
+        if bar is not None:
+            bar.update(1)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            ev = stage.evaluate(ema if ema is not None else model, step) if info.is_main else {}
+            log.log(step, {f"eval/{k}": v for k, v in ev.items()})
+            model.train()
+        want_ckpt = step % cfg.ckpt_every == 0 or (time.time() - last_ckpt_time) > 60 * cfg.ckpt_minutes
+        if info.enabled:  # all ranks must agree to enter the collective in checkpoint()
+            flag = torch.tensor([1.0 if want_ckpt else 0.0])
+            torch.distributed.broadcast(flag, 0)
+            want_ckpt = bool(flag.item())
+        if want_ckpt and step < cfg.steps:
+            checkpoint()
+            last_ckpt_time = time.time()
+    if bar is not None:
+        bar.close()
+    final_eval = stage.evaluate(ema if ema is not None else model, step) if info.is_main else {}
+    if final_eval:
+        log.log(step, {f"eval/{k}": v for k, v in final_eval.items()})
+    path = checkpoint(final=True)
+    log.close()
+    wall = wall_before + (time.time() - t_start)
+    summary = {"stage": stage.name, "steps": step, "checkpoint": str(path) if path else None,
+               "wall_s_total": wall, **{f"final_{k}": v for k, v in last_metrics.items()},
+               **{f"eval_{k}": v for k, v in final_eval.items()}}
+    if info.is_main:
+        ev = ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items())
+        print(f"[{stage.name}] done: {step} steps in {wall / 60:.1f} min (total), "
+              f"loss {last_metrics.get('loss', float('nan')):.4f}{', ' + ev if ev else ''}; wrote {path}")
+    return summary

@@ -1,0 +1,179 @@
+"""Stage 1: the AR teacher, trained with teacher forcing (ALGORITHMS.md section 2).
+
+Input = [clean x0[0..F-1] || noisy x_t[0..F-1]] with shared times; each noisy frame draws
+its own sigma; the loss is MSE on velocity over the noisy half, with tokens weighted up by
+how much they change from the previous frame (so a small model cannot win on the static
+background and erase what moves). Actions are dropped to the null action with
+probability ``action_dropout`` per frame (for classifier-free guidance); optional context
+noise augmentation gives the clean history a small noise level that the model is told.
+
+Frames are encoded once by the frozen autoencoder and cached on disk as latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from model import flow
+from model.transformer import FrameTransformer, TransformerConfig
+from trainer.data import EpochSampler, split_episodes, window_index
+from trainer.distributed import DistInfo
+from trainer.latents import LatentCache, load_autoencoder
+from trainer.loop import TrainConfig
+from trainer.stages.autoencoder import DataConfig
+
+
+@dataclass
+class TeacherLossConfig:
+    shift: float = 3.0               # timestep shift of the training sigma distribution
+    action_dropout: float = 0.1      # per-frame probability of the null action
+    context_noise: float = 0.0       # max sigma of context noise augmentation (0 = off)
+    context_noise_prob: float = 0.5  # share of clips that get context noise
+    change_weight: float = 4.0       # token weight = 1 + change_weight * (change / mean change)
+
+
+@dataclass
+class TeacherExperiment:
+    stage: str = "teacher"
+    run_dir: str = "runs/adventure_teacher"
+    world: str = "adventure"
+    autoencoder: str = "runs/adventure_ae"   # a run folder, checkpoint folder or .safetensors
+    latent_cache_dir: str = "data/latents"
+    frames: int = 8
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_windows: int = 64
+
+
+def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor:
+    """(B, F, 1, h, w) weights: 1 + k * change/mean(change), normalised to mean 1.
+
+    The change of frame i is the mean absolute latent difference to frame i-1 per token
+    (frame 0 takes frame 1's).
+    """
+    diff = (x0[:, 1:] - x0[:, :-1]).abs().mean(2, keepdim=True)
+    diff = torch.cat([diff[:, :1], diff], 1)
+    w = 1.0 + change_weight * diff / diff.mean().clamp(min=1e-6)
+    return w / w.mean()
+
+
+def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
+                         null_action: int, gen: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F)."""
+    B, F = x0.shape[:2]
+    dev = x0.device
+    u = torch.rand(B, F, generator=gen).to(dev)
+    sigma = flow.shift_sigma(u, cfg.shift)
+    eps = torch.randn(x0.shape, generator=gen).to(dev)
+    x_t = flow.add_noise(x0, eps, sigma)
+    drop = torch.rand(B, F, generator=gen).to(dev) < cfg.action_dropout
+    acts = torch.where(drop, torch.full_like(actions, null_action), actions)
+    clean = x0
+    clean_sigma = torch.zeros(B, F, device=dev)
+    if cfg.context_noise > 0:
+        use = (torch.rand(B, 1, generator=gen) < cfg.context_noise_prob).float().to(dev)
+        clean_sigma = torch.rand(B, F, generator=gen).to(dev) * cfg.context_noise * use
+        clean = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
+    v = model(clean, x_t, sigma, acts, clean_sigma)
+    target = flow.velocity_target(x0, eps)
+    w = token_change_weights(x0, cfg.change_weight)
+    err = (v.float() - target).pow(2)
+    loss = (err * w).mean()
+    return loss, {"mse_unweighted": err.detach().mean().item()}
+
+
+class _TeacherForcing(nn.Module):
+    """Wraps the transformer so that DDP sees one forward: forward_teacher."""
+
+    def __init__(self, net: FrameTransformer) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
+                clean_sigma: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma)
+
+
+class TeacherStage:
+    name = "teacher"
+
+    def __init__(self, cfg: TeacherExperiment) -> None:
+        self.cfg = cfg
+        ae, ae_id = load_autoencoder(cfg.autoencoder)
+        if ae.cfg.latent_channels != cfg.model.latent_channels or ae.cfg.latent_size != cfg.model.latent_size:
+            raise ValueError(
+                f"model.latent_channels/latent_size ({cfg.model.latent_channels}, {cfg.model.latent_size}) must "
+                f"match the autoencoder's ({ae.cfg.latent_channels}, {ae.cfg.latent_size})")
+        cache = LatentCache.build(cfg.data.dataset, ae, ae_id, cfg.latent_cache_dir)
+        n = cache.num_episodes if not cfg.data.max_episodes else min(cache.num_episodes, cfg.data.max_episodes)
+        train_ids, hold_ids = split_episodes(n, cfg.data.holdout_episodes)
+        self.cache = cache
+        self.train_windows = window_index([cache.length(e) for e in train_ids], cfg.frames)
+        self.train_windows[:, 0] = np.asarray(train_ids)[self.train_windows[:, 0]]
+        hold = window_index([cache.length(e) for e in hold_ids], cfg.frames) if hold_ids else np.zeros((0, 2), np.int64)
+        if len(hold):
+            hold[:, 0] = np.asarray(hold_ids)[hold[:, 0]]
+            pick = np.random.default_rng(4321).permutation(len(hold))[: cfg.eval_windows]
+            hold = hold[np.sort(pick)]
+        self.eval_windows = hold
+        self.sampler = EpochSampler(len(self.train_windows), cfg.train.seed)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.net = FrameTransformer(cfg.model)
+        self.wrapped = _TeacherForcing(self.net)
+
+    def model(self) -> nn.Module:
+        return self.wrapped
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def tokens_per_sample(self) -> int:
+        return 2 * self.cfg.frames * self.cfg.model.tokens_per_frame
+
+    def _clips(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        z, a = self.cache.windows(rows, self.cfg.frames)
+        return torch.from_numpy(z).float().to(device), torch.from_numpy(a).long().to(device)
+
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
+        return self._clips(self.train_windows[idx], info.device)
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, actions = batch
+        return teacher_forcing_loss(model, x0, actions, self.cfg.loss, self.cfg.model.null_action, self.gen)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Held-out flow-matching loss with fixed noise (comparable across steps and runs)."""
+        if not len(self.eval_windows):
+            return {}
+        was = model.training
+        model.eval()
+        gen = torch.Generator().manual_seed(99)
+        losses = []
+        dev = next(model.parameters()).device
+        for i in range(0, len(self.eval_windows), 16):
+            x0, a = self._clips(self.eval_windows[i:i + 16], dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+                loss, m = teacher_forcing_loss(model, x0, a, TeacherLossConfig(
+                    shift=self.cfg.loss.shift, action_dropout=0.0, change_weight=self.cfg.loss.change_weight),
+                    self.cfg.model.null_action, gen)
+            losses.append((float(loss), m["mse_unweighted"]))
+        model.train(was)
+        arr = np.array(losses)
+        return {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
+
+    def data_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state(), "gen": self.gen.get_state()}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state(state["sampler"])
+        self.gen.set_state(state["gen"])
