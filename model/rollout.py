@@ -1,0 +1,126 @@
+"""Streaming generation with the KV cache: the loop shared by evaluation, distillation and play.
+
+A session holds the transformer's cache of finished frames. ``prime`` writes real context
+latents into it; ``generate`` denoises the next frame (or block of K frames) with either
+the multi-step Euler sampler with action CFG (the teacher) or the few-step consistency
+sampler (the students), then writes the clean result into the cache with one more forward
+at sigma = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model import flow
+from model.transformer import FrameTransformer, KVCache
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "euler"      # "euler" (multi-step ODE, CFG) or "consistency" (few-step)
+    steps: int = 48
+    cfg: float = 1.0         # action guidance scale (euler only)
+    shift: float = 3.0
+    first_frame_steps: int = 0  # consistency: steps for the first generated frame (0 = same)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("euler", "consistency"):
+            raise ValueError(f"sampler kind must be 'euler' or 'consistency', got {self.kind!r}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+
+
+class Session:
+    """One (batched) streamed rollout over a FrameTransformer."""
+
+    def __init__(self, model: FrameTransformer, batch: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.cache = KVCache(model.cfg)
+        self.batch = batch
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.t = 0  # time index of the next frame
+        self.generated = 0
+        self.gen = generator
+
+    def _shape(self, frames: int) -> tuple[int, ...]:
+        c = self.cfg
+        return (self.batch, frames, c.latent_channels, c.latent_size, c.latent_size)
+
+    @torch.no_grad()
+    def write(self, latents: torch.Tensor, actions: torch.Tensor) -> None:
+        """Write clean frames (B, F, C, h, w) with their actions (B, F) into the cache."""
+        F = latents.shape[1]
+        times = torch.arange(self.t, self.t + F)
+        sigma = torch.zeros(self.batch, F, device=self.device, dtype=self.dtype)
+        self.model(latents.to(self.device, self.dtype), sigma, actions.to(self.device), times,
+                   torch.ones(F, dtype=torch.bool), cache=self.cache, write_cache=True)
+        self.t += F
+
+    prime = write
+
+    def _velocity(self, times: torch.Tensor):
+        K = len(times)
+        noisy = torch.zeros(K, dtype=torch.bool)
+
+        def v(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+            B = x.shape[0]
+            if B == self.batch:
+                return self.model(x, sigma, actions, times, noisy, cache=self.cache).to(x.dtype)
+            # CFG batches cond and uncond along the batch: run them one after the other
+            # against the same cache (the cache is per batch element).
+            return torch.cat([v(x[i:i + self.batch], sigma[i:i + self.batch], actions[i:i + self.batch])
+                              for i in range(0, B, self.batch)])
+        return v
+
+    @torch.no_grad()
+    def generate(self, actions: torch.Tensor, sampler: SamplerConfig, write: bool = True) -> torch.Tensor:
+        """Denoise the next block of frames given their actions (B, K); returns clean latents."""
+        K = actions.shape[1]
+        times = torch.arange(self.t, self.t + K)
+        noise = torch.randn(self._shape(K), generator=self.gen, dtype=torch.float32).to(self.device, self.dtype)
+        actions = actions.to(self.device)
+        v = self._velocity(times)
+        if sampler.kind == "euler":
+            null = torch.full_like(actions, self.cfg.null_action)
+            sig = flow.sigma_grid(sampler.steps + 1, sampler.shift)
+            x0 = _euler_cfg(v, noise, actions, null, sig, sampler.cfg)
+        else:
+            steps = sampler.steps
+            if self.generated == 0 and sampler.first_frame_steps:
+                steps = sampler.first_frame_steps
+            x0 = flow.sample_consistency(v, noise, actions, flow.step_list(steps, sampler.shift), self.gen)
+        if write:
+            self.write(x0, actions)
+        self.generated += K
+        return x0
+
+    def snapshot(self) -> dict[str, object]:
+        return {"cache": self.cache.state(), "t": self.t, "generated": self.generated,
+                "gen": None if self.gen is None else self.gen.get_state()}
+
+    def restore(self, snap: dict[str, object]) -> None:
+        self.cache.load_state(snap["cache"])  # type: ignore[arg-type]
+        self.t = int(snap["t"])  # type: ignore[arg-type]
+        self.generated = int(snap["generated"])  # type: ignore[arg-type]
+        if self.gen is not None and snap["gen"] is not None:
+            self.gen.set_state(snap["gen"])  # type: ignore[arg-type]
+
+
+def _euler_cfg(v, noise: torch.Tensor, actions: torch.Tensor, null: torch.Tensor, sigmas: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    x = noise
+    B, F = noise.shape[:2]
+    for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        sigma = torch.full((B, F), s, dtype=x.dtype, device=x.device)
+        if scale != 1.0:
+            both = v(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([actions, null]))
+            vel = flow.cfg_velocity(both[:B], both[B:], scale)
+        else:
+            vel = v(x, sigma, actions)
+        x = flow.euler_step(x, vel, s, s_next)
+    return x
