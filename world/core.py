@@ -93,6 +93,12 @@ class World(abc.ABC):
     def frame_shape(self) -> tuple[int, int, int]:
         """(H, W, 3) of the frames ``reset`` and ``step`` return."""
 
+    def keymap(self):  # -> world.keymap.Keymap (imported lazily: keymap imports core)
+        """This world's keymap: ``assets/keymaps/<keymap_name>.yaml`` for its action names."""
+        from world.keymap import load_keymap
+
+        return load_keymap(self.keymap_name, self.action_names)
+
     @property
     def num_actions(self) -> int:
         return len(self.action_names)
