@@ -1,0 +1,381 @@
+"""Recorded datasets: crash-safe Minari (arrow) writer and a reader that needs no env vars.
+
+A dataset is a Minari dataset in the ``arrow`` format, stored losslessly (no JPEG: the frames
+train a model and PSNR is measured against them)::
+
+    DIR/                      # basename is a Minari dataset id, e.g. adventure-explorer-v0
+      data/metadata.json      # Minari's metadata plus dreamstep's recording metadata
+      data/<id>/part-0.arrow  # one episode: T+1 observations, actions, rewards, ..., infos
+      data/<id>/metadata.json # the episode's metadata (seed, stats)
+      stats.json              # the recorder's summary (written by world.record)
+
+``MINARI_DATASETS_PATH=<parent of DIR> python -c "import minari; minari.load_dataset('<basename>')"``
+reads it; :func:`open_dataset` and :func:`load_episodes` read it from its folder directly.
+
+Crash safety: an episode is written completely into ``DIR/.staging/`` (by Minari's own
+ArrowStorage, so the layout is exactly Minari's), fsynced, moved into ``data/<id>`` with one
+atomic ``os.rename``, and only then counted by rewriting ``data/metadata.json`` atomically
+(temp file, fsync, ``os.replace``). The top metadata is the single source of truth: an
+episode folder it does not count is an unfinished leftover that a resume deletes. A
+``kill -9`` at any moment therefore leaves every counted episode readable.
+
+Episode arrays follow Minari: ``observations`` has T+1 frames, ``actions[t]`` is the action
+taken at observation t (leading to observation t+1); ``infos`` holds T+1 rows (the reset's
+info, then one per step). The clip convention of :mod:`world.core` (``clip_actions[i]``
+leads *to* frame i) is ``clip_actions = [0, *actions]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+DATA = "data"
+STAGING = ".staging"
+METADATA = "metadata.json"
+#: arrow IPC compression of episode files (lossless; tile-based frames shrink ~20-100x)
+COMPRESSION = "zstd"
+#: Minari dataset ids without a namespace: ``name-vN``
+DATASET_NAME_RE = re.compile(r"^[-_A-Za-z0-9]+-v\d+$")
+ACTION_CONVENTION = (
+    "Minari: observations has T+1 frames and actions[t] is the action taken at observation t, "
+    "leading to observation t+1; infos has T+1 rows (reset, then each step). As a clip "
+    "(world.core convention, actions[i] leads to frame i): clip_actions = [0] + actions."
+)
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder is missing, malformed, or does not match what was asked."""
+
+
+@dataclass
+class EpisodeRecord:
+    """One recorded episode, in Minari's layout (see the module docstring)."""
+
+    id: int
+    seed: int | None
+    observations: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T,) int64
+    rewards: np.ndarray  # (T,) float64
+    terminations: np.ndarray  # (T,) bool
+    truncations: np.ndarray  # (T,) bool
+    infos: dict[str, Any] = field(default_factory=dict)  # key -> (T+1, ...) array
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+# ---------------------------------------------------------------------- naming / paths
+def dataset_id(out: str | Path) -> str:
+    """The Minari dataset id of a dataset folder: its basename, which must read ``name-vN``."""
+    name = Path(out).name
+    if not DATASET_NAME_RE.fullmatch(name):
+        raise DatasetError(
+            f"dataset folder name {name!r} (from {str(out)!r}) is not a valid Minari dataset id: "
+            f"the last path component must look like 'name-vN' (letters, digits, '-', '_', then a "
+            f"version), e.g. data/datasets/adventure-explorer-v0"
+        )
+    return name
+
+
+def _require_dataset(root: Path) -> Path:
+    meta = root / DATA / METADATA
+    if not meta.is_file():
+        raise DatasetError(
+            f"no dataset at {str(root)!r} (expected {meta}); record one with "
+            f"`python -m world.record --world adventure --policy explorer --out {root}`"
+        )
+    return meta
+
+
+def read_metadata(root: str | Path) -> dict[str, Any]:
+    """The raw top metadata (``DIR/data/metadata.json``) of a dataset folder."""
+    return json.loads(_require_dataset(Path(root)).read_text())
+
+
+def episode_metadata(root: str | Path, episode: int) -> dict[str, Any]:
+    """The metadata of one counted episode."""
+    root = Path(root)
+    total = read_metadata(root)["total_episodes"]
+    if not 0 <= episode < total:
+        raise DatasetError(f"episode {episode} is out of range: {root} holds episodes 0..{total - 1}")
+    return json.loads((root / DATA / str(episode) / METADATA).read_text())
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of all files under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------- reading
+def open_dataset(root: str | Path) -> Any:
+    """The dataset folder as a ``minari.MinariDataset`` (no MINARI_DATASETS_PATH needed)."""
+    root = Path(root)
+    _require_dataset(root)
+    from minari import MinariDataset
+
+    return MinariDataset(str(root / DATA))
+
+
+def iter_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> Iterator[EpisodeRecord]:
+    """Yield episodes (all, or the given ids in that order) as :class:`EpisodeRecord`."""
+    root = Path(root)
+    ds = open_dataset(root)
+    ids = list(range(ds.total_episodes)) if episodes is None else [int(i) for i in episodes]
+    bad = [i for i in ids if not 0 <= i < ds.total_episodes]
+    if bad:
+        raise DatasetError(f"episode ids {bad} out of range: {root} holds 0..{ds.total_episodes - 1}")
+    for ep in ds.iterate_episodes(ids):
+        meta = json.loads((root / DATA / str(ep.id) / METADATA).read_text())
+        yield EpisodeRecord(
+            id=int(ep.id), seed=meta.get("seed"), observations=np.asarray(ep.observations),
+            actions=np.asarray(ep.actions, np.int64), rewards=np.asarray(ep.rewards),
+            terminations=np.asarray(ep.terminations, bool),
+            truncations=np.asarray(ep.truncations, bool),
+            infos=dict(ep.infos) if isinstance(ep.infos, dict) else {}, metadata=meta)
+
+
+def load_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> list[EpisodeRecord]:
+    """Load episodes of a dataset folder into memory (see :func:`iter_episodes`)."""
+    return list(iter_episodes(root, episodes))
+
+
+# ---------------------------------------------------------------------- info columns
+def info_columns(infos: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Turn per-step info dicts into Minari info columns; returns (columns, skipped keys).
+
+    Recorded keys are those every *step* info has (the reset's info may lack some, e.g. an
+    event string; its row gets the column's zero). Scalars become Python lists, fixed-shape
+    numeric tuples/arrays become ``(N, ...)`` arrays; values of other kinds (nested dicts,
+    ragged lists, mixed types) are skipped and reported.
+    """
+    steps = infos[1:] if len(infos) > 1 else infos
+    keys = [k for k in steps[0] if all(k in i for i in steps)]
+    columns, skipped = {}, []
+    for key in keys:
+        column = _column([i.get(key) for i in infos])
+        if column is None:
+            skipped.append(key)
+        else:
+            columns[key] = column
+    return columns, skipped
+
+
+def _column(values: list[Any]) -> list[Any] | np.ndarray | None:
+    present = [v for v in values if v is not None]
+    if all(isinstance(v, (bool, np.bool_)) for v in present):
+        return [bool(v) if v is not None else False for v in values]
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return [int(v) if v is not None else 0 for v in values]
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in present):
+        return [float(v) if v is not None else 0.0 for v in values]
+    if all(isinstance(v, str) for v in present):
+        return [v if v is not None else "" for v in values]
+    if all(isinstance(v, (tuple, list, np.ndarray)) for v in present):
+        try:
+            arrays = [np.asarray(v) for v in present]
+        except ValueError:
+            return None
+        shape = arrays[0].shape
+        if not shape or any(a.shape != shape or a.dtype.kind not in "biuf" for a in arrays):
+            return None
+        dtype = np.int64 if all(a.dtype.kind in "biu" for a in arrays) else np.float64
+        zero = np.zeros(shape, dtype)
+        return np.stack([zero if v is None else np.asarray(v, dtype) for v in values])
+    return None
+
+
+# ---------------------------------------------------------------------- writing
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)  # a directory's entries are durable once the directory is fsynced
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _compress_arrow(folder: Path) -> None:
+    """Rewrite the arrow files in ``folder`` with lossless IPC compression."""
+    import pyarrow as pa
+
+    for path in folder.glob("*.arrow"):
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_file(src).read_all()
+        tmp = path.with_name(f".{path.name}.tmp")
+        options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as w:
+            w.write_table(table)
+        os.replace(tmp, path)
+
+
+class DatasetWriter:
+    """Appends episodes to a dataset folder, crash-safely (see the module docstring).
+
+    ``recording`` describes how the episodes are made (world, settings, policy, seed, ...);
+    a resumed dataset must have been recorded with the same description, so that a resumed
+    run equals an uninterrupted one. ``extra`` goes into the top metadata as is.
+    """
+
+    def __init__(self, root: str | Path, observation_space: gym.spaces.Box,
+                 action_space: gym.spaces.Discrete, recording: dict[str, Any],
+                 extra: dict[str, Any] | None = None, resume: bool = False) -> None:
+        self.root = Path(root)
+        self.id = dataset_id(self.root)
+        self.data = self.root / DATA
+        self.staging = self.root / STAGING
+        self.observation_space, self.action_space = observation_space, action_space
+        recording = json.loads(json.dumps(recording, default=_json_default))
+        if resume and (self.data / METADATA).is_file():
+            self._meta = self._resume(recording)
+        else:
+            self._check_empty(resume)
+            self._meta = self._create(recording, extra or {})
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    @property
+    def next_episode(self) -> int:
+        """Id of the next episode to write (= number of complete episodes)."""
+        return int(self._meta["total_episodes"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    # -------------------------------------------------------------- open
+    def _check_empty(self, resume: bool) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"--out {str(self.root)!r} exists and is not a folder; pick a new folder")
+        if self.root.is_dir() and any(self.root.iterdir()):
+            if not resume:
+                raise DatasetError(
+                    f"output folder {str(self.root)!r} exists and is not empty: pass --resume to "
+                    f"continue that recording, or pick a new --out folder"
+                )
+            foreign = sorted(c.name for c in self.root.iterdir() if c.name not in (DATA, STAGING))
+            if foreign:
+                raise DatasetError(
+                    f"cannot resume {str(self.root)!r}: it holds no dataset but other files "
+                    f"{foreign[:5]}; pick a new --out folder"
+                )
+            # a recording killed before its first metadata write: start over
+            shutil.rmtree(self.data, ignore_errors=True)
+
+    def _create(self, recording: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        from minari import __version__ as minari_version
+        from minari.serialization import serialize_space
+
+        self.data.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "dataset_id": self.id,
+            "minari_version": minari_version,
+            "data_format": "arrow",
+            "jpeg_encoding": False,
+            "observation_space": serialize_space(self.observation_space),
+            "action_space": serialize_space(self.action_space),
+            "total_episodes": 0,
+            "total_steps": 0,
+            "dataset_size": 0.0,
+            **extra,
+            "recording": recording,
+            "episode_seeds": [],
+        }
+        write_json_atomic(self.data / METADATA, meta)
+        return meta
+
+    def _resume(self, recording: dict[str, Any]) -> dict[str, Any]:
+        meta = json.loads((self.data / METADATA).read_text())
+        old = meta.get("recording", {})
+        diff = sorted(k for k in set(old) | set(recording) if old.get(k) != recording.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: {old.get(k)!r} then, {recording.get(k)!r} now" for k in diff)
+            raise DatasetError(
+                f"cannot resume {str(self.root)!r}: it was recorded differently ({detail}); "
+                f"resume with the same arguments or pick a new --out folder"
+            )
+        total = int(meta["total_episodes"])
+        for child in self.data.iterdir():  # episodes moved in but never counted: unfinished
+            if child.is_dir() and (not child.name.isdigit() or int(child.name) >= total):
+                shutil.rmtree(child)
+        return meta
+
+    # -------------------------------------------------------------- write
+    def write_episode(self, observations: np.ndarray, actions: Sequence[int],
+                      rewards: Sequence[float], terminations: Sequence[bool],
+                      truncations: Sequence[bool], infos: Sequence[dict[str, Any]],
+                      seed: int | None, metadata: dict[str, Any] | None = None) -> int:
+        """Write the next episode (T+1 observations, T of the rest, T+1 infos); returns its id."""
+        from minari.data_collector.episode_buffer import EpisodeBuffer
+        from minari.dataset.minari_storage import MinariStorage
+
+        ep_id = self.next_episode
+        n = len(actions)
+        if len(observations) != n + 1 or len(infos) != n + 1:
+            raise DatasetError(f"episode {ep_id}: need T+1 observations and infos for T={n} actions, "
+                               f"got {len(observations)} and {len(infos)}")
+        columns, skipped = info_columns(infos)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        storage = MinariStorage.new(self.staging, self.observation_space, self.action_space,
+                                    data_format="arrow", jpeg_encoding=False)
+        storage.update_episodes([EpisodeBuffer(
+            id=ep_id, seed=seed, observations=np.asarray(observations, np.uint8),
+            actions=np.asarray(actions, np.int64), rewards=list(map(float, rewards)),
+            terminations=list(map(bool, terminations)), truncations=list(map(bool, truncations)),
+            infos=columns)])
+        folder = self.staging / str(ep_id)
+        _compress_arrow(folder)
+        ep_meta = {"id": ep_id, "total_steps": n, "seed": seed, **(metadata or {})}
+        if skipped:
+            ep_meta["skipped_info_keys"] = skipped
+        write_json_atomic(folder / METADATA, json.loads(json.dumps(ep_meta, default=_json_default)))
+        for path in folder.iterdir():
+            _fsync_file(path)
+        _fsync_dir(folder)
+        os.rename(folder, self.data / str(ep_id))  # atomic: the episode appears complete or not at all
+        _fsync_dir(self.data)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self._count_episode(n, seed)
+        return ep_id
+
+    def _count_episode(self, steps: int, seed: int | None) -> None:
+        meta = dict(self._meta)
+        meta["total_episodes"] = meta["total_episodes"] + 1
+        meta["total_steps"] = meta["total_steps"] + steps
+        meta["episode_seeds"] = [*meta["episode_seeds"], seed]
+        meta["dataset_size"] = round(dir_size(self.data) / 1e6, 1)
+        write_json_atomic(self.data / METADATA, meta)  # the commit point of the episode
+        self._meta = meta
