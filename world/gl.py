@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 
-import moderngl
+# llvmpipe's worker threads do not survive fork() (async vector envs fork workers); render
+# on the calling thread unless the user asked otherwise. At 64x64 this is not slower.
+os.environ.setdefault("LP_NUM_THREADS", "0")
+
+import moderngl  # noqa: E402
 
 _ctx: moderngl.Context | None = None
 _pid: int | None = None
@@ -44,3 +48,9 @@ def get_context() -> moderngl.Context:
         )
     set_context(ctx)
     return ctx
+
+
+def clear_context() -> None:
+    """Forget the shared context (the play window calls this when it closes)."""
+    global _ctx, _pid
+    _ctx, _pid = None, None
