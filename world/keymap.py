@@ -24,7 +24,7 @@ from world.core import WorldError
 from world.paths import KEYMAPS
 
 CONTROL_NAMES = ("reset", "pause", "step", "help", "screenshot", "record", "quit", "faster",
-                 "slower", "policy")
+                 "slower", "policy", "hud")
 
 
 class KeymapError(WorldError, ValueError):
