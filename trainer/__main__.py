@@ -12,7 +12,7 @@ import sys
 from trainer.config import ConfigError, load_config, parse_overrides, to_dict
 from trainer.distributed import init_distributed, shutdown
 
-STAGES = ("autoencoder", "teacher")
+STAGES = ("autoencoder", "teacher", "idm")
 
 
 def build(stage: str, config: str, overrides: dict):
@@ -26,6 +26,11 @@ def build(stage: str, config: str, overrides: dict):
 
         cfg = load_config(TeacherExperiment, config, overrides)
         return cfg, TeacherStage
+    if stage == "idm":
+        from trainer.stages.idm import IDMExperiment, IDMStage
+
+        cfg = load_config(IDMExperiment, config, overrides)
+        return cfg, IDMStage
     raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGES)}")
 
 
@@ -49,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     info = init_distributed(args.device)
     try:
+        import torch
+
+        # the model's initial weights are a function of the seed (every rank the same)
+        torch.manual_seed(cfg.train.seed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         stage = stage_cls(cfg)
         train(stage, cfg.train, cfg.run_dir, info, to_dict(cfg), resume=not args.fresh)
     finally:
