@@ -226,3 +226,11 @@ def test_clear_errors(tmp_path, capsys):
     (tmp_path / "busy-v0" / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match="--resume"):
         DatasetWriter(tmp_path / "busy-v0", None, None, recording={})
+
+
+def test_relative_out_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record("adventure", "explorer", episodes=1, steps=8, out=Path("data/rel-v0"), seed=1,
+           settings=SETTINGS, progress=False)
+    assert _total_episodes(tmp_path / "data" / "rel-v0") == 1
+    assert not (tmp_path / "data" / "rel-v0" / ".staging").exists()

@@ -97,7 +97,7 @@ class LatentCache:
         for e in tqdm(eps, desc="encode latents", dynamic_ncols=True):
             zs = []
             for i in range(0, len(e.frames), batch):
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     z = ae.encode(from_uint8(torch.from_numpy(e.frames[i:i + batch])).to(dev))
                 zs.append(z.float().cpu().numpy().astype(np.float16))
             lat.append(np.concatenate(zs))

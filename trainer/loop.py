@@ -177,6 +177,9 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
             rngs = gathered
         path = None
         if info.is_main:
+            hook = getattr(stage, "before_checkpoint", None)
+            if hook is not None:  # e.g. the autoencoder's latent statistics
+                hook(model, ema)
             weights = {"model": model.state_dict()}
             if ema is not None:
                 weights["ema"] = ema.state_dict()

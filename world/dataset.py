@@ -254,7 +254,7 @@ class DatasetWriter:
     def __init__(self, root: str | Path, observation_space: gym.spaces.Box,
                  action_space: gym.spaces.Discrete, recording: dict[str, Any],
                  extra: dict[str, Any] | None = None, resume: bool = False) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # Minari storage breaks on relative paths
         self.id = dataset_id(self.root)
         self.data = self.root / DATA
         self.staging = self.root / STAGING

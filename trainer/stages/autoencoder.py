@@ -121,6 +121,21 @@ class AutoencoderStage:
             return {}
         return evaluate_autoencoder(model, self.eval_frames, self.cfg.world, self.cfg.train.precision)
 
+    @torch.no_grad()
+    def before_checkpoint(self, model: nn.Module, ema: nn.Module | None) -> None:
+        """Store the latent normalisation (per-channel mean/std of raw latents of a fixed sample
+        of training frames, from the weights that ship: the EMA if there is one)."""
+        net = ema if ema is not None else model
+        pick = np.random.default_rng(777).permutation(len(self.frames))[:2048]
+        was = net.training
+        net.eval()
+        dev = next(net.parameters()).device
+        z = torch.cat([net.encode_raw(from_uint8(torch.from_numpy(self.frames[np.sort(pick[i:i + 256])])).to(dev))
+                       for i in range(0, len(pick), 256)])
+        net.train(was)
+        for m in {id(model): model, id(net): net}.values():
+            m.set_latent_stats(z)
+
     def data_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state()}
 

@@ -1,0 +1,127 @@
+"""The fidelity protocol: held-out seeds, baselines that equal themselves, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.autoencoder import Autoencoder, AutoencoderConfig
+from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, write_config
+from trainer.evaluate import (EVAL_SEED_BASE, EvaluationError, check_heldout, fidelity, parse_actions,
+                              play_real, revisit_script)
+
+ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
+SMALL = {"rooms_x": 2, "rooms_y": 2}
+
+
+def test_evaluation_seeds_are_held_out(tmp_path):
+    with pytest.raises(EvaluationError, match="held-out"):
+        check_heldout([3], None)
+    check_heldout([EVAL_SEED_BASE, EVAL_SEED_BASE + 1], None)
+    # a dataset that (wrongly) used an evaluation seed is caught
+    ds = tmp_path / "ds" / "data"
+    ds.mkdir(parents=True)
+    (ds / "metadata.json").write_text(json.dumps({"total_episodes": 2, "episode_seeds": [0, EVAL_SEED_BASE]}))
+    with pytest.raises(AssertionError, match="appear in the training dataset"):
+        check_heldout([EVAL_SEED_BASE], tmp_path / "ds")
+
+
+def test_action_scripts(tmp_path):
+    names = ["NOOP", "UP", "DOWN", "LEFT", "RIGHT"]
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(["up", 4, "NOOP"]))
+    assert parse_actions(f, names) == [1, 4, 0]
+    f.write_text(json.dumps({"actions": ["JUMP"]}))
+    with pytest.raises(EvaluationError, match="JUMP"):
+        parse_actions(f, names)
+    with pytest.raises(EvaluationError, match="not found"):
+        parse_actions(tmp_path / "missing.json", names)
+
+
+def test_real_rollouts_follow_a_script_and_the_clip_convention():
+    script = revisit_script(0, 3, leg=4)  # NOOP x2, RIGHT x4, LEFT x4
+    r = play_real("adventure", SMALL, 2, 11, EVAL_SEED_BASE, script=script)
+    assert r.frames.shape == (2, 11, 64, 64, 3) and r.actions.shape == (2, 11)
+    assert r.actions[0, 0] == 0 and list(r.actions[0, 1:]) == script
+    assert r.content is not None and r.content.shape == (2, 11, 64, 64)
+    assert min(r.seeds) >= EVAL_SEED_BASE
+
+
+def test_fidelity_of_the_baselines_themselves():
+    C, H = 4, 6
+    real = play_real("adventure", SMALL, 3, C + H, EVAL_SEED_BASE)
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=4, enc_channels=[8, 8, 8], dec_width=8, dec_fine=8,
+                                       dec_res_blocks=1)).eval()
+    last = real.frames[:, C - 1]
+    copy = np.repeat(last[:, None], H, 1)
+    r = fidelity(real, copy, C, ae, None, "adventure", 5)
+    # a "model" that copies the last frame scores exactly the copy-last baseline
+    assert r["psnr_at"] == r["copy_last_psnr_at"] and len(r["psnr_at"]) == H
+    assert r["changed_psnr_mean_16"] == pytest.approx(r["copy_last_changed_psnr_mean_16"])
+    assert r["seen_psnr_mean_16"] == pytest.approx(r["copy_last_seen_psnr_mean_16"])
+    # a perfect model: PSNR at the cap, sharpness 1, the player always found where it is
+    p = fidelity(real, real.frames[:, C:], C, ae, None, "adventure", 5)
+    assert min(p["psnr_at"]) >= 99.0
+    assert p["sharpness_ratio_16"] == pytest.approx(1.0)
+    assert p["player_found_16"] == 1.0 and p["player_pos_err_16"] < 1.0
+    assert 0.0 < p["seen_fraction_16"] <= 1.0
+    # the untrained autoencoder is far below the perfect model
+    assert p["ae_ceiling_psnr"] < 30
+
+
+def test_evaluate_command_end_to_end(tmp_path):
+    ds = record_tiny_dataset(tmp_path / "tiny-v0", episodes=4, steps=24)
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=ROOT, env=ENV, capture_output=True,  # noqa: E731
+                                    text=True)
+    ae_cfg = tiny_ae_config(tmp_path, ds, "ae", steps=4)
+    assert run("trainer", "autoencoder", "--config", str(ae_cfg)).returncode == 0
+    idm_cfg = write_config(tmp_path / "idm.yaml", "adventure_idm.yaml", run_dir=str(tmp_path / "idm"),
+                           data={"dataset": str(ds), "holdout_episodes": 1}, model={"width": 8, "feature_dim": 16},
+                           train={"steps": 4, "batch_size": 8, "log_every": 2, "ckpt_every": 4, "eval_every": 0})
+    assert run("trainer", "idm", "--config", str(idm_cfg)).returncode == 0
+    t_cfg = write_config(tmp_path / "teacher.yaml", "adventure_teacher.yaml", run_dir=str(tmp_path / "teacher"),
+                         autoencoder=str(tmp_path / "ae"), latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                         data={"dataset": str(ds), "holdout_episodes": 1},
+                         model={"latent_channels": 8, "width": 32, "depth": 1, "heads": 2, "window": 4},
+                         train={"steps": 4, "batch_size": 4, "log_every": 2, "ckpt_every": 4, "eval_every": 0,
+                                "warmup": 1},
+                         eval_windows=4)
+    r = run("trainer", "teacher", "--config", str(t_cfg))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "eval.json"
+    args = ["trainer.evaluate", "--checkpoint", str(tmp_path / "teacher"), "--episodes", "2", "--horizon", "4",
+            "--steps", "2", "--long-episodes", "1", "--long-horizon", "8", "--revisit-episodes", "1",
+            "--idm", str(tmp_path / "idm"), "--out", str(out)]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    for key in ("psnr_at", "psnr_mean_16", "ssim_mean_16", "copy_last_psnr_at", "copy_last_psnr_mean_16",
+                "ae_ceiling_psnr", "ae_sharpness_ratio", "gap_closed_1", "changed_psnr_mean_16",
+                "copy_last_changed_psnr_mean_16", "seen_psnr_mean_16", "copy_last_seen_psnr_mean_16",
+                "player_found_16", "player_pos_err_16", "sharpness_ratio_16", "action_accuracy",
+                "idm_real_accuracy", "frechet_early", "frechet_late", "revisit_psnr", "sampler", "provenance"):
+        assert key in rep, key
+    assert len(rep["psnr_at"]) == 4 and rep["sampler"]["steps"] == 2
+    assert 0.0 <= rep["action_accuracy"] <= 1.0 and np.isfinite(rep["frechet_late"])
+    assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
+    assert rep["provenance"]["weights_sha1"] and "trainer.evaluate" in rep["provenance"]["command"]
+    assert out.with_suffix(".md").read_text().startswith("# Evaluation")
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # a given action script is used, and a bad one is a clear error
+    script = tmp_path / "acts.json"
+    script.write_text(json.dumps(["RIGHT"] * 7))
+    r = run(*args[:-2], "--actions", str(script), "--long-episodes", "0", "--revisit-episodes", "0",
+            "--out", str(tmp_path / "scripted.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "scripted.json").read_text())["protocol"]["action_script"] == [4] * 7
+    script.write_text(json.dumps(["FLY"]))
+    r = run(*args[:-2], "--actions", str(script), "--out", str(tmp_path / "bad.json"))
+    assert r.returncode == 2 and "FLY" in r.stderr

@@ -1,0 +1,545 @@
+"""``python -m trainer.evaluate``: the fidelity protocol of docs EVALUATION.md.
+
+For M held-out seeds the real world is played by an evaluation policy (explorer and random,
+alternating; or a given action script) for C context frames and H more frames. The model gets
+the C real context frames and the H actions and generates H frames open loop. Reported per
+horizon and averaged over 1..16: PSNR/SSIM against the real frames, the copy-last-frame and
+autoencoder-ceiling baselines, gap closed at one step, changed-region and seen-region PSNR,
+the player's presence and position error, sharpness, action accuracy judged by the
+inverse-dynamics model (IDM), Fréchet distances early and late in long rollouts (IDM
+features), and revisit consistency. Writes a JSON report, a Markdown table and a plot.
+
+Evaluation seeds start at :data:`EVAL_SEED_BASE`; :func:`check_heldout` asserts that no
+training episode used one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from model.autoencoder import Autoencoder, from_uint8, to_uint8
+from model.rollout import SamplerConfig, Session
+from model.transformer import FrameTransformer
+from trainer import metrics as M
+
+EVAL_SEED_BASE = 1_000_000
+HORIZON = 16
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ real rollouts
+@dataclass
+class Rollouts:
+    """Real episodes in the clip convention: ``actions[:, i]`` leads to ``frames[:, i]``."""
+    frames: np.ndarray        # (M, T, H, W, 3) uint8
+    actions: np.ndarray       # (M, T) int64, actions[:, 0] = 0
+    effective: np.ndarray     # (M, T)
+    player: np.ndarray        # (M, T, 2) float, nan where unknown
+    content: np.ndarray | None  # (M, T, H, W) int64 world content ids, or None
+    seeds: list[int]
+    policies: list[str]
+
+
+def check_heldout(seeds: Sequence[int], dataset: str | Path | None) -> None:
+    """Evaluation seeds must never appear in training data (EVALUATION.md)."""
+    bad = [s for s in seeds if s < EVAL_SEED_BASE]
+    if bad:
+        raise EvaluationError(f"evaluation seeds must be >= {EVAL_SEED_BASE} (the held-out range), got {bad[:5]}")
+    if dataset is None or not (Path(dataset) / "data" / "metadata.json").is_file():
+        return
+    from world.dataset import read_metadata
+
+    train_seeds = {s for s in read_metadata(dataset).get("episode_seeds", []) if s is not None}
+    overlap = sorted(train_seeds & set(seeds))
+    assert not overlap, f"evaluation seeds {overlap[:5]} appear in the training dataset {dataset}"
+    assert all(s < EVAL_SEED_BASE for s in train_seeds), (
+        f"the training dataset {dataset} uses seeds >= {EVAL_SEED_BASE}, the range reserved for evaluation")
+
+
+def parse_actions(path: str | Path, names: Sequence[str]) -> list[int]:
+    """An action script: JSON list (or {"actions": [...]}) of action names or indices."""
+    p = Path(path)
+    if not p.is_file():
+        raise EvaluationError(f"action script {p} not found")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"action script {p} is not JSON ({e}); give a list like [\"UP\", \"LEFT\", 0]") from e
+    if isinstance(data, dict):
+        data = data.get("actions")
+    if not isinstance(data, list) or not data:
+        raise EvaluationError(f"action script {p} must be a non-empty JSON list of actions or {{\"actions\": [...]}}")
+    out = []
+    for a in data:
+        if isinstance(a, str) and a.upper() in names:
+            out.append(list(names).index(a.upper()))
+        elif isinstance(a, int) and 0 <= a < len(names):
+            out.append(a)
+        else:
+            raise EvaluationError(f"action script {p}: invalid action {a!r}; valid: {list(names)} or 0..{len(names) - 1}")
+    return out
+
+
+def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, first_seed: int,
+              script: Sequence[int] | None = None, script_fn=None) -> Rollouts:
+    """Play ``n`` full episodes of ``length`` frames from consecutive held-out seeds.
+
+    Episode i uses the explorer policy (even i) or the random policy (odd i), unless a script
+    gives the actions after the reset (``script`` for all, or ``script_fn(i, context_len)``).
+    Episodes the world ends early are skipped (the next seed is taken).
+    """
+    from world import make_world
+    from world.policies import make_policy
+
+    world = make_world(world_name, **settings)
+    frames, acts, effs, players, contents, seeds, pols = [], [], [], [], [], [], []
+    seed = first_seed
+    i = 0
+    while len(frames) < n:
+        if seed > first_seed + 20 * n + 100:
+            raise EvaluationError(f"could not play {n} episodes of {length} frames: the world ends them early")
+        kind = "explorer" if i % 2 == 0 else "random"
+        plan = list(script) if script is not None else (script_fn(i) if script_fn else None)
+        policy = None if plan is not None else make_policy(kind, world, seed=seed)
+        if policy is not None:
+            policy.reset(seed)
+        f, info = world.reset(seed=seed)
+        ep_f, ep_a, ep_e, ep_p, ep_c = [f], [0], [0], [info.get("player_pos")], [world.content_map()]
+        ok = True
+        for t in range(length - 1):
+            a = plan[t] if plan is not None and t < len(plan) else (policy.act(f, info) if policy else 0)
+            f, _r, term, trunc, info = world.step(a)
+            ep_f.append(f)
+            ep_a.append(int(a))
+            ep_e.append(int(info.get("effective_action", a)))
+            ep_p.append(info.get("player_pos"))
+            ep_c.append(world.content_map())
+            if (term or trunc) and t < length - 2:
+                ok = False
+                break
+        if ok:
+            frames.append(np.stack(ep_f))
+            acts.append(ep_a)
+            effs.append(ep_e)
+            players.append([p if p is not None else (math.nan, math.nan) for p in ep_p])
+            if ep_c[0] is not None:
+                contents.append(np.stack(ep_c))
+            seeds.append(seed)
+            pols.append("script" if plan is not None else kind)
+        seed += 1
+        i += 1
+    world.close()
+    return Rollouts(np.stack(frames), np.asarray(acts, np.int64), np.asarray(effs, np.int64),
+                    np.asarray(players, np.float64), np.stack(contents) if len(contents) == n else None,
+                    seeds, pols)
+
+
+# ------------------------------------------------------------------ model rollouts
+def encode(ae: Autoencoder, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> normalised latents (..., C, h, w)."""
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    with torch.no_grad():
+        z = torch.cat([ae.encode(from_uint8(torch.from_numpy(flat[i:i + batch])))
+                       for i in range(0, len(flat), batch)])
+    return z.reshape(*lead, *z.shape[1:])
+
+
+def decode(ae: Autoencoder, z: torch.Tensor, batch: int = 256) -> np.ndarray:
+    lead = z.shape[:-3]
+    flat = z.reshape(-1, *z.shape[-3:]).float()
+    with torch.no_grad():
+        x = torch.cat([to_uint8(ae.decode(flat[i:i + batch])) for i in range(0, len(flat), batch)])
+    return x.reshape(*lead, *x.shape[1:]).numpy()
+
+
+def reconstruct(ae: Autoencoder, frames: np.ndarray) -> np.ndarray:
+    return decode(ae, encode(ae, frames))
+
+
+def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, actions: np.ndarray,
+             sampler: SamplerConfig, seed: int, precision: str = "bf16") -> np.ndarray:
+    """Open-loop rollout: context uint8 (B, C, H, W, 3), actions (B, C + T) in the clip
+    convention -> generated uint8 frames (B, T, H, W, 3)."""
+    B, C = context.shape[:2]
+    T = actions.shape[1] - C
+    K = model.cfg.block_frames
+    gen = torch.Generator().manual_seed(seed)
+    sess = Session(model, B, generator=gen)
+    acts = torch.from_numpy(actions).long()
+    out = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        sess.prime(encode(ae, context), acts[:, :C])
+        t = C
+        while t < C + T:
+            k = min(K, C + T - t)
+            out.append(sess.generate(acts[:, t:t + k], sampler).float())
+            t += k
+    return decode(ae, torch.cat(out, 1))
+
+
+# ------------------------------------------------------------------ metrics
+def _mean(xs: Sequence[float]) -> float | None:
+    v = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def _psnr_at(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Mean over episodes of per-frame PSNR, per horizon: a, b (M, H, ...)."""
+    return [float(M.psnr_batch(a[:, h], b[:, h]).mean()) for h in range(a.shape[1])]
+
+
+def _masked_psnr_at(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> list[float | None]:
+    out = []
+    for h in range(a.shape[1]):
+        vals = [M.psnr(a[m, h], b[m, h], masks[m, h]) for m in range(a.shape[0]) if masks[m, h].any()]
+        out.append(_mean(vals))
+    return out
+
+
+def _player_stats(frames: np.ndarray, real_pos: np.ndarray) -> tuple[list[float], list[float | None]]:
+    from world.adventure import find_player
+
+    found_at, err_at = [], []
+    for h in range(frames.shape[1]):
+        found, errs = 0, []
+        for m in range(frames.shape[0]):
+            p = find_player(frames[m, h])
+            if p is not None:
+                found += 1
+                if np.isfinite(real_pos[m, h]).all():
+                    errs.append(float(np.hypot(p[0] - real_pos[m, h, 0], p[1] - real_pos[m, h, 1])))
+        found_at.append(found / frames.shape[0])
+        err_at.append(_mean(errs))
+    return found_at, err_at
+
+
+def _idm_predict(idm, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    from trainer.stages.idm import predict_actions
+
+    return predict_actions(idm, prev.reshape(-1, *prev.shape[-3:]), cur.reshape(-1, *cur.shape[-3:]))
+
+
+def _features(idm, frames: np.ndarray) -> np.ndarray:
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    with torch.no_grad():
+        return torch.cat([idm.features(from_uint8(torch.from_numpy(flat[i:i + 256])))
+                          for i in range(0, len(flat), 256)]).numpy().astype(np.float64)
+
+
+def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, world: str,
+             num_actions: int) -> dict[str, Any]:
+    """Every fidelity field of EVALUATION.md for generated frames ``gen`` (M, H, ...)."""
+    Hn = gen.shape[1]
+    h16 = min(HORIZON, Hn)
+    tgt = real.frames[:, C:C + Hn]
+    last = real.frames[:, C - 1]
+    copy = np.repeat(last[:, None], Hn, 1)
+    recon = reconstruct(ae, tgt)
+    copy_ae = np.repeat(reconstruct(ae, last)[:, None], Hn, 1)
+    r: dict[str, Any] = {}
+    r["psnr_at"] = _psnr_at(gen, tgt)
+    r["psnr_mean_16"] = float(np.mean(r["psnr_at"][:h16]))
+    r["ssim_at"] = [float(np.mean([M.ssim(gen[m, h], tgt[m, h]) for m in range(len(gen))])) for h in range(h16)]
+    r["ssim_mean_16"] = float(np.mean(r["ssim_at"]))
+    r["copy_last_psnr_at"] = _psnr_at(copy, tgt)
+    r["copy_last_psnr_mean_16"] = float(np.mean(r["copy_last_psnr_at"][:h16]))
+    r["copy_last_ssim_mean_16"] = float(np.mean([M.ssim(copy[m, h], tgt[m, h]) for m in range(len(gen))
+                                                 for h in range(h16)]))
+    r["copy_ae_psnr_at"] = _psnr_at(copy_ae, tgt)
+    r["ae_ceiling_psnr_at"] = _psnr_at(recon, tgt)
+    r["ae_ceiling_psnr"] = float(np.mean(r["ae_ceiling_psnr_at"][:h16]))
+    r["ae_sharpness_ratio"] = M.sharpness_ratio(recon[:, :h16].reshape(-1, *tgt.shape[-3:]),
+                                                tgt[:, :h16].reshape(-1, *tgt.shape[-3:]))
+    denom = r["ae_ceiling_psnr_at"][0] - r["copy_ae_psnr_at"][0]
+    r["gap_closed_1"] = float((r["psnr_at"][0] - r["copy_ae_psnr_at"][0]) / denom) if abs(denom) > 1e-6 else None
+    # changed region: pixels where the real or the generated frame differs from the last context frame
+    ch = np.stack([[M.changed_mask(tgt[m, h], gen[m, h], last[m]) for h in range(Hn)] for m in range(len(gen))])
+    ch_copy = np.stack([[M.changed_mask(tgt[m, h], copy[m, h], last[m]) for h in range(Hn)] for m in range(len(gen))])
+    r["changed_psnr_at"] = _masked_psnr_at(gen, tgt, ch)
+    r["changed_psnr_mean_16"] = _mean(r["changed_psnr_at"][:h16])
+    r["copy_last_changed_psnr_mean_16"] = _mean(_masked_psnr_at(copy, tgt, ch_copy)[:h16])
+    r["changed_fraction_16"] = float(ch[:, :h16].mean())
+    # seen region: pixels showing world content visible in some context frame
+    if real.content is not None:
+        seen = np.stack([np.isin(real.content[m, C:C + Hn], np.unique(real.content[m, :C])) for m in range(len(gen))])
+        r["seen_psnr_at"] = _masked_psnr_at(gen, tgt, seen)
+        r["seen_psnr_mean_16"] = _mean(r["seen_psnr_at"][:h16])
+        r["copy_last_seen_psnr_mean_16"] = _mean(_masked_psnr_at(copy, tgt, seen)[:h16])
+        r["seen_fraction_16"] = float(seen[:, :h16].mean())
+    else:
+        r["seen_psnr_at"] = r["seen_psnr_mean_16"] = r["copy_last_seen_psnr_mean_16"] = None
+    if world == "adventure":
+        found, err = _player_stats(gen, real.player[:, C:C + Hn])
+        r["player_found_at"], r["player_pos_err_at"] = found, err
+        r["player_found_16"] = float(np.mean(found[:h16]))
+        r["player_pos_err_16"] = _mean(err[:h16])
+        ae_found, _ = _player_stats(recon[:, :h16], real.player[:, C:C + h16])
+        r["ae_player_found"] = float(np.mean(ae_found))
+    else:
+        r["player_found_16"] = r["player_pos_err_16"] = r["ae_player_found"] = None
+    lap_g = M.laplacian_energy(gen.reshape(-1, *gen.shape[-3:])).reshape(gen.shape[:2])
+    lap_r = M.laplacian_energy(tgt.reshape(-1, *tgt.shape[-3:])).reshape(tgt.shape[:2])
+    r["sharpness_ratio_at"] = [float(lap_g[:, h].mean() / max(lap_r[:, h].mean(), 1e-12)) for h in range(Hn)]
+    r["sharpness_ratio_16"] = float(lap_g[:, :h16].mean() / max(lap_r[:, :h16].mean(), 1e-12))
+    # controls and rules: the IDM's reading of generated transitions vs the real effective actions
+    if idm is not None:
+        prev_g = np.concatenate([last[:, None], gen[:, :-1]], 1)
+        prev_r = real.frames[:, C - 1:C + Hn - 1]
+        true = real.effective[:, C:C + Hn].reshape(-1)
+        pred_g = _idm_predict(idm, prev_g, gen)
+        pred_r = _idm_predict(idm, prev_r, tgt)
+        r["action_accuracy"] = float((pred_g == true).mean())
+        r["idm_real_accuracy"] = float((pred_r == true).mean())
+        conf = np.zeros((num_actions, num_actions), np.int64)
+        np.add.at(conf, (true, pred_g), 1)
+        r["action_confusion"] = conf.tolist()
+    else:
+        r["action_accuracy"] = r["idm_real_accuracy"] = r["action_confusion"] = None
+    return r
+
+
+def revisit_script(i: int, context: int, leg: int = 16) -> list[int]:
+    """Context moves (explorer-free: NOOPs), then ``leg`` steps one way and ``leg`` back."""
+    pairs = [(4, 3), (3, 4), (2, 1), (1, 2)]  # RIGHT/LEFT, LEFT/RIGHT, DOWN/UP, UP/DOWN
+    go, back = pairs[i % 4]
+    return [0] * (context - 1) + [go] * leg + [back] * leg
+
+
+# ------------------------------------------------------------------ the command
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - provenance is best effort outside a git checkout
+        return None
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, context: int = 4,
+             horizon: int = HORIZON, sampler: SamplerConfig | None = None, seed: int = 0,
+             actions_file: str | None = None, idm_path: str | None = None, long_episodes: int = 4,
+             long_horizon: int = 256, revisit_episodes: int = 4, precision: str = "bf16",
+             first_seed: int = EVAL_SEED_BASE) -> dict[str, Any]:
+    from trainer.latents import load_autoencoder
+    from trainer.models import default_idm, load_idm, load_world_model, resolve_full
+
+    t0 = time.time()
+    model, cfg, model_id = load_world_model(checkpoint)
+    ae, ae_id = load_autoencoder(cfg["autoencoder"])
+    weights_file, _ = resolve_full(checkpoint)
+    dataset = cfg.get("data", {}).get("dataset")
+    settings: dict[str, Any] = {}
+    if dataset and (Path(dataset) / "data" / "metadata.json").is_file():
+        from world.dataset import read_metadata
+
+        rec = read_metadata(dataset).get("recording", {})
+        if isinstance(rec, dict) and rec.get("world") == world:
+            settings = dict(rec.get("settings", {}))
+    settings.update(cfg.get("world_settings", {}) or {})
+    if sampler is None:
+        sampler = SamplerConfig(kind="euler", steps=48, cfg=1.0, shift=float(cfg.get("loss", {}).get("shift", 3.0)))
+    K = model.cfg.block_frames
+    if context % K:
+        raise EvaluationError(f"--context {context} must be a multiple of the model's block size {K}")
+    idm = None
+    idm_src = idm_path or default_idm(world)
+    idm_id = None
+    if idm_src is not None:
+        idm, idm_id = load_idm(idm_src)
+    from world import make_world
+
+    names = list(make_world(world, **settings).action_names)
+    script = parse_actions(actions_file, names) if actions_file else None
+    if script is not None and len(script) < context - 1 + horizon:
+        raise EvaluationError(f"action script has {len(script)} actions; need context-1+horizon = "
+                              f"{context - 1 + horizon}")
+    seeds_used: list[int] = []
+
+    def rollout_pair(n: int, length: int, start: int, **kw) -> tuple[Rollouts, np.ndarray]:
+        real = play_real(world, settings, n, length, start, **kw)
+        check_heldout(real.seeds, dataset)
+        seeds_used.extend(real.seeds)
+        g = generate(model, ae, real.frames[:, :context], real.actions, sampler, seed, precision)
+        return real, g
+
+    t_gen = time.time()
+    real, gen = rollout_pair(episodes, context + horizon, first_seed, script=script)
+    report = fidelity(real, gen, context, ae, idm, world, len(names))
+    report["gen_wall_s"] = time.time() - t_gen
+    # drift: Fréchet distance (IDM features) of generated vs real frames early and late in long rollouts
+    report["frechet_early"] = report["frechet_late"] = None
+    if long_episodes and idm is not None:
+        lreal, lgen = rollout_pair(long_episodes, context + long_horizon, first_seed + 10_000)
+        w = min(32, long_horizon // 2)
+        lt = lreal.frames[:, context:]
+        report["frechet_early"] = M.frechet_distance(_features(idm, lgen[:, :w]), _features(idm, lt[:, :w]))
+        report["frechet_late"] = M.frechet_distance(_features(idm, lgen[:, -w:]), _features(idm, lt[:, -w:]))
+        report["frechet_frames"] = [[1, w], [long_horizon - w + 1, long_horizon]]
+        report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
+                                                              lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
+    report["revisit_psnr"] = report["copy_last_revisit_psnr"] = None
+    if revisit_episodes:
+        rreal, rgen = rollout_pair(revisit_episodes, context + 32, first_seed + 20_000,
+                                   script_fn=lambda i: revisit_script(i, context))
+        report["revisit_psnr"] = float(M.psnr_batch(rgen[:, -1], rreal.frames[:, -1]).mean())
+        report["copy_last_revisit_psnr"] = float(M.psnr_batch(rreal.frames[:, context - 1],
+                                                               rreal.frames[:, -1]).mean())
+    report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,
+                         "first_frame_steps": sampler.first_frame_steps}
+    report["protocol"] = {"world": world, "settings": settings, "episodes": episodes, "context": context,
+                          "horizon": horizon, "long_episodes": long_episodes, "long_horizon": long_horizon,
+                          "revisit_episodes": revisit_episodes, "seed": seed, "eval_seeds": seeds_used,
+                          "policies": real.policies, "action_script": script, "precision": precision,
+                          "policy_note": "explorer (even episodes) and random (odd) from held-out seeds "
+                                         f">= {EVAL_SEED_BASE}; revisit: NOOP context then 16 steps out, 16 back"}
+    report["provenance"] = {"checkpoint": str(checkpoint), "weights": str(weights_file),
+                            "weights_sha1": _sha(weights_file), "model_id": model_id,
+                            "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
+                            "idm": str(idm_src) if idm_src else None, "idm_id": idm_id,
+                            "config": cfg, "git_commit": _git_commit(),
+                            "command": " ".join(["python -m trainer.evaluate", *sys.argv[1:]]),
+                            "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return report
+
+
+# ------------------------------------------------------------------ rendering
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["sampler"]
+    rows = [
+        ("PSNR mean 1-16 (dB)", report["psnr_mean_16"], report["copy_last_psnr_mean_16"], report["ae_ceiling_psnr"]),
+        ("SSIM mean 1-16", report["ssim_mean_16"], report.get("copy_last_ssim_mean_16"), None),
+        ("changed-region PSNR 1-16", report["changed_psnr_mean_16"], report["copy_last_changed_psnr_mean_16"], None),
+        ("seen-region PSNR 1-16", report["seen_psnr_mean_16"], report["copy_last_seen_psnr_mean_16"], None),
+        ("player found 1-16", report["player_found_16"], None, report.get("ae_player_found")),
+        ("player position error 1-16 (px)", report["player_pos_err_16"], None, None),
+        ("sharpness ratio 1-16", report["sharpness_ratio_16"], None, report["ae_sharpness_ratio"]),
+        ("action accuracy (IDM)", report["action_accuracy"], None, report["idm_real_accuracy"]),
+        ("gap closed at step 1", report["gap_closed_1"], None, None),
+        ("Fréchet early / late", f"{_fmt(report['frechet_early'])} / {_fmt(report['frechet_late'])}", None, None),
+        ("revisit PSNR (dB)", report["revisit_psnr"], report["copy_last_revisit_psnr"], None),
+    ]
+    p = report["protocol"]
+    out = [f"# Evaluation: {report['provenance']['checkpoint']}", "",
+           f"Sampler {s['kind']} {s['steps']} steps, CFG {s['cfg']}, shift {s['shift']}; {p['episodes']} episodes of "
+           f"{p['world']}, {p['context']} context frames, horizon {p['horizon']}; seeds from {min(p['eval_seeds'])}.",
+           "", "| measure | model | copy last frame | ceiling (AE / real) |", "|---|---|---|---|"]
+    out += [f"| {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |" for name, a, b, c in rows]
+    out += ["", "PSNR per horizon step: " + ", ".join(f"{v:.1f}" for v in report["psnr_at"]), "",
+            f"Command: `{report['provenance']['command']}` (git {report['provenance']['git_commit']})", ""]
+    return "\n".join(out)
+
+
+def render_plot(report: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = np.arange(1, len(report["psnr_at"]) + 1)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(h, report["psnr_at"], label="model")
+    ax[0].plot(h, report["copy_last_psnr_at"], label="copy last frame", ls="--")
+    ax[0].plot(h, report["ae_ceiling_psnr_at"], label="autoencoder ceiling", ls=":")
+    if report.get("changed_psnr_at"):
+        ax[0].plot(h, [np.nan if v is None else v for v in report["changed_psnr_at"]], label="model, changed region")
+    ax[0].set_xlabel("horizon (frames)")
+    ax[0].set_ylabel("PSNR (dB)")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(h, report["sharpness_ratio_at"], label="sharpness ratio")
+    if report.get("player_found_at"):
+        ax[1].plot(h, report["player_found_at"], label="player found")
+    ax[1].axhline(1.0, color="grey", lw=0.5)
+    ax[1].set_xlabel("horizon (frames)")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="world-model run folder, checkpoint folder or .safetensors")
+    p.add_argument("--world", default="adventure")
+    p.add_argument("--episodes", type=int, default=16, help="held-out episodes (M)")
+    p.add_argument("--out", required=True, help="report JSON (a .md table and .png plot are written beside it)")
+    p.add_argument("--actions", help="JSON action script (names or indices) used after the reset of every episode")
+    p.add_argument("--context", type=int, default=4)
+    p.add_argument("--horizon", type=int, default=HORIZON)
+    p.add_argument("--sampler", choices=["euler", "consistency"], default="euler")
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--cfg", type=float, default=1.0, help="action CFG scale (euler)")
+    p.add_argument("--shift", type=float, default=None, help="default: the checkpoint's training shift")
+    p.add_argument("--first-frame-steps", type=int, default=0)
+    p.add_argument("--idm", help="IDM checkpoint (default: the shipped one, else runs/<world>_idm)")
+    p.add_argument("--long-episodes", type=int, default=4, help="long rollouts for the Fréchet drift (0: skip)")
+    p.add_argument("--long-horizon", type=int, default=256)
+    p.add_argument("--revisit-episodes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from trainer.checkpoint import CheckpointError
+    from world.core import WorldError
+
+    try:
+        shift = args.shift
+        if shift is None:
+            from trainer.models import resolve_full
+
+            shift = float(resolve_full(args.checkpoint)[1].get("loss", {}).get("shift", 3.0))
+        sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg=args.cfg, shift=shift,
+                                first_frame_steps=args.first_frame_steps)
+        report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
+                          args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
+                          args.revisit_episodes, args.precision)
+    except (EvaluationError, CheckpointError, WorldError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
+    out.with_suffix(".md").write_text(render_markdown(report))
+    render_plot(report, out.with_suffix(".png"))
+    print(render_markdown(report))
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
