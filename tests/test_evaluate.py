@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,15 @@ import torch
 
 from model.autoencoder import Autoencoder, AutoencoderConfig
 from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, write_config
-from trainer.evaluate import (EVAL_SEED_BASE, EvaluationError, check_heldout, fidelity, parse_actions,
-                              play_real, revisit_script)
+from trainer.evaluate import (
+    EVAL_SEED_BASE,
+    EvaluationError,
+    check_heldout,
+    fidelity,
+    parse_actions,
+    play_real,
+    revisit_script,
+)
 
 ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
 SMALL = {"rooms_x": 2, "rooms_y": 2}
