@@ -131,3 +131,29 @@ def test_evaluate_command_end_to_end(tmp_path):
     script.write_text(json.dumps(["FLY"]))
     r = run(*args[:-2], "--actions", str(script), "--out", str(tmp_path / "bad.json"))
     assert r.returncode == 2 and "FLY" in r.stderr
+    # shipping: export both runs as fp16 with model cards; the shipped teacher loads and evaluates
+    ship = tmp_path / "ship"
+    ae_w = ship / "tiny_ae.safetensors"
+    r = run("trainer.export", "--run", str(tmp_path / "ae"), "--name", "tiny_ae", "--out-dir", str(ship),
+            "--command", "python -m trainer autoencoder --config x.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("trainer.export", "--run", str(tmp_path / "teacher"), "--name", "tiny_teacher", "--out-dir", str(ship),
+            "--set", f"autoencoder={ae_w}", "--eval", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import yaml
+
+    card = yaml.safe_load((ship / "tiny_teacher.yaml").read_text())
+    for key in ("config", "data", "steps", "wall_time_s", "git_commit", "evaluation", "loss_curve"):
+        assert key in card, key
+    assert card["steps"] == 4 and card["config"]["autoencoder"] == str(ae_w)
+    assert card["evaluation"][0]["psnr_mean_16"] == rep["psnr_mean_16"]
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for k, v in load_file(str(ship / "tiny_teacher.safetensors")).items())
+    r = run(*args[:2], str(ship / "tiny_teacher.safetensors"), *args[3:-2], "--long-episodes", "0",
+            "--revisit-episodes", "0", "--out", str(tmp_path / "shipped.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    shipped = json.loads((tmp_path / "shipped.json").read_text())
+    assert abs(shipped["psnr_mean_16"] - rep["psnr_mean_16"]) < 1.0  # fp16 weights, same seeds and noise
+    r = run("trainer.export", "--run", str(tmp_path / "nothing"), "--name", "x", "--out-dir", str(ship))
+    assert r.returncode == 2 and "no complete checkpoint" in r.stderr

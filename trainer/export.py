@@ -1,0 +1,146 @@
+"""``python -m trainer.export``: ship a trained run as ``assets/checkpoints/NAME.safetensors``
+(fp16 or bf16) with its model card ``NAME.yaml`` (config, data, steps, wall time, git commit,
+command, evaluation numbers, and the quality-against-steps curve from the run's metrics and
+any evaluation reports given)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from trainer.checkpoint import CheckpointError, latest_checkpoint, load_weights
+from trainer.models import SHIPPED, _strip
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# buffers that must keep full precision (normalisation statistics)
+KEEP_FP32 = ("latent_mean", "latent_std")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+
+
+def _eval_curve(run: Path) -> list[dict[str, Any]]:
+    out = []
+    f = run / "metrics.jsonl"
+    if f.is_file():
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval/")}
+            if ev:
+                out.append({"step": rec["step"], **ev})
+    return out
+
+
+def _loss_curve(run: Path, every: int) -> list[list[float]]:
+    out = []
+    f = run / "metrics.jsonl"
+    if f.is_file():
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            if "loss" in rec and rec["step"] % every == 0:
+                out.append([rec["step"], round(float(rec["loss"]), 5)])
+    return out
+
+
+def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
+           evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
+           notes: str | None = None, out_dir: Path = SHIPPED) -> Path:
+    run = Path(run)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise CheckpointError(f"run folder {run} has no complete checkpoint to export")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    use = "ema" if (ckpt / "ema.safetensors").is_file() else "model"
+    state = _strip(load_weights(ckpt, use), "net.")
+    tensors = {k: (v.float() if k.split(".")[-1] in KEEP_FP32 else v.to(DTYPES[dtype])).contiguous()
+               for k, v in state.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{name}.safetensors"
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"name": name, "step": str(meta["step"]), "dtype": dtype})
+    tmp.replace(weights)
+    config = dict(meta["config"])
+    for key, value in (rewrite or {}).items():  # e.g. autoencoder -> the shipped autoencoder
+        config[key] = value
+    card: dict[str, Any] = {
+        "name": name,
+        "stage": meta.get("stage"),
+        "weights": weights.name,
+        "dtype": dtype,
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "weights_from": f"{ckpt} ({use})",
+        "steps": int(meta["step"]),
+        "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "command": command,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": config.get("data"),
+        "config": config,
+        "training_eval_curve": _eval_curve(run),
+        "loss_curve": _loss_curve(run, max(1, int(config.get("train", {}).get("log_every", 25))) * 4),
+    }
+    if notes:
+        card["notes"] = notes
+    evals = []
+    for path in evaluations or []:
+        rep = json.loads(Path(path).read_text())
+        keep = {k: v for k, v in rep.items() if isinstance(v, (int, float)) or v is None}
+        keep["sampler"] = rep.get("sampler")
+        keep["file"] = str(path)
+        keep["command"] = rep.get("provenance", {}).get("command")
+        keep["checkpoint_step"] = rep.get("provenance", {}).get("step")
+        evals.append(keep)
+    if evals:
+        card["evaluation"] = evals
+    card_path = weights.with_suffix(".yaml")
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(f"# Model card of {weights.name} (written by python -m trainer.export)\n"
+                   + yaml.safe_dump(card, sort_keys=False, width=110))
+    tmp.replace(card_path)
+    return weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run folder (its latest checkpoint is exported, EMA if present)")
+    p.add_argument("--name", required=True, help="file name in assets/checkpoints, e.g. adventure_ae")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--command", help="the training command, recorded in the card")
+    p.add_argument("--eval", action="append", default=[], help="trainer.evaluate report(s) to record")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="rewrite a top-level config value in the card, e.g. autoencoder=assets/checkpoints/x.safetensors")
+    p.add_argument("--notes")
+    p.add_argument("--out-dir", default=str(SHIPPED))
+    a = p.parse_args(argv)
+    rewrite = {}
+    for item in a.set:
+        if "=" not in item:
+            print(f"error: --set wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        k, v = item.split("=", 1)
+        rewrite[k] = v
+    try:
+        w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir))
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {w} ({w.stat().st_size / 1e6:.1f} MB) and {w.with_suffix('.yaml')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
