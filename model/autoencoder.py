@@ -26,15 +26,27 @@ class AutoencoderConfig:
     dec_width: int = 128          # decoder channels at 8x8
     dec_res_blocks: int = 2
     dec_fine: int = 48            # decoder channels at 16x16
+    # "rgb": the decoder regresses colours; "palette": it classifies each pixel over a palette
+    # of the world's colours measured from the data (flat-colour games: exact, crisp output)
+    output: str = "rgb"
+    palette_size: int = 0         # palette output: number of colours (most frequent in the data)
 
     def __post_init__(self) -> None:
         self.enc_channels = tuple(self.enc_channels)  # YAML gives lists
+        if self.output not in ("rgb", "palette"):
+            raise ValueError(f"autoencoder output must be 'rgb' or 'palette', got {self.output!r}")
+        if self.output == "palette" and not 2 <= self.palette_size <= 256:
+            raise ValueError(f"palette output needs 2 <= palette_size <= 256, got {self.palette_size}")
         if self.image_size != 64:
             raise ValueError(f"this autoencoder maps 64x64 frames to 8x8 latents; got image_size={self.image_size}")
 
     @property
     def latent_size(self) -> int:
         return self.image_size // 8
+
+    @property
+    def out_channels(self) -> int:
+        return self.palette_size if self.output == "palette" else 3
 
 
 class ResBlock(nn.Module):
@@ -73,7 +85,7 @@ class Decoder(nn.Module):
             *[ResBlock(D) for _ in range(cfg.dec_res_blocks)],
             nn.ReLU(), nn.Conv2d(D, 4 * f, 1), nn.PixelShuffle(2),   # 16x16
             ResBlock(f),
-            nn.ReLU(), nn.Conv2d(f, 16 * 3, 1), nn.PixelShuffle(4),  # 64x64
+            nn.ReLU(), nn.Conv2d(f, 16 * cfg.out_channels, 1), nn.PixelShuffle(4),  # 64x64
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -88,6 +100,8 @@ class Autoencoder(nn.Module):
         self.decoder = Decoder(cfg)
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
+        # palette colours in [-1, 1] (K, 3); set from the data before training
+        self.register_buffer("palette", torch.zeros(cfg.palette_size, 3) if cfg.output == "palette" else None)
 
     def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 64, 64) in [-1, 1] -> unnormalised (N, C, 8, 8)."""
@@ -99,12 +113,54 @@ class Autoencoder(nn.Module):
         return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents (N, C, 8, 8) -> (N, 3, 64, 64), unclamped."""
+        """Normalised latents (N, C, 8, 8) -> images (N, 3, 64, 64) in [-1, 1] (rgb: unclamped;
+        palette: each pixel the colour of its most likely palette entry)."""
         z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
-        return self.decoder(z)
+        if self.cfg.output == "rgb":
+            return self.decoder(z)
+        # The last 1x1 conv as a matmul with the palette axis last (a contiguous arg-max), then
+        # the pixel shuffle applied to the indices only: the K-channel logits never get shuffled.
+        K = self.cfg.palette_size
+        h = self.decoder.net[:-2](z)                          # (N, f, 16, 16), after the ReLU
+        conv = self.decoder.net[-2]
+        N, f, H, W = h.shape
+        w = conv.weight.view(K, 16, f).transpose(0, 1).reshape(16 * K, f)
+        b = conv.bias.view(K, 16).t().reshape(16 * K)
+        logits = torch.addmm(b.to(h.dtype), h.flatten(2).transpose(1, 2).reshape(N * H * W, f), w.t().to(h.dtype))
+        idx = logits.view(N, H, W, 4, 4, K).argmax(-1)        # (N, H, W, i, j)
+        idx = idx.permute(0, 1, 3, 2, 4).reshape(N, 4 * H, 4 * W)
+        return self.palette.to(h.dtype)[idx].movedim(-1, 1)
+
+    def to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image: identity for rgb, arg-max palette colours for palette."""
+        if self.cfg.output == "rgb":
+            return out
+        idx = out.argmax(1)                                   # (N, 64, 64)
+        return self.palette.to(out.dtype)[idx].movedim(-1, 1)  # (N, 3, 64, 64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output of the reconstruction: colours (rgb) or palette logits."""
         return self.decoder(self.encoder(x))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_image(self.forward(x))
+
+    @torch.no_grad()
+    def set_palette(self, colors: torch.Tensor) -> None:
+        """Palette colours as uint8 (K, 3)."""
+        if self.palette is None:
+            raise ValueError("set_palette needs an autoencoder with output='palette'")
+        if colors.shape != self.palette.shape:
+            raise ValueError(f"palette must be {tuple(self.palette.shape)}, got {tuple(colors.shape)}")
+        self.palette.copy_(colors.float().div(127.5).sub(1.0))
+
+    @torch.no_grad()
+    def palette_targets(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> (N, H, W) index of each pixel's nearest palette colour."""
+        pal = self.palette.add(1).mul(127.5).round()          # (K, 3) in 0..255
+        f = frames.float()
+        d = (f[..., None, :] - pal.to(f.device)).pow(2).sum(-1)  # (N, H, W, K)
+        return d.argmin(-1)
 
     @torch.no_grad()
     def set_latent_stats(self, z_raw: torch.Tensor) -> None:

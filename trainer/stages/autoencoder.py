@@ -70,6 +70,30 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, prev: torch.T
     return loss, {"l1": l1.detach().item(), "l2": l2.detach().item(), "grad": g.detach().item()}
 
 
+def palette_loss(logits: torch.Tensor, targets: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
+                 cfg: AELossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-pixel cross-entropy over the palette, weighted up where the frame changed."""
+    changed = ((target - prev).abs().amax(1) > 1e-3).float()
+    w = 1.0 + cfg.change_weight * changed
+    w = w / w.mean()
+    ce = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    loss = (ce * w).mean()
+    acc = (logits.argmax(1) == targets).float().mean()
+    return loss, {"ce": ce.detach().mean().item(), "pixel_acc": acc.item()}
+
+
+def measure_palette(frames: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The ``size`` most frequent colours of uint8 frames (K, 3), and the share of pixels they cover."""
+    sample = frames[:: max(1, len(frames) // 4096)].reshape(-1, 3).astype(np.int64)
+    codes = (sample[:, 0] << 16) | (sample[:, 1] << 8) | sample[:, 2]
+    uniq, counts = np.unique(codes, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:size]
+    top = uniq[order]
+    covered = float(counts[order].sum() / counts.sum())
+    top = np.concatenate([top, np.repeat(top[:1], size - len(top))])  # pad with a repeat (never a target)
+    return np.stack([(top >> 16) & 255, (top >> 8) & 255, top & 255], 1).astype(np.uint8), covered
+
+
 class AutoencoderStage:
     name = "autoencoder"
 
@@ -94,6 +118,10 @@ class AutoencoderStage:
         pick = np.random.default_rng(1234).permutation(len(hold))[: cfg.eval_frames]
         self.eval_frames = hold[np.sort(pick)]
         self.net = Autoencoder(cfg.model)
+        if cfg.model.output == "palette":
+            colors, covered = measure_palette(self.frames, cfg.model.palette_size)
+            self.net.set_palette(torch.from_numpy(colors))
+            print(f"[autoencoder] palette of {cfg.model.palette_size} colours covers {100 * covered:.2f}% of pixels")
 
     # -- Stage protocol
     def model(self) -> nn.Module:
@@ -107,12 +135,16 @@ class AutoencoderStage:
 
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
-        x = from_uint8(torch.from_numpy(self.frames[idx])).to(info.device)
+        frames = torch.from_numpy(self.frames[idx])
+        x = from_uint8(frames).to(info.device)
         p = from_uint8(torch.from_numpy(self.frames[self.prev[idx]])).to(info.device)
-        return x, p
+        t = self.net.palette_targets(frames).to(info.device) if self.cfg.model.output == "palette" else None
+        return x, p, t
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x, prev = batch
+        x, prev, targets = batch
+        if targets is not None:
+            return palette_loss(model(x), targets, x, prev, self.cfg.loss)
         return reconstruction_loss(model(x), x, prev, self.cfg.loss)
 
     @torch.no_grad()
@@ -163,7 +195,7 @@ def reconstruct(ae: nn.Module, frames: np.ndarray, precision: str = "bf16", batc
     for i in range(0, len(frames), batch):
         x = from_uint8(torch.from_numpy(frames[i:i + batch])).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            y = ae(x)
+            y = ae.reconstruct(x)
         out.append(to_uint8(y.float()).cpu().numpy())
     ae.train(was_training)
     return np.concatenate(out)
