@@ -138,7 +138,7 @@ def test_evaluate_command_end_to_end(tmp_path):
             "--command", "python -m trainer autoencoder --config x.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run("trainer.export", "--run", str(tmp_path / "teacher"), "--name", "tiny_teacher", "--out-dir", str(ship),
-            "--set", f"autoencoder={ae_w}", "--eval", str(out))
+            "--set", f"autoencoder={ae_w}", "--eval", str(out), "--curve", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     import yaml
 
@@ -147,6 +147,7 @@ def test_evaluate_command_end_to_end(tmp_path):
         assert key in card, key
     assert card["steps"] == 4 and card["config"]["autoencoder"] == str(ae_w)
     assert card["evaluation"][0]["psnr_mean_16"] == rep["psnr_mean_16"]
+    assert card["quality_vs_steps"][0]["step"] == 4 == rep["provenance"]["step"]
     from safetensors.torch import load_file
 
     assert all(v.dtype == torch.float16 for k, v in load_file(str(ship / "tiny_teacher.safetensors")).items())

@@ -351,6 +351,13 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
     model, cfg, model_id = load_world_model(checkpoint)
     ae, ae_id = load_autoencoder(cfg["autoencoder"])
     weights_file, _ = resolve_full(checkpoint)
+    step = None
+    if (weights_file.parent / "meta.json").is_file():
+        step = json.loads((weights_file.parent / "meta.json").read_text()).get("step")
+    elif weights_file.suffix == ".safetensors" and weights_file.with_suffix(".yaml").is_file():
+        import yaml
+
+        step = (yaml.safe_load(weights_file.with_suffix(".yaml").read_text()) or {}).get("steps")
     dataset = cfg.get("data", {}).get("dataset")
     settings: dict[str, Any] = {}
     if dataset and (Path(dataset) / "data" / "metadata.json").is_file():
@@ -416,7 +423,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                           "policies": real.policies, "action_script": script, "precision": precision,
                           "policy_note": "explorer (even episodes) and random (odd) from held-out seeds "
                                          f">= {EVAL_SEED_BASE}; revisit: NOOP context then 16 steps out, 16 back"}
-    report["provenance"] = {"checkpoint": str(checkpoint), "weights": str(weights_file),
+    report["provenance"] = {"checkpoint": str(checkpoint), "weights": str(weights_file), "step": step,
                             "weights_sha1": _sha(weights_file), "model_id": model_id,
                             "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
                             "idm": str(idm_src) if idm_src else None, "idm_id": idm_id,

@@ -22,7 +22,11 @@ from trainer.models import SHIPPED, _strip
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # buffers that must keep full precision (normalisation statistics)
-KEEP_FP32 = ("latent_mean", "latent_std")
+KEEP_FP32 = ("latent_mean", "latent_std", "palette")
+# fields of trainer.evaluate reports kept in a card's quality-against-steps curve
+CURVE_FIELDS = ("psnr_mean_16", "gap_closed_1", "changed_psnr_mean_16", "copy_last_changed_psnr_mean_16",
+                "seen_psnr_mean_16", "player_found_16", "sharpness_ratio_16", "action_accuracy",
+                "frechet_early", "frechet_late")
 
 
 def _git(*args: str) -> str | None:
@@ -58,7 +62,7 @@ def _loss_curve(run: Path, every: int) -> list[list[float]]:
 
 def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
            evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
-           notes: str | None = None, out_dir: Path = SHIPPED) -> Path:
+           notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None) -> Path:
     run = Path(run)
     ckpt = latest_checkpoint(run)
     if ckpt is None:
@@ -106,6 +110,13 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         evals.append(keep)
     if evals:
         card["evaluation"] = evals
+    curve = []
+    for path in curve_reports or []:
+        rep = json.loads(Path(path).read_text())
+        curve.append({"step": rep.get("provenance", {}).get("step"),
+                      **{k: rep.get(k) for k in CURVE_FIELDS}, "sampler": rep.get("sampler")})
+    if curve:
+        card["quality_vs_steps"] = sorted(curve, key=lambda r: r["step"] or 0)
     card_path = weights.with_suffix(".yaml")
     tmp = card_path.with_name(card_path.name + ".tmp")
     tmp.write_text(f"# Model card of {weights.name} (written by python -m trainer.export)\n"
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", action="append", default=[], help="trainer.evaluate report(s) to record")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="rewrite a top-level config value in the card, e.g. autoencoder=assets/checkpoints/x.safetensors")
+    p.add_argument("--curve", action="append", default=[],
+                   help="trainer.evaluate reports of intermediate checkpoints (quality against steps)")
     p.add_argument("--notes")
     p.add_argument("--out-dir", default=str(SHIPPED))
     a = p.parse_args(argv)
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         rewrite[k] = v
     try:
-        w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir))
+        w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
