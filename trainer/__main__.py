@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         # the model's initial weights are a function of the seed (every rank the same)
+        torch.set_flush_denormal(True)  # denormals (e.g. in softmax tails) slow CPU kernels down
         torch.manual_seed(cfg.train.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)

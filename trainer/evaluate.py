@@ -518,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     from trainer.checkpoint import CheckpointError
