@@ -76,6 +76,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
     weights = out_dir / f"{name}.safetensors"
     tmp = weights.with_name(weights.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"name": name, "step": str(meta["step"]), "dtype": dtype})
+    tmp.chmod(0o644)
     tmp.replace(weights)
     config = dict(meta["config"])
     for key, value in (rewrite or {}).items():  # e.g. autoencoder -> the shipped autoencoder
@@ -92,7 +93,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "git_commit": _git("rev-parse", "HEAD"),
         "command": command,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": config.get("data"),
+        "data": json.loads(json.dumps(config.get("data"))),  # a copy: no YAML anchors
         "config": config,
         "training_eval_curve": _eval_curve(run),
         "loss_curve": _loss_curve(run, max(1, int(config.get("train", {}).get("log_every", 25))) * 4),
