@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ class LatentCache:
         dev = next(ae.parameters()).device
         from tqdm import tqdm
 
-        for e in tqdm(eps, desc="encode latents", dynamic_ncols=True):
+        for e in tqdm(eps, desc="encode latents", dynamic_ncols=True, disable=os.environ.get("DREAMSTEP_NO_BAR") == "1"):
             zs = []
             for i in range(0, len(e.frames), batch):
                 with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
