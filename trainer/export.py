@@ -79,6 +79,13 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
     tmp.chmod(0o644)
     tmp.replace(weights)
     config = dict(meta["config"])
+    dataset = (config.get("data") or {}).get("dataset")
+    if config.get("world") and dataset and (Path(dataset) / "data" / "metadata.json").is_file():
+        from world.dataset import read_metadata
+
+        rec = read_metadata(dataset).get("recording", {})
+        if isinstance(rec, dict) and rec.get("world") == config["world"]:
+            config["world_settings"] = dict(rec.get("settings", {}))  # the real world it learned
     for key, value in (rewrite or {}).items():  # e.g. autoencoder -> the shipped autoencoder
         config[key] = value
     card: dict[str, Any] = {

@@ -43,10 +43,15 @@ def make_world(name: str, **settings: Any) -> World:
         from world.gym_adapter import GymWorld
 
         return GymWorld(name[len(GYM_PREFIX):], **settings)
+    if name == "dream":  # a trained world model (default: the shipped checkpoint)
+        from world.dream import DreamWorld
+
+        return DreamWorld(**settings)
     if name not in BUILTIN_WORLDS:
         raise UnknownWorldError(
             f"unknown world {name!r}; built-in worlds: {list_worlds()}, or "
-            f"'{GYM_PREFIX}<gymnasium id>' (e.g. 'gym:ALE/Breakout-v5') for an external game"
+            f"'{GYM_PREFIX}<gymnasium id>' (e.g. 'gym:ALE/Breakout-v5') for an external game, or 'dream' "
+            f"for a trained world model"
         )
     module, cls = BUILTIN_WORLDS[name].split(":")
     return getattr(importlib.import_module(module), cls)(**settings)

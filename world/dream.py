@@ -1,0 +1,161 @@
+"""The dreamed world: a World whose frames come from a trained world model.
+
+It starts from real context frames (the real game reset with the same seed, then
+``context - 1`` NOOP steps), streams frames with the model's sampler and its KV cache
+(a rolling window plus attention sink, so a session runs forever in bounded memory), and
+decodes each generated latent to pixels. ``get_state``/``set_state`` snapshot the whole
+state (cache, noise generator, frame), so replaying an action log from a state is
+bit-exact on the same machine.
+
+Rewards and episode ends are not learned yet: reward is 0 and episodes end only by
+``max_steps`` (truncation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from world.core import InvalidSettingError, StepResult, World, settings_from_kwargs
+
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
+DEFAULT_CHECKPOINT = SHIPPED / "adventure_teacher.safetensors"
+
+
+@dataclass
+class DreamSettings:
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    sampler: str = "auto"        # "euler" (teacher), "consistency" (students) or "auto" (from the card)
+    steps: int = 0               # sampling steps per frame; 0 = the checkpoint's default
+    cfg: float = 1.0             # action guidance (euler)
+    context: int = 1             # real frames the dream starts from
+    max_steps: int = 1000
+    noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
+    threads: int = 0             # torch threads (0 = leave as is)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("auto", "euler", "consistency"):
+            raise InvalidSettingError(f"sampler must be 'auto', 'euler' or 'consistency', got {self.sampler!r}")
+        if self.steps < 0 or self.context < 1 or self.max_steps < 1:
+            raise InvalidSettingError(
+                f"need steps >= 0, context >= 1, max_steps >= 1; got {self.steps}, {self.context}, {self.max_steps}")
+
+
+class DreamWorld(World):
+    name = "dream"
+    supports_state = True
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__()
+        from model.rollout import SamplerConfig
+        from trainer.latents import load_autoencoder
+        from trainer.models import load_world_model
+
+        self.settings = settings_from_kwargs(DreamSettings, settings, self.name)
+        s = self.settings
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        torch.set_flush_denormal(True)
+        if not Path(s.checkpoint).exists():
+            raise InvalidSettingError(
+                f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
+                f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
+        self.model, self.config, self.model_id = load_world_model(s.checkpoint)
+        self.ae, _ = load_autoencoder(self.config["autoencoder"])
+        kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
+        steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
+        shift = float(self.config.get("loss", {}).get("shift", 3.0))
+        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=s.cfg, shift=shift)
+        self.real_world_name = self.config.get("world", "adventure")
+        self.real_settings = _recorded_settings(self.config, self.real_world_name)
+        from world import make_world
+
+        self._real = make_world(self.real_world_name, **self.real_settings)
+        self.action_names = tuple(self._real.action_names)
+        self.tick_rate = self._real.tick_rate
+        self.keymap_name = self._real.keymap_name
+        self.name = f"dream:{self.real_world_name}"
+        self._session = None
+        self._frame: np.ndarray | None = None
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (64, 64, 3)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({"checkpoint": self.settings.checkpoint, "model_id": self.model_id,
+                  "sampler": dataclasses.asdict(self.sampler), "real_world": self.real_world_name})
+        return d
+
+    # ----------------------------------------------------------------- dynamics
+    def _reset(self, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+        from model.autoencoder import from_uint8
+        from model.rollout import Session
+
+        seed = 0 if seed is None else seed
+        frame, info = self._real.reset(seed=seed)
+        frames = [frame]
+        for _ in range(self.settings.context - 1):
+            frame, *_ = self._real.step(0)
+            frames.append(frame)
+        gen = torch.Generator().manual_seed(self.settings.noise_seed * 1_000_003 + seed)
+        self._session = Session(self.model, 1, generator=gen)
+        with torch.no_grad():
+            z = self.ae.encode(from_uint8(torch.from_numpy(np.stack(frames))))
+        self._session.prime(z[None], torch.zeros(1, len(frames), dtype=torch.long))
+        self._frame = frames[-1]
+        return self._frame.copy(), {"effective_action": 0, "dream": True, "seed": seed}
+
+    def _step(self, action: int) -> StepResult:
+        assert self._session is not None
+        with torch.no_grad():
+            z = self._session.generate(torch.tensor([[action]]), self.sampler)
+            from model.autoencoder import to_uint8
+
+            self._frame = to_uint8(self.ae.decode(z[0].float()))[0].numpy()
+        truncated = self._steps + 1 >= self.settings.max_steps
+        return StepResult(self._frame.copy(), 0.0, False, truncated, {"effective_action": action, "dream": True})
+
+    def render(self, size: int | None = None) -> np.ndarray:
+        if self._frame is None:
+            raise RuntimeError("call reset() before render()")
+        if size is None or size == 64:
+            return self._frame.copy()
+        k = max(1, size // 64)
+        return np.repeat(np.repeat(self._frame, k, 0), k, 1)
+
+    # ----------------------------------------------------------------- state
+    def get_state(self) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError("call reset() before get_state()")
+        return {"session": self._session.snapshot(), "frame": self._frame.copy(), **self._base_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if self._session is None:
+            raise RuntimeError("call reset() before set_state()")
+        self._session.restore(state["session"])
+        self._frame = state["frame"].copy()
+        self._restore_base_state(state)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def _recorded_settings(config: dict[str, Any], world: str) -> dict[str, Any]:
+    """The real world's settings the model was trained on (from its dataset's metadata)."""
+    dataset = (config.get("data") or {}).get("dataset")
+    out: dict[str, Any] = {}
+    if dataset and (Path(dataset) / "data" / "metadata.json").is_file():
+        from world.dataset import read_metadata
+
+        rec = read_metadata(dataset).get("recording", {})
+        if isinstance(rec, dict) and rec.get("world") == world:
+            out.update(rec.get("settings", {}))
+    out.update(config.get("world_settings") or {})
+    return out
