@@ -151,3 +151,43 @@ def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -
             f"shape mismatches {shapes[:5]}; check that the config matches the one it was trained with"
         )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+
+
+def file_hash(path: str | Path) -> str:
+    """A short sha1 of a file's bytes (names weights in reports and caches)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A run folder, checkpoint folder or shipped .safetensors -> (weights file, full config).
+
+    Checkpoint folders give their EMA weights when they have them; a shipped file's config
+    is in its model card (the .yaml beside it).
+    """
+    import yaml
+
+    p = Path(path)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(p)
+        if ckpt is None:
+            raise CheckpointError(f"run folder {p} has no complete checkpoint yet")
+        p = ckpt
+    if p.is_dir():
+        meta_file = p / "meta.json"
+        if not meta_file.is_file():
+            raise CheckpointError(f"{p} is not a checkpoint folder (no meta.json)")
+        cfg = json.loads(meta_file.read_text())["config"]
+        weights = p / "ema.safetensors" if (p / "ema.safetensors").is_file() else p / "model.safetensors"
+        return weights, cfg
+    if p.suffix == ".safetensors" and p.is_file():
+        card = p.with_suffix(".yaml")
+        if not card.is_file():
+            raise CheckpointError(f"shipped checkpoint {p} has no model card {card} (it holds the config)")
+        return p, yaml.safe_load(card.read_text())["config"]
+    raise CheckpointError(f"checkpoint {p} not found: give a run folder, a checkpoint folder or a .safetensors file")

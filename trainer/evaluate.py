@@ -16,7 +16,6 @@ training episode used one.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import subprocess
@@ -331,19 +330,12 @@ def _git_commit() -> str | None:
         return None
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
 def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, context: int = 4,
              horizon: int = HORIZON, sampler: SamplerConfig | None = None, seed: int = 0,
              actions_file: str | None = None, idm_path: str | None = None, long_episodes: int = 4,
              long_horizon: int = 256, revisit_episodes: int = 4, precision: str = "bf16",
              first_seed: int = EVAL_SEED_BASE) -> dict[str, Any]:
+    from trainer.checkpoint import file_hash
     from trainer.latents import load_autoencoder
     from trainer.models import default_idm, load_idm, load_world_model, resolve_full
 
@@ -359,13 +351,9 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
 
         step = (yaml.safe_load(weights_file.with_suffix(".yaml").read_text()) or {}).get("steps")
     dataset = cfg.get("data", {}).get("dataset")
-    settings: dict[str, Any] = {}
-    if dataset and (Path(dataset) / "data" / "metadata.json").is_file():
-        from world.dataset import read_metadata
+    from world.dataset import recorded_settings
 
-        rec = read_metadata(dataset).get("recording", {})
-        if isinstance(rec, dict) and rec.get("world") == world:
-            settings = dict(rec.get("settings", {}))
+    settings: dict[str, Any] = recorded_settings(dataset, world)
     settings.update(cfg.get("world_settings", {}) or {})
     if sampler is None:
         sampler = SamplerConfig(kind="euler", steps=48, cfg=1.0, shift=float(cfg.get("loss", {}).get("shift", 3.0)))
@@ -424,7 +412,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                           "policy_note": "explorer (even episodes) and random (odd) from held-out seeds "
                                          f">= {EVAL_SEED_BASE}; revisit: NOOP context then 16 steps out, 16 back"}
     report["provenance"] = {"checkpoint": str(checkpoint), "weights": str(weights_file), "step": step,
-                            "weights_sha1": _sha(weights_file), "model_id": model_id,
+                            "weights_sha1": file_hash(weights_file), "model_id": model_id,
                             "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
                             "idm": str(idm_src) if idm_src else None, "idm_id": idm_id,
                             "config": cfg, "git_commit": _git_commit(),

@@ -79,13 +79,12 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
     tmp.chmod(0o644)
     tmp.replace(weights)
     config = dict(meta["config"])
-    dataset = (config.get("data") or {}).get("dataset")
-    if config.get("world") and dataset and (Path(dataset) / "data" / "metadata.json").is_file():
-        from world.dataset import read_metadata
+    if config.get("world"):
+        from world.dataset import recorded_settings
 
-        rec = read_metadata(dataset).get("recording", {})
-        if isinstance(rec, dict) and rec.get("world") == config["world"]:
-            config["world_settings"] = dict(rec.get("settings", {}))  # the real world it learned
+        learned = recorded_settings((config.get("data") or {}).get("dataset"), config["world"])
+        if learned:
+            config["world_settings"] = learned  # the real world it learned, for clones without the data
     for key, value in (rewrite or {}).items():  # e.g. autoencoder -> the shipped autoencoder
         config[key] = value
     card: dict[str, Any] = {

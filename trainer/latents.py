@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from model.autoencoder import Autoencoder, AutoencoderConfig, from_uint8
-from trainer.checkpoint import CheckpointError, latest_checkpoint, load_into, load_weights
+from trainer.checkpoint import file_hash, load_into, load_weights, resolve_full
 from trainer.config import from_dict
 from trainer.data import dataset_fingerprint, load_episodes
 
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+_file_hash = file_hash  # kept for callers of the old name
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """A run folder, a checkpoint folder, or a shipped .safetensors -> (weights file, model config dict)."""
-    p = Path(path)
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        ckpt = latest_checkpoint(p)
-        if ckpt is None:
-            raise CheckpointError(f"run folder {p} has no complete checkpoint yet")
-        p = ckpt
-    if p.is_dir():
-        meta_file = p / "meta.json"
-        if not meta_file.is_file():
-            raise CheckpointError(f"{p} is not a checkpoint folder (no meta.json)")
-        cfg = json.loads(meta_file.read_text())["config"]["model"]
-        weights = p / "ema.safetensors" if (p / "ema.safetensors").is_file() else p / "model.safetensors"
-        return weights, cfg
-    if p.suffix == ".safetensors" and p.is_file():
-        card = p.with_suffix(".yaml")
-        if not card.is_file():
-            raise CheckpointError(f"shipped checkpoint {p} has no model card {card} (it holds the config)")
-        return p, yaml.safe_load(card.read_text())["config"]["model"]
-    raise CheckpointError(f"checkpoint {p} not found: give a run folder, a checkpoint folder or a .safetensors file")
+    """A run folder, a checkpoint folder or a shipped .safetensors -> (weights file, model config dict)."""
+    weights, cfg = resolve_full(path)
+    return weights, cfg["model"]
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:

@@ -103,6 +103,16 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     return json.loads(_require_dataset(Path(root)).read_text())
 
 
+def recorded_settings(root: str | Path | None, world: str) -> dict[str, Any]:
+    """The settings of ``world`` a dataset was recorded with ({} when unknown or absent)."""
+    if not root or not (Path(root) / DATA / METADATA).is_file():
+        return {}
+    rec = read_metadata(root).get("recording", {})
+    if isinstance(rec, dict) and rec.get("world") == world:
+        return dict(rec.get("settings", {}))
+    return {}
+
+
 def episode_metadata(root: str | Path, episode: int) -> dict[str, Any]:
     """The metadata of one counted episode."""
     root = Path(root)

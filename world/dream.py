@@ -148,14 +148,9 @@ class DreamWorld(World):
 
 
 def _recorded_settings(config: dict[str, Any], world: str) -> dict[str, Any]:
-    """The real world's settings the model was trained on (from its dataset's metadata)."""
-    dataset = (config.get("data") or {}).get("dataset")
-    out: dict[str, Any] = {}
-    if dataset and (Path(dataset) / "data" / "metadata.json").is_file():
-        from world.dataset import read_metadata
+    """The real world's settings the model was trained on (its card, else its dataset's metadata)."""
+    from world.dataset import recorded_settings
 
-        rec = read_metadata(dataset).get("recording", {})
-        if isinstance(rec, dict) and rec.get("world") == world:
-            out.update(rec.get("settings", {}))
+    out = recorded_settings((config.get("data") or {}).get("dataset"), world)
     out.update(config.get("world_settings") or {})
     return out
