@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from model import flow
@@ -83,3 +84,50 @@ def test_ema():
     before = e.weight.clone()
     ema_update(e, m, 0.99)
     assert torch.allclose(e.weight, 0.99 * before + 0.01 * m.weight)
+
+
+def test_cd_stage_trains_and_resumes_its_target(tmp_path):
+    """Causal CD on a tiny teacher: the loss is finite and logged with the teacher NFE count,
+    the target network is in the checkpoint, and the student starts equal to the teacher."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, write_config
+    from trainer.checkpoint import latest_checkpoint, load_weights
+
+    env = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "trainer", *a], cwd=ROOT, env=env,  # noqa: E731
+                                    capture_output=True, text=True)
+    ds = record_tiny_dataset(tmp_path / "tiny-v0", episodes=4, steps=24)
+    assert run("autoencoder", "--config", str(tiny_ae_config(tmp_path, ds, "ae", steps=2))).returncode == 0
+    t_cfg = write_config(tmp_path / "teacher.yaml", "adventure_teacher.yaml", run_dir=str(tmp_path / "teacher"),
+                         autoencoder=str(tmp_path / "ae"), latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                         data={"dataset": str(ds), "holdout_episodes": 1},
+                         model={"latent_channels": 8, "width": 32, "depth": 1, "heads": 2, "window": 4},
+                         train={"steps": 6, "batch_size": 4, "log_every": 2, "ckpt_every": 6, "eval_every": 0,
+                                "warmup": 1}, eval_windows=4)
+    assert run("teacher", "--config", str(t_cfg)).returncode == 0
+    cd_cfg = write_config(tmp_path / "cd.yaml", "adventure_cd_frame2.yaml", run_dir=str(tmp_path / "cd"),
+                          teacher=str(tmp_path / "teacher"), latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                          data={"dataset": str(ds), "holdout_episodes": 1}, loss={"cfg": 2.0, "n_points": 8},
+                          train={"steps": 6, "batch_size": 4, "log_every": 2, "ckpt_every": 3, "eval_every": 3,
+                                 "warmup": 1, "lr": 0.001}, eval_windows=4)
+    r = run("cd", "--config", str(cd_cfg))
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(ln) for ln in (tmp_path / "cd" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in recs if "loss" in x]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    nfe = [x["teacher_nfe"] for x in recs if "teacher_nfe" in x]
+    assert nfe[-1] == 6 * 4 * 2  # one cond + one uncond teacher forward per sample with CFG
+    assert any("eval/x0_mse_2step" in x for x in recs)
+    ck = latest_checkpoint(tmp_path / "cd")
+    tgt = load_weights(ck, "target")
+    student = load_weights(ck, "model")
+    teacher = load_weights(latest_checkpoint(tmp_path / "teacher"), "ema")
+    assert set(tgt) == set(student) == set(teacher)
+    # the target trails the student (EMA 0.99): between the teacher it started from and the student
+    k = next(k for k in student if "mlp" in k or "qkv" in k)
+    d_ts = (teacher[k] - student[k]).abs().sum()
+    assert 0 < (tgt[k] - teacher[k]).abs().sum() < d_ts

@@ -12,26 +12,24 @@ import sys
 from trainer.config import ConfigError, load_config, parse_overrides, to_dict
 from trainer.distributed import init_distributed, shutdown
 
-STAGES = ("autoencoder", "teacher", "idm")
+# stage name -> (module, experiment config class, stage class)
+STAGE_TABLE = {
+    "autoencoder": ("trainer.stages.autoencoder", "AutoencoderExperiment", "AutoencoderStage"),
+    "teacher": ("trainer.stages.teacher", "TeacherExperiment", "TeacherStage"),
+    "idm": ("trainer.stages.idm", "IDMExperiment", "IDMStage"),
+    "cd": ("trainer.stages.cd", "CDExperiment", "CDStage"),
+}
+STAGES = tuple(STAGE_TABLE)
 
 
 def build(stage: str, config: str, overrides: dict):
-    if stage == "autoencoder":
-        from trainer.stages.autoencoder import AutoencoderExperiment, AutoencoderStage
+    if stage not in STAGE_TABLE:
+        raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGES)}")
+    import importlib
 
-        cfg = load_config(AutoencoderExperiment, config, overrides)
-        return cfg, AutoencoderStage
-    if stage == "teacher":
-        from trainer.stages.teacher import TeacherExperiment, TeacherStage
-
-        cfg = load_config(TeacherExperiment, config, overrides)
-        return cfg, TeacherStage
-    if stage == "idm":
-        from trainer.stages.idm import IDMExperiment, IDMStage
-
-        cfg = load_config(IDMExperiment, config, overrides)
-        return cfg, IDMStage
-    raise ConfigError(f"unknown stage {stage!r}; valid stages: {list(STAGES)}")
+    module, exp_name, stage_name = STAGE_TABLE[stage]
+    mod = importlib.import_module(module)
+    return load_config(getattr(mod, exp_name), config, overrides), getattr(mod, stage_name)
 
 
 def main(argv: list[str] | None = None) -> int:

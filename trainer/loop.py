@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.distill import ema_update  # noqa: F401 - re-exported for the stages
+from model.distill import ema_update
 from trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -64,7 +64,7 @@ class Stage(Protocol):
     name: str
 
     def model(self) -> nn.Module: ...                       # the trained module
-    def extra_modules(self) -> dict[str, nn.Module]: ...    # other saved modules (frozen or buffers)
+    def extra_modules(self) -> dict[str, nn.Module]: ...    # other modules saved and restored on resume
     def next_batch(self, batch_size: int, info: DistInfo) -> Any: ...
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]: ...
@@ -140,9 +140,12 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     step = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        names = ("model", "ema") if ema is not None else ("model",)
+        extra = stage.extra_modules()
+        names = (("model", "ema") if ema is not None else ("model",)) + tuple(extra)
         weights, state, _meta = load_checkpoint(ckpt, names)
         load_into(model, weights["model"], f"{ckpt}/model.safetensors")
+        for name, mod in extra.items():
+            load_into(mod, weights[name], f"{ckpt}/{name}.safetensors")
         if ema is not None:
             load_into(ema, weights["ema"], f"{ckpt}/ema.safetensors")
         opt.load_state_dict(state["optimizer"])
@@ -213,6 +216,9 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         opt.step()
         if ema is not None:
             ema_update(ema, model, cfg.ema_decay)
+        after = getattr(stage, "after_step", None)
+        if after is not None:  # e.g. causal CD's target network
+            after(model)
         step += 1
         window_n += 1
         samples_seen += cfg.batch_size

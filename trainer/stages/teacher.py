@@ -102,29 +102,50 @@ class _TeacherForcing(nn.Module):
         return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma)
 
 
+class ClipData:
+    """Windows of ``frames`` latent frames + actions from a dataset, encoded once by the frozen
+    autoencoder and cached on disk; deterministic shuffling (exact resume) and held-out windows."""
+
+    def __init__(self, autoencoder: str, data: DataConfig, frames: int, cache_dir: str, model: TransformerConfig,
+                 eval_windows: int, seed: int) -> None:
+        ae, ae_id = load_autoencoder(autoencoder)
+        if ae.cfg.latent_channels != model.latent_channels or ae.cfg.latent_size != model.latent_size:
+            raise ValueError(
+                f"model.latent_channels/latent_size ({model.latent_channels}, {model.latent_size}) must "
+                f"match the autoencoder's ({ae.cfg.latent_channels}, {ae.cfg.latent_size})")
+        cache = LatentCache.build(data.dataset, ae, ae_id, cache_dir)
+        n = cache.num_episodes if not data.max_episodes else min(cache.num_episodes, data.max_episodes)
+        train_ids, hold_ids = split_episodes(n, data.holdout_episodes)
+        self.cache = cache
+        self.frames = frames
+        self.train_windows = window_index([cache.length(e) for e in train_ids], frames)
+        self.train_windows[:, 0] = np.asarray(train_ids)[self.train_windows[:, 0]]
+        hold = window_index([cache.length(e) for e in hold_ids], frames) if hold_ids else np.zeros((0, 2), np.int64)
+        if len(hold):
+            hold[:, 0] = np.asarray(hold_ids)[hold[:, 0]]
+            pick = np.random.default_rng(4321).permutation(len(hold))[:eval_windows]
+            hold = hold[np.sort(pick)]
+        self.eval_windows = hold
+        self.sampler = EpochSampler(len(self.train_windows), seed)
+
+    def clips(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        z, a = self.cache.windows(rows, self.frames)
+        return torch.from_numpy(z).float().to(device), torch.from_numpy(a).long().to(device)
+
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
+        return self.clips(self.train_windows[idx], info.device)
+
+
 class TeacherStage:
     name = "teacher"
 
     def __init__(self, cfg: TeacherExperiment) -> None:
         self.cfg = cfg
-        ae, ae_id = load_autoencoder(cfg.autoencoder)
-        if ae.cfg.latent_channels != cfg.model.latent_channels or ae.cfg.latent_size != cfg.model.latent_size:
-            raise ValueError(
-                f"model.latent_channels/latent_size ({cfg.model.latent_channels}, {cfg.model.latent_size}) must "
-                f"match the autoencoder's ({ae.cfg.latent_channels}, {ae.cfg.latent_size})")
-        cache = LatentCache.build(cfg.data.dataset, ae, ae_id, cfg.latent_cache_dir)
-        n = cache.num_episodes if not cfg.data.max_episodes else min(cache.num_episodes, cfg.data.max_episodes)
-        train_ids, hold_ids = split_episodes(n, cfg.data.holdout_episodes)
-        self.cache = cache
-        self.train_windows = window_index([cache.length(e) for e in train_ids], cfg.frames)
-        self.train_windows[:, 0] = np.asarray(train_ids)[self.train_windows[:, 0]]
-        hold = window_index([cache.length(e) for e in hold_ids], cfg.frames) if hold_ids else np.zeros((0, 2), np.int64)
-        if len(hold):
-            hold[:, 0] = np.asarray(hold_ids)[hold[:, 0]]
-            pick = np.random.default_rng(4321).permutation(len(hold))[: cfg.eval_windows]
-            hold = hold[np.sort(pick)]
-        self.eval_windows = hold
-        self.sampler = EpochSampler(len(self.train_windows), cfg.train.seed)
+        self.data = ClipData(cfg.autoencoder, cfg.data, cfg.frames, cfg.latent_cache_dir, cfg.model,
+                             cfg.eval_windows, cfg.train.seed)
+        self.cache = self.data.cache
+        self.eval_windows = self.data.eval_windows
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.net = FrameTransformer(cfg.model)
         self.wrapped = _TeacherForcing(self.net)
@@ -139,12 +160,10 @@ class TeacherStage:
         return 2 * self.cfg.frames * self.cfg.model.tokens_per_frame
 
     def _clips(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        z, a = self.cache.windows(rows, self.cfg.frames)
-        return torch.from_numpy(z).float().to(device), torch.from_numpy(a).long().to(device)
+        return self.data.clips(rows, device)
 
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
-        return self._clips(self.train_windows[idx], info.device)
+        return self.data.next_batch(batch_size, info)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x0, actions = batch
@@ -172,8 +191,8 @@ class TeacherStage:
         return {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
 
     def data_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state(), "gen": self.gen.get_state()}
+        return {"sampler": self.data.sampler.state(), "gen": self.gen.get_state()}
 
     def load_data_state(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state(state["sampler"])
+        self.data.sampler.load_state(state["sampler"])
         self.gen.set_state(state["gen"])

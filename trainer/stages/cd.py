@@ -1,0 +1,180 @@
+"""Stage 2b: causal consistency distillation (Causal Forcing++; ALGORITHMS.md section 3b).
+
+Three networks: the student (initialised from the teacher, trained), the frozen teacher, and
+the target = EMA of the student (starts equal to the teacher; saved in every checkpoint).
+One step on a ground-truth clip x0 with its actions:
+
+1. ``n`` uniform in {0..N-2} on the shifted N-point grid; the same sigma for every frame;
+2. ``x_t = (1 - sigma_n) x0 + sigma_n eps``;
+3. the teacher (no grad, teacher-forced on the clean ground-truth history, CFG on actions)
+   takes one Euler step to ``sigma_{n+1}``;
+4. the student predicts x0 at ``(x_t, sigma_n)``; 5. the target predicts x0 at
+   ``(x_t', sigma_{n+1})``; 6. loss = MSE between them in x0 space.
+
+No trajectories are stored. The teacher forwards spent are counted (``teacher_nfe``, per
+training sample: 1, or 2 with CFG) for the Stage 2 cost comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from model import flow
+from model.distill import cd_timestep_pair, consistency_loss, ema_update, teacher_cfg_euler_step
+from model.transformer import FrameTransformer, TransformerConfig
+from trainer.config import from_dict
+from trainer.distributed import DistInfo
+from trainer.loop import TrainConfig
+from trainer.stages.autoencoder import DataConfig
+from trainer.stages.teacher import ClipData, _TeacherForcing
+
+
+@dataclass
+class CDLossConfig:
+    n_points: int = 48            # the shifted grid (paper: 48)
+    cfg: float = 1.0              # teacher guidance in its Euler step (paper: 3.0)
+    target_decay: float = 0.99    # EMA decay of the target network
+    shift: float = 0.0            # 0 = the teacher's training shift
+
+
+@dataclass
+class CDExperiment:
+    stage: str = "cd"
+    run_dir: str = "runs/adventure_cd_frame"
+    world: str = "adventure"
+    teacher: str = "assets/checkpoints/adventure_teacher.safetensors"
+    latent_cache_dir: str = "data/latents"
+    frames: int = 8
+    block_frames: int = 0         # the student's block size; 0 = the teacher's (frame-wise)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: CDLossConfig = field(default_factory=CDLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_windows: int = 64
+    eval_steps: tuple[int, ...] = (1, 2)  # few-step lists judged in the held-out evaluation
+
+    def __post_init__(self) -> None:
+        self.eval_steps = tuple(self.eval_steps)
+
+
+def load_teacher(path: str) -> tuple[FrameTransformer, dict[str, Any]]:
+    from trainer.models import load_world_model
+
+    net, cfg, _ = load_world_model(path)
+    return net, cfg
+
+
+class CDStage:
+    name = "cd"
+
+    def __init__(self, cfg: CDExperiment) -> None:
+        self.cfg = cfg
+        teacher, tcfg = load_teacher(cfg.teacher)
+        self.teacher_config = tcfg
+        self.shift = cfg.loss.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
+        model_cfg = dict(tcfg["model"])
+        if cfg.block_frames:
+            model_cfg["block_frames"] = cfg.block_frames
+        self.model_cfg = from_dict(TransformerConfig, model_cfg, "student model")
+        self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
+                             cfg.eval_windows, cfg.train.seed)
+        self.teacher = _TeacherForcing(teacher).requires_grad_(False).eval()
+        student = FrameTransformer(self.model_cfg)
+        student.load_state_dict(teacher.state_dict())
+        self.student = _TeacherForcing(student)
+        self.target = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.teacher_nfe = 0
+        self.samples = 0
+
+    # -- Stage protocol
+    def model(self) -> nn.Module:
+        return self.student
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"target": self.target}
+
+    def tokens_per_sample(self) -> int:
+        return 2 * self.cfg.frames * self.model_cfg.tokens_per_frame
+
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.next_batch(batch_size, info)
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, actions = batch
+        B, F = x0.shape[:2]
+        dev = x0.device
+        self.teacher.to(dev)
+        self.target.to(dev)
+        _, s_n, s_next = cd_timestep_pair(B, self.cfg.loss.n_points, self.shift, self.gen)
+        sigma = s_n.to(dev)[:, None].expand(B, F)
+        sigma_next = s_next.to(dev)[:, None].expand(B, F)
+        eps = torch.randn(x0.shape, generator=self.gen).to(dev)
+        x_t = flow.add_noise(x0, eps, sigma)
+        zeros = torch.zeros(B, F, device=dev)
+        with torch.no_grad():
+            v_c = self.teacher(x0, x_t, sigma, actions, zeros).float()
+            v_u = None
+            if self.cfg.loss.cfg != 1.0:
+                null = torch.full_like(actions, self.model_cfg.null_action)
+                v_u = self.teacher(x0, x_t, sigma, null, zeros).float()
+            x_next = teacher_cfg_euler_step(x_t, v_c, v_u, sigma, sigma_next, self.cfg.loss.cfg)
+            x0_target = flow.x0_from_v(x_next, sigma_next, self.target(x0, x_next, sigma_next, actions, zeros).float())
+        x0_student = flow.x0_from_v(x_t, sigma, model(x0, x_t, sigma, actions, zeros).float())
+        self.teacher_nfe += B * (1 if v_u is None else 2)
+        self.samples += B
+        loss = consistency_loss(x0_student, x0_target)
+        return loss, {"teacher_nfe": float(self.teacher_nfe), "teacher_nfe_per_sample":
+                      float(self.teacher_nfe / max(self.samples, 1))}
+
+    def after_step(self, model: nn.Module) -> None:
+        ema_update(self.target, model, self.cfg.loss.target_decay)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        return few_step_eval(model, self.data, self.cfg.eval_steps, self.shift, self.cfg.train.precision)
+
+    def data_state(self) -> dict[str, Any]:
+        return {"sampler": self.data.sampler.state(), "gen": self.gen.get_state(),
+                "teacher_nfe": self.teacher_nfe, "samples": self.samples}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.data.sampler.load_state(state["sampler"])
+        self.gen.set_state(state["gen"])
+        self.teacher_nfe = int(state["teacher_nfe"])
+        self.samples = int(state["samples"])
+
+
+@torch.no_grad()
+def few_step_eval(model: nn.Module, data: ClipData, steps_list: tuple[int, ...], shift: float,
+                  precision: str) -> dict[str, float]:
+    """Held-out x0 error of k-step consistency sampling, teacher-forced on the true history
+    (every frame at once): what the student gets right per frame before rollout drift."""
+    if not len(data.eval_windows):
+        return {}
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out: dict[str, list[float]] = {f"x0_mse_{k}step": [] for k in steps_list}
+    for i in range(0, len(data.eval_windows), 16):
+        x0, a = data.clips(data.eval_windows[i:i + 16], dev)
+        B, F = x0.shape[:2]
+        zeros = torch.zeros(B, F, device=dev)
+        for k in steps_list:
+            gen = torch.Generator().manual_seed(1234 + i)
+
+            def v(x: torch.Tensor, sigma: torch.Tensor, acts: torch.Tensor, clean: torch.Tensor = x0,
+                  zs: torch.Tensor = zeros) -> torch.Tensor:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    return model(clean, x, sigma, acts, zs).float()
+
+            noise = torch.randn(x0.shape, generator=gen).to(dev)
+            pred = flow.sample_consistency(v, noise, a, flow.step_list(k, shift), gen)
+            out[f"x0_mse_{k}step"].append(float((pred - x0).pow(2).mean()))
+    model.train(was)
+    return {key: float(np.mean(vals)) for key, vals in out.items()}
