@@ -114,6 +114,20 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                           data={"dataset": str(ds), "holdout_episodes": 1}, loss={"cfg": 2.0, "n_points": 8},
                           train={"steps": 6, "batch_size": 4, "log_every": 2, "ckpt_every": 3, "eval_every": 3,
                                  "warmup": 1, "lr": 0.001}, eval_windows=4)
+    # Stage 2a on the same tiny teacher: trajectories stored with their cost, then the regression trains
+    ode_cfg = write_config(tmp_path / "ode.yaml", "adventure_ode_frame2.yaml", run_dir=str(tmp_path / "ode"),
+                           teacher=str(tmp_path / "teacher"), latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                           trajectories=str(tmp_path / "traj"), data={"dataset": str(ds), "holdout_episodes": 1},
+                           ode={"samples": 6, "solve_steps": 4, "cfg": 2.0, "batch": 4},
+                           train={"steps": 4, "batch_size": 2, "log_every": 2, "ckpt_every": 4, "eval_every": 0,
+                                  "warmup": 1}, eval_windows=4)
+    r = run("ode", "--config", str(ode_cfg))
+    assert r.returncode == 0, r.stderr[-2000:]
+    cost = json.loads((tmp_path / "traj" / "trajectories.json").read_text())
+    assert cost["samples"] == 6 and cost["teacher_nfe"] == 6 * 4 * 2 and cost["bytes_stored"] > 0
+    assert cost["stored_sigmas"][0] == 1.0 and len(cost["stored_sigmas"]) == 2
+    with np.load(tmp_path / "traj" / "trajectories.npz") as z:
+        assert z["states"].shape[:3] == (6, 2, 4) and z["endpoints"].shape[:2] == (6, 4)
     r = run("cd", "--config", str(cd_cfg))
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(ln) for ln in (tmp_path / "cd" / "metrics.jsonl").read_text().splitlines()]

@@ -18,6 +18,7 @@ STAGE_TABLE = {
     "teacher": ("trainer.stages.teacher", "TeacherExperiment", "TeacherStage"),
     "idm": ("trainer.stages.idm", "IDMExperiment", "IDMStage"),
     "cd": ("trainer.stages.cd", "CDExperiment", "CDStage"),
+    "ode": ("trainer.stages.ode", "ODEExperiment", "ODEStage"),
 }
 STAGES = tuple(STAGE_TABLE)
 

@@ -1,0 +1,181 @@
+"""Stage 2a: causal ODE distillation (Causal Forcing; the baseline; ALGORITHMS.md section 3a).
+
+Precompute: the AR teacher's PF-ODE (``solve_steps`` Euler steps with action CFG) on all
+frames of a clip at once, teacher-forced on the ground-truth clean history, from pure noise;
+the states at the student's step sigmas plus the endpoint are stored (float16) with the clip's
+window index. The cost is accounted in ``trajectories.json``: teacher forwards, wall time and
+bytes stored.
+
+Train: the student (initialised from the teacher) maps a stored state at one of the step
+sigmas (the same for all frames) to the stored endpoint, with the same teacher-forced clean
+context; MSE in x0 space.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from model import flow
+from model.distill import ode_regression_loss, teacher_cfg_euler_step, trajectory_indices
+from model.transformer import FrameTransformer, TransformerConfig
+from trainer.config import from_dict
+from trainer.data import EpochSampler
+from trainer.distributed import DistInfo
+from trainer.loop import TrainConfig
+from trainer.stages.autoencoder import DataConfig
+from trainer.stages.cd import few_step_eval, load_teacher
+from trainer.stages.teacher import ClipData, _TeacherForcing
+
+
+@dataclass
+class ODEConfig:
+    student_steps: int = 2        # the student's step list (states stored at its sigmas)
+    solve_steps: int = 48         # teacher Euler steps per trajectory (paper: 48)
+    cfg: float = 1.0              # teacher guidance (paper: 6.0)
+    samples: int = 2048           # trajectories to precompute
+    shift: float = 0.0            # 0 = the teacher's
+    batch: int = 32               # clips solved at once
+
+
+@dataclass
+class ODEExperiment:
+    stage: str = "ode"
+    run_dir: str = "runs/adventure_ode_frame"
+    world: str = "adventure"
+    teacher: str = "assets/checkpoints/adventure_teacher.safetensors"
+    latent_cache_dir: str = "data/latents"
+    trajectories: str = "data/ode/adventure_frame2"
+    frames: int = 8
+    block_frames: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    ode: ODEConfig = field(default_factory=ODEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_windows: int = 64
+    eval_steps: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        self.eval_steps = tuple(self.eval_steps)
+
+
+@torch.no_grad()
+def generate_trajectories(teacher: nn.Module, data: ClipData, cfg: ODEConfig, shift: float, null_action: int,
+                          out: Path, seed: int) -> dict[str, Any]:
+    """Solve and store ``cfg.samples`` teacher trajectories; returns (and writes) the cost record."""
+    t0 = time.time()
+    student_sigmas = flow.step_list(cfg.student_steps, shift)
+    grid = flow.sigma_grid(cfg.solve_steps + 1, shift)
+    keep = trajectory_indices(cfg.solve_steps, student_sigmas, shift)
+    rng = np.random.default_rng(seed)
+    rows = data.train_windows[rng.permutation(len(data.train_windows))[:cfg.samples]]
+    gen = torch.Generator().manual_seed(seed)
+    states, ends, nfe = [], [], 0
+    import os
+
+    from tqdm import tqdm
+
+    for i in tqdm(range(0, len(rows), cfg.batch), desc="teacher ODE trajectories", dynamic_ncols=True,
+                  disable=os.environ.get("DREAMSTEP_NO_BAR") == "1"):
+        x0, a = data.clips(rows[i:i + cfg.batch], torch.device("cpu"))
+        B, F = x0.shape[:2]
+        zeros = torch.zeros(B, F)
+        null = torch.full_like(a, null_action)
+        x = torch.randn(x0.shape, generator=gen)
+        saved = []
+        for j in range(cfg.solve_steps):
+            if j in keep:
+                saved.append(x.clone())
+            s, s2 = torch.full((B, F), float(grid[j])), torch.full((B, F), float(grid[j + 1]))
+            v_c = teacher(x0, x, s, a, zeros).float()
+            v_u = teacher(x0, x, s, null, zeros).float() if cfg.cfg != 1.0 else None
+            nfe += B * (1 if v_u is None else 2)
+            x = teacher_cfg_euler_step(x, v_c, v_u, s, s2, cfg.cfg)
+        states.append(torch.stack(saved, 1).half().numpy())  # (B, K, F, C, h, w)
+        ends.append(x.half().numpy())
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "trajectories.tmp.npz"
+    np.savez(tmp, rows=rows, states=np.concatenate(states), endpoints=np.concatenate(ends),
+             sigmas=np.asarray([float(grid[k]) for k in keep], np.float32))
+    tmp.replace(out / "trajectories.npz")
+    cost = {"samples": int(len(rows)), "solve_steps": cfg.solve_steps, "cfg": cfg.cfg,
+            "stored_sigmas": [float(grid[k]) for k in keep], "teacher_nfe": int(nfe),
+            "wall_s": time.time() - t0, "bytes_stored": int((out / "trajectories.npz").stat().st_size)}
+    (out / "trajectories.json").write_text(json.dumps(cost, indent=1))
+    return cost
+
+
+class ODEStage:
+    name = "ode"
+
+    def __init__(self, cfg: ODEExperiment) -> None:
+        self.cfg = cfg
+        teacher, tcfg = load_teacher(cfg.teacher)
+        self.shift = cfg.ode.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
+        model_cfg = dict(tcfg["model"])
+        if cfg.block_frames:
+            model_cfg["block_frames"] = cfg.block_frames
+        self.model_cfg = from_dict(TransformerConfig, model_cfg, "student model")
+        self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
+                             cfg.eval_windows, cfg.train.seed)
+        store = Path(cfg.trajectories)
+        wrapped_teacher = _TeacherForcing(teacher).requires_grad_(False).eval()
+        if not (store / "trajectories.npz").is_file():
+            cost = generate_trajectories(wrapped_teacher, self.data, cfg.ode, self.shift,
+                                         self.model_cfg.null_action, store, cfg.train.seed)
+            print(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
+                  f"{cost['wall_s']:.0f} s, {cost['bytes_stored'] / 1e6:.1f} MB -> {store}")
+        self.cost = json.loads((store / "trajectories.json").read_text())
+        with np.load(store / "trajectories.npz") as z:
+            self.rows, self.states, self.endpoints = z["rows"], z["states"], z["endpoints"]
+            self.sigmas = z["sigmas"]
+        if self.rows.shape[1:] != (2,) or self.states.shape[2] != cfg.frames:
+            raise ValueError(f"trajectories in {store} do not fit frames={cfg.frames}; delete the folder to "
+                             f"regenerate them")
+        student = FrameTransformer(self.model_cfg)
+        student.load_state_dict(teacher.state_dict())
+        self.student = _TeacherForcing(student)
+        self.sampler = EpochSampler(len(self.rows), cfg.train.seed)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+
+    def model(self) -> nn.Module:
+        return self.student
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def tokens_per_sample(self) -> int:
+        return 2 * self.cfg.frames * self.model_cfg.tokens_per_frame
+
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, ...]:
+        idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
+        x0, a = self.data.clips(self.rows[idx], info.device)
+        k = torch.randint(0, len(self.sigmas), (len(idx),), generator=self.gen).numpy()
+        state = torch.from_numpy(self.states[idx, k].astype(np.float32)).to(info.device)
+        sigma = torch.from_numpy(self.sigmas[k]).to(info.device)
+        end = torch.from_numpy(self.endpoints[idx].astype(np.float32)).to(info.device)
+        return x0, a, state, sigma, end
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, a, state, sigma, end = batch
+        B, F = x0.shape[:2]
+        s = sigma[:, None].expand(B, F)
+        pred = flow.x0_from_v(state, s, model(x0, state, s, a, torch.zeros(B, F, device=x0.device)).float())
+        return ode_regression_loss(pred, end), {"stage2_teacher_nfe": float(self.cost["teacher_nfe"])}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        return few_step_eval(model, self.data, self.cfg.eval_steps, self.shift, self.cfg.train.precision)
+
+    def data_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state(), "gen": self.gen.get_state()}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state(state["sampler"])
+        self.gen.set_state(state["gen"])
