@@ -145,3 +145,19 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     k = next(k for k in student if "mlp" in k or "qkv" in k)
     d_ts = (teacher[k] - student[k]).abs().sum()
     assert 0 < (tgt[k] - teacher[k]).abs().sum() < d_ts
+    # Stage 3 on the CD student: self-rollout DMD with an online fake score
+    dmd_cfg = write_config(tmp_path / "dmd.yaml", "adventure_cfpp_frame2.yaml", run_dir=str(tmp_path / "dmd"),
+                           generator=str(tmp_path / "cd"), teacher=str(tmp_path / "teacher"),
+                           latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                           data={"dataset": str(ds), "holdout_episodes": 1},
+                           dmd={"critic_updates": 2, "real_cfg": 2.0},
+                           train={"steps": 4, "batch_size": 2, "log_every": 2, "ckpt_every": 2, "eval_every": 0,
+                                  "warmup": 1}, eval_windows=4)
+    r = run("dmd", "--config", str(dmd_cfg))
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(ln) for ln in (tmp_path / "dmd" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x["loss"]) and np.isfinite(x["fake_loss"]) for x in recs if "loss" in x)
+    ck = latest_checkpoint(tmp_path / "dmd")
+    assert (ck / "fake_score.safetensors").is_file() and (ck / "ema.safetensors").is_file()
+    gen_w = load_weights(ck, "model")
+    assert any(not torch.equal(gen_w[k], student[k]) for k in student)  # the generator moved

@@ -19,6 +19,7 @@ STAGE_TABLE = {
     "idm": ("trainer.stages.idm", "IDMExperiment", "IDMStage"),
     "cd": ("trainer.stages.cd", "CDExperiment", "CDStage"),
     "ode": ("trainer.stages.ode", "ODEExperiment", "ODEStage"),
+    "dmd": ("trainer.stages.dmd", "DMDExperiment", "DMDStage"),
 }
 STAGES = tuple(STAGE_TABLE)
 
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         stage = stage_cls(cfg)
-        train(stage, cfg.train, cfg.run_dir, info, to_dict(cfg), resume=not args.fresh)
+        config = to_dict(cfg)
+        # distillation stages record the world model they make (model config, autoencoder, sampler),
+        # so that their checkpoints load like a teacher's (evaluation, the dream, export)
+        config.update(getattr(stage, "config_extra", lambda: {})())
+        train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh)
     finally:
         shutdown(info)
     return 0

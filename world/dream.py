@@ -70,7 +70,8 @@ class DreamWorld(World):
         kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
-        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=s.cfg, shift=shift)
+        first = int(self.config.get("sampler", {}).get("first_frame_steps", 0)) if kind == "consistency" else 0
+        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=s.cfg, shift=shift, first_frame_steps=first)
         self.real_world_name = self.config.get("world", "adventure")
         self.real_settings = _recorded_settings(self.config, self.real_world_name)
         from world import make_world

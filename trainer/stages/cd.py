@@ -92,6 +92,13 @@ class CDStage:
         self.teacher_nfe = 0
         self.samples = 0
 
+    def config_extra(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
+                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
+                "sampler": {"kind": "consistency", "steps": max(self.cfg.eval_steps)}}
+
     # -- Stage protocol
     def model(self) -> nn.Module:
         return self.student

@@ -117,6 +117,7 @@ class ODEStage:
     def __init__(self, cfg: ODEExperiment) -> None:
         self.cfg = cfg
         teacher, tcfg = load_teacher(cfg.teacher)
+        self.teacher_config = tcfg
         self.shift = cfg.ode.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
         model_cfg = dict(tcfg["model"])
         if cfg.block_frames:
@@ -143,6 +144,13 @@ class ODEStage:
         self.student = _TeacherForcing(student)
         self.sampler = EpochSampler(len(self.rows), cfg.train.seed)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
+
+    def config_extra(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
+                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
+                "sampler": {"kind": "consistency", "steps": self.cfg.ode.student_steps}}
 
     def model(self) -> nn.Module:
         return self.student

@@ -1,0 +1,209 @@
+"""Stage 3: DMD with self-rollout (the Self Forcing recipe; ALGORITHMS.md section 4).
+
+The generator (a Stage 2 student) rolls a clip out autoregressively exactly as at inference:
+``context`` real frames written to its KV cache, then each block denoised with its few-step
+consistency sampler (the first generated block with ``first_frame_steps``), the clean output
+written back to the cache at sigma = 0 without grad. One exit step is drawn per rollout:
+steps before it run without grad, the exit step's x0 prediction (with grad) is the output.
+
+The real score is the frozen AR teacher (teacher-forced on the generated clip, CFG on
+actions); the fake score is a copy trained online with the flow-matching loss on generator
+outputs, ``critic_updates`` updates per generator update (its weights and optimizer are in
+the checkpoint). The generator's EMA (``train.ema_decay``) is the inference model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from model import flow
+from model.distill import dmd_gradient, dmd_loss, dmd_sigma
+from model.transformer import FrameTransformer, KVCache, TransformerConfig
+from trainer.config import from_dict
+from trainer.distributed import DistInfo
+from trainer.loop import TrainConfig
+from trainer.stages.autoencoder import DataConfig
+from trainer.stages.cd import few_step_eval, load_teacher
+from trainer.stages.teacher import (
+    ClipData,
+    TeacherLossConfig,
+    _TeacherForcing,
+    teacher_forcing_loss,
+)
+
+
+@dataclass
+class DMDConfig:
+    steps: int = 2                # the generator's sampling steps
+    first_frame_steps: int = 4    # steps for the first generated block (paper trick for 1-2 steps)
+    context: int = 1              # real frames the rollout starts from
+    real_cfg: float = 1.0         # CFG of the real score (the teacher)
+    critic_updates: int = 5       # fake-score updates per generator update (paper: 5)
+    critic_lr: float = 1e-4
+    sigma_min: float = 0.02
+    sigma_max: float = 0.98
+    shift: float = 0.0            # 0 = the teacher's
+
+
+@dataclass
+class DMDExperiment:
+    stage: str = "dmd"
+    run_dir: str = "runs/adventure_cfpp_frame2"
+    world: str = "adventure"
+    generator: str = "runs/adventure_cd_frame"
+    teacher: str = "assets/checkpoints/adventure_teacher.safetensors"
+    latent_cache_dir: str = "data/latents"
+    frames: int = 8
+    data: DataConfig = field(default_factory=DataConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_windows: int = 64
+    eval_steps: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        self.eval_steps = tuple(self.eval_steps)
+
+
+def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Tensor, steps: int,
+                 first_steps: int, shift: float, exit_step: int, gen: torch.Generator) -> torch.Tensor:
+    """Generate frames ``context.shape[1]..F-1`` of a clip as at inference; only the exit step of
+    each block carries grad. Returns the generated clean latents (B, F - C, ...)."""
+    B, C = context.shape[:2]
+    F = actions.shape[1]
+    K = net.cfg.block_frames
+    dev = context.device
+    cache = KVCache(net.cfg)
+    with torch.no_grad():
+        net(context, torch.zeros(B, C, device=dev), actions[:, :C], torch.arange(C),
+            torch.ones(C, dtype=torch.bool), cache=cache, write_cache=True)
+    outs = []
+    t = C
+    first = True
+    while t < F:
+        k = min(K, F - t)
+        times = torch.arange(t, t + k)
+        noisy = torch.zeros(k, dtype=torch.bool)
+        sigmas = flow.step_list(first_steps if first and first_steps else steps, shift)
+        exit_at = min(exit_step, len(sigmas) - 1)
+        x = torch.randn((B, k, *context.shape[2:]), generator=gen).to(dev)
+        a = actions[:, t:t + k]
+        x0 = x
+        for i, s in enumerate(sigmas):
+            sig = torch.full((B, k), float(s), device=dev)
+            if i < exit_at:
+                with torch.no_grad():
+                    x0 = flow.x0_from_v(x, sig, net(x, sig, a, times, noisy, cache=cache).float())
+                eps = torch.randn(x0.shape, generator=gen).to(dev)
+                x = flow.add_noise(x0, eps, torch.full((B, k), float(sigmas[i + 1]), device=dev))
+            else:
+                x0 = flow.x0_from_v(x, sig, net(x, sig, a, times, noisy, cache=cache).float())
+                break
+        outs.append(x0)
+        with torch.no_grad():
+            net(x0.detach(), torch.zeros(B, k, device=dev), a, times, torch.ones(k, dtype=torch.bool),
+                cache=cache, write_cache=True)
+        t += k
+        first = False
+    return torch.cat(outs, 1)
+
+
+class DMDStage:
+    name = "dmd"
+
+    def __init__(self, cfg: DMDExperiment) -> None:
+        self.cfg = cfg
+        teacher, tcfg = load_teacher(cfg.teacher)
+        generator, gcfg = load_teacher(cfg.generator)
+        self.teacher_config = tcfg
+        self.shift = cfg.dmd.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
+        self.model_cfg = from_dict(TransformerConfig, dict(gcfg["model"]), "generator model")
+        if cfg.dmd.context < 1 or cfg.dmd.context % self.model_cfg.block_frames or cfg.dmd.context >= cfg.frames:
+            raise ValueError(f"dmd.context={cfg.dmd.context} must be >= 1, a multiple of the generator's block size "
+                             f"({self.model_cfg.block_frames}) and below frames={cfg.frames}")
+        self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
+                             cfg.eval_windows, cfg.train.seed)
+        self.real = _TeacherForcing(teacher).requires_grad_(False).eval()
+        self.fake = _TeacherForcing(copy.deepcopy(teacher)).requires_grad_(True)
+        self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=cfg.dmd.critic_lr, betas=(0.9, 0.99))
+        self.generator = _TeacherForcing(generator.requires_grad_(True))
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.fm = TeacherLossConfig(shift=self.shift, action_dropout=0.0, change_weight=0.0)
+
+    def config_extra(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
+                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
+                "sampler": {"kind": "consistency", "steps": self.cfg.dmd.steps,
+                            "first_frame_steps": self.cfg.dmd.first_frame_steps}}
+
+    def model(self) -> nn.Module:
+        return self.generator
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"fake_score": self.fake}
+
+    def tokens_per_sample(self) -> int:
+        return self.cfg.frames * self.model_cfg.tokens_per_frame
+
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.next_batch(batch_size, info)
+
+    def _clip(self, x0: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x0[:, :self.cfg.dmd.context], generated], 1)
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, actions = batch
+        B, F = x0.shape[:2]
+        C = self.cfg.dmd.context
+        dev = x0.device
+        net = model.module.net if hasattr(model, "module") else model.net
+        exit_step = int(torch.randint(0, max(self.cfg.dmd.steps, 1), (1,), generator=self.gen))
+        g = self_rollout(net, x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
+                         exit_step, self.gen)
+        # critic: the fake score learns the generator's current distribution (flow matching)
+        clip = self._clip(x0, g.detach())
+        fake_losses = []
+        for _ in range(self.cfg.dmd.critic_updates):
+            fl, _ = teacher_forcing_loss(self.fake, clip, actions, self.fm, self.model_cfg.null_action, self.gen)
+            self.fake_opt.zero_grad(set_to_none=True)
+            fl.backward()
+            torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
+            self.fake_opt.step()
+            fake_losses.append(float(fl))
+        # generator: distribution matching gradient on a noised generated clip
+        s = dmd_sigma(B, self.shift, self.cfg.dmd.sigma_min, self.cfg.dmd.sigma_max, self.gen).to(dev)
+        sigma = s[:, None].expand(B, F)
+        eps = torch.randn(clip.shape, generator=self.gen).to(dev)
+        noisy = flow.add_noise(clip, eps, sigma)
+        zeros = torch.zeros(B, F, device=dev)
+        with torch.no_grad():
+            v_r = self.real(clip, noisy, sigma, actions, zeros).float()
+            if self.cfg.dmd.real_cfg != 1.0:
+                null = torch.full_like(actions, self.model_cfg.null_action)
+                v_ru = self.real(clip, noisy, sigma, null, zeros).float()
+                v_r = flow.cfg_velocity(v_r, v_ru, self.cfg.dmd.real_cfg)
+            x0_real = flow.x0_from_v(noisy, sigma, v_r)[:, C:]
+            x0_fake = flow.x0_from_v(noisy, sigma, self.fake(clip, noisy, sigma, actions, zeros).float())[:, C:]
+            grad = dmd_gradient(g.detach(), x0_fake, x0_real)
+        loss = dmd_loss(g, grad)
+        return loss, {"fake_loss": sum(fake_losses) / max(len(fake_losses), 1), "exit_step": float(exit_step),
+                      "dmd_grad_norm": float(grad.abs().mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        return few_step_eval(model, self.data, self.cfg.eval_steps, self.shift, self.cfg.train.precision)
+
+    def data_state(self) -> dict[str, Any]:
+        return {"sampler": self.data.sampler.state(), "gen": self.gen.get_state(),
+                "fake_opt": self.fake_opt.state_dict()}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.data.sampler.load_state(state["sampler"])
+        self.gen.set_state(state["gen"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
