@@ -161,3 +161,32 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert (ck / "fake_score.safetensors").is_file() and (ck / "ema.safetensors").is_file()
     gen_w = load_weights(ck, "model")
     assert any(not torch.equal(gen_w[k], student[k]) for k in student)  # the generator moved
+    # ship the teacher and the CF++ student, then compare them in one run (tiny protocol)
+    ship = tmp_path / "ship"
+    for run_name, name, extra in (("ae", "ae", []), ("teacher", "teacher", []), ("dmd", "cfpp_frame2", [])):
+        r = subprocess.run([sys.executable, "-m", "trainer.export", "--run", str(tmp_path / run_name), "--name", name,
+                            "--out-dir", str(ship), *extra], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    import yaml
+
+    card = yaml.safe_load((ship / "cfpp_frame2.yaml").read_text())
+    assert card["stage2"]["method"] == "causal_cd" and card["stage2"]["teacher_nfe"] == 6 * 4 * 2
+    assert card["stage2"]["bytes_stored"] == 0 and card["config"]["sampler"]["first_frame_steps"] == 4
+    out = tmp_path / "compare.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--variant",
+                        f"teacher={ship / 'teacher.safetensors'}", "--variant",
+                        f"cfpp_frame2={ship / 'cfpp_frame2.safetensors'}", "--variant",
+                        f"cf_chunk4={tmp_path / 'nothing.safetensors'}", "--episodes", "2", "--timing-frames", "4",
+                        "--long-episodes", "0", "--teacher-steps", "2", "--threads", "1", "--md",
+                        str(tmp_path / "RESULTS.md")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert set(rep["variants"]) == {"teacher", "cfpp_frame2"} and "cf_chunk4" in rep["missing_variants"]
+    v = rep["variants"]["cfpp_frame2"]
+    for key in ("changed_psnr_mean_16", "seen_psnr_mean_16", "player_found_16", "action_accuracy",
+                "sharpness_ratio_16", "first_frame_ms", "frame_ms_median", "stage2_teacher_nfe"):
+        assert key in v, key
+    assert v["sampler"] == {"kind": "consistency", "steps": 2, "cfg": 1.0, "first_frame_steps": 4}
+    assert rep["variants"]["teacher"]["sampler"]["kind"] == "euler"
+    assert v["first_frame_ms"] > 0 and v["stage2_teacher_nfe"] == 48
+    assert "benchmarks.compare" in (tmp_path / "RESULTS.md").read_text()

@@ -60,6 +60,34 @@ def _loss_curve(run: Path, every: int) -> list[list[float]]:
     return out
 
 
+def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The Stage 2 cost of a distilled run (for a DMD run: of its generator's Stage 2 run):
+    teacher forwards, wall time (trajectory generation + training) and bytes stored."""
+    stage = config.get("stage")
+    if stage == "dmd":
+        gen = Path(str(config.get("generator", "")))
+        if gen.is_dir() and latest_checkpoint(gen) is not None:
+            meta = json.loads((latest_checkpoint(gen) / "meta.json").read_text())
+            return stage2_cost(gen, meta["config"])
+        return None
+    if stage not in ("cd", "ode"):
+        return None
+    meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
+    wall = float(meta.get("wall_s_total", 0.0))
+    if stage == "cd":
+        nfe = 0
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            nfe = int(rec.get("teacher_nfe", nfe))
+        return {"method": "causal_cd", "run": str(run), "steps": meta["step"], "teacher_nfe": nfe,
+                "wall_s": round(wall, 1), "bytes_stored": 0}
+    traj = Path(str(config.get("trajectories", ""))) / "trajectories.json"
+    cost = json.loads(traj.read_text()) if traj.is_file() else {}
+    return {"method": "causal_ode", "run": str(run), "steps": meta["step"], "teacher_nfe": cost.get("teacher_nfe"),
+            "wall_s": round(wall + float(cost.get("wall_s", 0.0)), 1), "bytes_stored": cost.get("bytes_stored"),
+            "trajectory_wall_s": cost.get("wall_s"), "training_wall_s": round(wall, 1)}
+
+
 def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
            evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
            notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None) -> Path:
@@ -104,6 +132,9 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "training_eval_curve": _eval_curve(run),
         "loss_curve": _loss_curve(run, max(1, int(config.get("train", {}).get("log_every", 25))) * 4),
     }
+    s2 = stage2_cost(run, config)
+    if s2:
+        card["stage2"] = s2
     if notes:
         card["notes"] = notes
     evals = []

@@ -1,0 +1,210 @@
+"""``python -m benchmarks.compare --out FILE.json``: the variants of ALGORITHMS.md section 5 in one
+run on one machine: the fidelity fields of ``trainer.evaluate`` (same held-out seeds and
+noise for all), first-frame latency and steady-state frame time (decode included, batch 1,
+variants interleaved after warm-up, medians with min/max), and each distilled variant's
+Stage 2 cost from its model card (teacher forwards, wall time, bytes stored). Renders
+``docs/RESULTS.md`` from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "assets" / "checkpoints"
+VARIANTS = ("teacher", "cf_chunk4", "cfpp_frame2", "cfpp_frame1", "ode_frame2")
+DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chunk4",
+                 "cfpp_frame2": "adventure_cfpp_frame2", "cfpp_frame1": "adventure_cfpp_frame1",
+                 "ode_frame2": "adventure_ode_frame2"}
+
+
+def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher_cfg: float):
+    from model.rollout import SamplerConfig
+
+    shift = float(card_cfg.get("loss", {}).get("shift", 3.0))
+    s = card_cfg.get("sampler") or {}
+    if name == "teacher" or s.get("kind", "euler") == "euler":
+        return SamplerConfig(kind="euler", steps=teacher_steps, cfg=teacher_cfg, shift=shift)
+    return SamplerConfig(kind="consistency", steps=int(s.get("steps", 2)), shift=shift,
+                         first_frame_steps=int(s.get("first_frame_steps", 0)))
+
+
+def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int) -> tuple[float, list[float]]:
+    """(first-frame ms, per-frame ms of ``frames`` streamed frames), batch 1, decode included."""
+    from model.autoencoder import from_uint8, to_uint8
+    from model.rollout import Session
+
+    K = model.cfg.block_frames
+    sess = Session(model, 1, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        z = ae.encode(from_uint8(torch.from_numpy(context)))[None]
+        sess.prime(z, torch.zeros(1, len(context), dtype=torch.long))
+        times = []
+        for i in range(0, frames, K):
+            acts = torch.randint(0, model.cfg.num_actions, (1, K), generator=torch.Generator().manual_seed(i))
+            t0 = time.perf_counter()
+            x = sess.generate(acts, sampler)
+            to_uint8(ae.decode(x[0].float())).numpy()
+            dt = (time.perf_counter() - t0) * 1000 / K
+            times.extend([dt] * K)
+    return times[0] * K, times[K:]
+
+
+def stage2_cost(card: dict[str, Any]) -> dict[str, Any]:
+    s2 = card.get("stage2") or {}
+    return {"stage2_teacher_nfe": s2.get("teacher_nfe"), "stage2_wall_s": s2.get("wall_s"),
+            "stage2_bytes_stored": s2.get("bytes_stored"), "stage2_method": s2.get("method")}
+
+
+def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_cfg: float, timing_frames: int,
+            long_episodes: int, seed: int) -> dict[str, Any]:
+    from trainer.evaluate import EVAL_SEED_BASE, fidelity, generate, play_real
+    from trainer.latents import load_autoencoder
+    from trainer.models import default_idm, load_idm, load_world_model
+    from world.dataset import recorded_settings
+
+    loaded = {}
+    for name, path in paths.items():
+        model, cfg, mid = load_world_model(path)
+        card = yaml.safe_load(Path(path).with_suffix(".yaml").read_text()) if str(path).endswith(".safetensors") else {}
+        loaded[name] = (model, cfg, mid, card, sampler_for(name, cfg, teacher_steps, teacher_cfg))
+    first_cfg = next(iter(loaded.values()))[1]
+    ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
+    world = first_cfg.get("world", "adventure")
+    settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
+    settings.update(first_cfg.get("world_settings") or {})
+    idm_src = default_idm(world)
+    idm = load_idm(idm_src)[0] if idm_src else None
+    C, H = 4, 16
+    real = play_real(world, settings, episodes, C + H, EVAL_SEED_BASE)
+    long_real = play_real(world, settings, long_episodes, C + 256, EVAL_SEED_BASE + 10_000) if long_episodes else None
+    from trainer import metrics as M
+    from trainer.evaluate import _features
+
+    out: dict[str, Any] = {}
+    for name, (model, _cfg, mid, card, sampler) in loaded.items():
+        if model.cfg.block_frames > 1 and C % model.cfg.block_frames:
+            ctx = C - C % model.cfg.block_frames
+        else:
+            ctx = C
+        gen = generate(model, ae, real.frames[:, C - ctx:C], real.actions[:, C - ctx:], sampler, seed, "fp32")
+        rep = fidelity(real, gen, C, ae, idm, world, model.cfg.num_actions)
+        if long_real is not None and idm is not None:
+            lg = generate(model, ae, long_real.frames[:, C - ctx:C], long_real.actions[:, C - ctx:], sampler, seed,
+                          "fp32")
+            lt = long_real.frames[:, C:]
+            rep["frechet_early"] = M.frechet_distance(_features(idm, lg[:, :32]), _features(idm, lt[:, :32]))
+            rep["frechet_late"] = M.frechet_distance(_features(idm, lg[:, -32:]), _features(idm, lt[:, -32:]))
+        rep.update(stage2_cost(card))
+        rep["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg,
+                          "first_frame_steps": sampler.first_frame_steps}
+        rep["checkpoint"] = str(paths[name])
+        rep["model_id"] = mid
+        rep["block_frames"] = model.cfg.block_frames
+        out[name] = rep
+    # speed: interleaved rounds after a warm-up round
+    firsts: dict[str, list[float]] = {n: [] for n in loaded}
+    steady: dict[str, list[float]] = {n: [] for n in loaded}
+    ctx_frames = real.frames[0, :C]
+    for rnd in range(4):
+        for name, (model, _cfg, _mid, _card, sampler) in loaded.items():
+            K = model.cfg.block_frames
+            ctx = ctx_frames[C - (C - C % K if K > 1 and C % K else C):]
+            f, s = time_variant(model, ae, sampler, ctx, timing_frames if rnd else 2 * K, seed + rnd)
+            if rnd:
+                firsts[name].append(f)
+                steady[name].extend(s)
+    for name in loaded:
+        out[name]["first_frame_ms"] = statistics.median(firsts[name])
+        out[name]["first_frame_ms_min"], out[name]["first_frame_ms_max"] = min(firsts[name]), max(firsts[name])
+        out[name]["frame_ms_median"] = statistics.median(steady[name])
+        out[name]["frame_ms_min"], out[name]["frame_ms_max"] = min(steady[name]), max(steady[name])
+        out[name]["fps"] = 1000.0 / out[name]["frame_ms_median"]
+    return {"variants": out, "protocol": {"episodes": episodes, "context": C, "horizon": H,
+                                          "long_episodes": long_episodes, "timing_frames": timing_frames,
+                                          "threads": torch.get_num_threads(), "seed": seed,
+                                          "eval_seeds_from": EVAL_SEED_BASE, "autoencoder_id": ae_id}}
+
+
+ROWS = [("changed PSNR 1-16 (dB)", "changed_psnr_mean_16"), ("seen PSNR 1-16 (dB)", "seen_psnr_mean_16"),
+        ("PSNR 1-16 (dB)", "psnr_mean_16"), ("player found 1-16", "player_found_16"),
+        ("sharpness ratio 1-16", "sharpness_ratio_16"), ("action accuracy (IDM)", "action_accuracy"),
+        ("Fréchet early", "frechet_early"), ("Fréchet late", "frechet_late"),
+        ("first frame (ms)", "first_frame_ms"), ("frame time median (ms)", "frame_ms_median"),
+        ("Stage 2 teacher forwards", "stage2_teacher_nfe"), ("Stage 2 wall (s)", "stage2_wall_s"),
+        ("Stage 2 bytes stored", "stage2_bytes_stored")]
+
+
+def render_markdown(report: dict[str, Any], command: str) -> str:
+    names = list(report["variants"])
+    lines = ["# Results: the variants of ALGORITHMS.md section 5", "",
+             f"Written by `{command}` from `benchmarks/results/compare.json`; do not edit by hand.", "",
+             "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key in ROWS:
+        cells = []
+        for n in names:
+            v = report["variants"][n].get(key)
+            cells.append("n/a" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    samplers = ", ".join(f"{n}: {report['variants'][n]['sampler']['kind']} {report['variants'][n]['sampler']['steps']}"
+                         for n in names)
+    lines += ["", f"Samplers: {samplers}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help=f"override or add a variant's checkpoint (names: {', '.join(VARIANTS)})")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--teacher-steps", type=int, default=48)
+    p.add_argument("--teacher-cfg", type=float, default=1.0)
+    p.add_argument("--timing-frames", type=int, default=200)
+    p.add_argument("--long-episodes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
+    paths = {n: SHIPPED / f"{f}.safetensors" for n, f in DEFAULT_FILES.items()}
+    for item in a.variant:
+        name, _, path = item.partition("=")
+        if name not in VARIANTS or not path:
+            print(f"error: --variant wants NAME=CHECKPOINT with NAME in {list(VARIANTS)}, got {item!r}", file=sys.stderr)
+            return 2
+        paths[name] = Path(path)
+    present = {n: p for n, p in paths.items() if Path(p).exists()}
+    missing = sorted(set(paths) - set(present))
+    if not present:
+        print(f"error: none of the variants' checkpoints exist ({[str(p) for p in paths.values()]})", file=sys.stderr)
+        return 2
+    report = compare(present, a.episodes, a.teacher_steps, a.teacher_cfg, a.timing_frames, a.long_episodes, a.seed)
+    report["missing_variants"] = missing
+    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = command
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    md = Path(a.md)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(render_markdown(report, command))
+    print(render_markdown(report, command))
+    if missing:
+        print(f"note: no checkpoint for {missing}; they are listed as missing_variants")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
