@@ -90,13 +90,14 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
 
 def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
            evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
-           notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None) -> Path:
+           notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None,
+           weights_name: str | None = None, checkpoint: str | None = None) -> Path:
     run = Path(run)
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    if ckpt is None or not (ckpt / "meta.json").is_file():
         raise CheckpointError(f"run folder {run} has no complete checkpoint to export")
     meta = json.loads((ckpt / "meta.json").read_text())
-    use = "ema" if (ckpt / "ema.safetensors").is_file() else "model"
+    use = weights_name or ("ema" if (ckpt / "ema.safetensors").is_file() else "model")
     state = _strip(load_weights(ckpt, use), "net.")
     tensors = {k: (v.float() if k.split(".")[-1] in KEEP_FP32 else v.to(DTYPES[dtype])).contiguous()
                for k, v in state.items()}
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rewrite a top-level config value in the card, e.g. autoencoder=assets/checkpoints/x.safetensors")
     p.add_argument("--curve", action="append", default=[],
                    help="trainer.evaluate reports of intermediate checkpoints (quality against steps)")
+    p.add_argument("--weights", choices=["ema", "model"], help="which weights (default: the EMA if the run has one)")
+    p.add_argument("--checkpoint", help="a checkpoint folder of the run (default: its latest)")
     p.add_argument("--notes")
     p.add_argument("--out-dir", default=str(SHIPPED))
     a = p.parse_args(argv)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         rewrite[k] = v
     try:
-        w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve)
+        w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve, a.weights,
+                   a.checkpoint)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
