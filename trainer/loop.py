@@ -215,7 +215,9 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         opt.step()
         if ema is not None:
-            ema_update(ema, model, cfg.ema_decay)
+            # warm-up: an average over the steps so far until 1/(1-decay) steps have passed, so a
+            # short run's EMA is not dominated by its initial weights (0.999**1500 = 22%)
+            ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
         after = getattr(stage, "after_step", None)
         if after is not None:  # e.g. causal CD's target network
             after(model)
