@@ -109,6 +109,14 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                          train={"steps": 6, "batch_size": 4, "log_every": 2, "ckpt_every": 6, "eval_every": 0,
                                 "warmup": 1}, eval_windows=4)
     assert run("teacher", "--config", str(t_cfg)).returncode == 0
+    # a new teacher run can start from a trained one's weights (e.g. the shipped teacher)
+    from trainer.config import load_config
+    from trainer.stages.teacher import TeacherExperiment, TeacherStage
+
+    cont = load_config(TeacherExperiment, t_cfg, {"init": str(tmp_path / "teacher"), "run_dir": str(tmp_path / "t2")})
+    st = TeacherStage(cont)
+    ema = load_weights(latest_checkpoint(tmp_path / "teacher"), "ema")
+    assert all(torch.equal(v, ema["net." + k]) for k, v in st.net.state_dict().items())
     cd_cfg = write_config(tmp_path / "cd.yaml", "adventure_cd_frame2.yaml", run_dir=str(tmp_path / "cd"),
                           teacher=str(tmp_path / "teacher"), latent_cache_dir=str(tmp_path / "lat"), frames=4,
                           data={"dataset": str(ds), "holdout_episodes": 1}, loss={"cfg": 2.0, "n_points": 8},

@@ -50,6 +50,9 @@ class TeacherExperiment:
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_windows: int = 64
+    # start from these weights (a run, checkpoint or shipped .safetensors with the same model config),
+    # e.g. to continue training the shipped teacher in a new session; ignored when the run resumes
+    init: str = ""
 
 
 def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor:
@@ -148,6 +151,13 @@ class TeacherStage:
         self.eval_windows = self.data.eval_windows
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.net = FrameTransformer(cfg.model)
+        if cfg.init:
+            from trainer.checkpoint import load_into, load_weights, resolve_full
+            from trainer.models import _strip
+
+            weights, _ = resolve_full(cfg.init)
+            load_into(self.net, _strip(load_weights(weights), "net."), str(weights))
+            print(f"[teacher] initialised from {weights}")
         self.wrapped = _TeacherForcing(self.net)
 
     def model(self) -> nn.Module:
