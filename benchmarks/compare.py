@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import yaml
 
+from trainer.models import SHIPPED
+
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "assets" / "checkpoints"
 VARIANTS = ("teacher", "cf_chunk4", "cfpp_frame2", "cfpp_frame1", "ode_frame2")
 DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chunk4",
                  "cfpp_frame2": "adventure_cfpp_frame2", "cfpp_frame1": "adventure_cfpp_frame1",

@@ -13,8 +13,6 @@ from trainer.checkpoint import file_hash, load_into, load_weights, resolve_full
 from trainer.config import from_dict
 from trainer.data import dataset_fingerprint, load_episodes
 
-_file_hash = file_hash  # kept for callers of the old name
-
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
     """A run folder, a checkpoint folder or a shipped .safetensors -> (weights file, model config dict)."""
@@ -28,7 +26,7 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     ae = Autoencoder(from_dict(AutoencoderConfig, cfg_dict, f"{weights} config"))
     load_into(ae, load_weights(weights), str(weights))
     ae.eval().requires_grad_(False).to(device)
-    return ae, _file_hash(weights)
+    return ae, file_hash(weights)
 
 
 class LatentCache:

@@ -69,35 +69,65 @@ def load_teacher(path: str) -> tuple[FrameTransformer, dict[str, Any]]:
     return net, cfg
 
 
+@dataclass
+class Student:
+    """What every distillation stage starts from: the frozen teacher, its config and shift, the
+    student's model config (the teacher's, with an optional block size), the clip data, and a
+    student initialised from the teacher."""
+    teacher: nn.Module            # frozen, teacher-forcing wrapper
+    teacher_config: dict[str, Any]
+    shift: float
+    model_cfg: TransformerConfig
+    data: ClipData
+    student: nn.Module            # trainable, teacher-forcing wrapper
+
+    @classmethod
+    def from_teacher(cls, teacher_path: str, shift: float, block_frames: int, data: DataConfig, frames: int,
+                     cache_dir: str, eval_windows: int, seed: int) -> Student:
+        teacher, tcfg = load_teacher(teacher_path)
+        shift = shift or float(tcfg.get("loss", {}).get("shift", 3.0))
+        model_cfg = dict(tcfg["model"])
+        if block_frames:
+            model_cfg["block_frames"] = block_frames
+        mcfg = from_dict(TransformerConfig, model_cfg, "student model")
+        clips = ClipData(tcfg["autoencoder"], data, frames, cache_dir, mcfg, eval_windows, seed)
+        student = FrameTransformer(mcfg)
+        student.load_state_dict(teacher.state_dict())
+        return cls(_TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
+                   _TeacherForcing(student))
+
+    def world_config(self, sampler: dict[str, Any]) -> dict[str, Any]:
+        return distilled_world_config(self.model_cfg, self.teacher_config, self.shift, sampler)
+
+
+def distilled_world_config(model_cfg: TransformerConfig, teacher_config: dict[str, Any], shift: float,
+                           sampler: dict[str, Any]) -> dict[str, Any]:
+    """The config keys that make a distilled run's checkpoints load like a teacher's (evaluation,
+    the dream, export): its model, the teacher's autoencoder and world, its few-step sampler."""
+    import dataclasses
+
+    return {"model": dataclasses.asdict(model_cfg), "autoencoder": teacher_config["autoencoder"],
+            "loss": {"shift": shift}, "world_settings": teacher_config.get("world_settings", {}),
+            "sampler": {"kind": "consistency", **sampler}}
+
+
 class CDStage:
     name = "cd"
 
     def __init__(self, cfg: CDExperiment) -> None:
         self.cfg = cfg
-        teacher, tcfg = load_teacher(cfg.teacher)
-        self.teacher_config = tcfg
-        self.shift = cfg.loss.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
-        model_cfg = dict(tcfg["model"])
-        if cfg.block_frames:
-            model_cfg["block_frames"] = cfg.block_frames
-        self.model_cfg = from_dict(TransformerConfig, model_cfg, "student model")
-        self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
-                             cfg.eval_windows, cfg.train.seed)
-        self.teacher = _TeacherForcing(teacher).requires_grad_(False).eval()
-        student = FrameTransformer(self.model_cfg)
-        student.load_state_dict(teacher.state_dict())
-        self.student = _TeacherForcing(student)
+        st = Student.from_teacher(cfg.teacher, cfg.loss.shift, cfg.block_frames, cfg.data, cfg.frames,
+                                  cfg.latent_cache_dir, cfg.eval_windows, cfg.train.seed)
+        self.setup = st
+        self.shift, self.model_cfg, self.data = st.shift, st.model_cfg, st.data
+        self.teacher, self.student = st.teacher, st.student
         self.target = copy.deepcopy(self.student).requires_grad_(False).eval()
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.teacher_nfe = 0
         self.samples = 0
 
     def config_extra(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
-                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
-                "sampler": {"kind": "consistency", "steps": max(self.cfg.eval_steps)}}
+        return self.setup.world_config({"steps": max(self.cfg.eval_steps)})
 
     # -- Stage protocol
     def model(self) -> nn.Module:

@@ -28,7 +28,7 @@ from trainer.config import from_dict
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.cd import few_step_eval, load_teacher
+from trainer.stages.cd import distilled_world_config, few_step_eval, load_teacher
 from trainer.stages.teacher import (
     ClipData,
     TeacherLossConfig,
@@ -135,12 +135,8 @@ class DMDStage:
         self.fm = TeacherLossConfig(shift=self.shift, action_dropout=0.0, change_weight=0.0)
 
     def config_extra(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
-                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
-                "sampler": {"kind": "consistency", "steps": self.cfg.dmd.steps,
-                            "first_frame_steps": self.cfg.dmd.first_frame_steps}}
+        return distilled_world_config(self.model_cfg, self.teacher_config, self.shift,
+                                      {"steps": self.cfg.dmd.steps, "first_frame_steps": self.cfg.dmd.first_frame_steps})
 
     def model(self) -> nn.Module:
         return self.generator

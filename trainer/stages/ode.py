@@ -25,14 +25,12 @@ import torch.nn as nn
 
 from model import flow
 from model.distill import ode_regression_loss, teacher_cfg_euler_step, trajectory_indices
-from model.transformer import FrameTransformer, TransformerConfig
-from trainer.config import from_dict
 from trainer.data import EpochSampler
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.cd import few_step_eval, load_teacher
-from trainer.stages.teacher import ClipData, _TeacherForcing
+from trainer.stages.cd import Student, few_step_eval
+from trainer.stages.teacher import ClipData
 
 
 @dataclass
@@ -116,19 +114,13 @@ class ODEStage:
 
     def __init__(self, cfg: ODEExperiment) -> None:
         self.cfg = cfg
-        teacher, tcfg = load_teacher(cfg.teacher)
-        self.teacher_config = tcfg
-        self.shift = cfg.ode.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
-        model_cfg = dict(tcfg["model"])
-        if cfg.block_frames:
-            model_cfg["block_frames"] = cfg.block_frames
-        self.model_cfg = from_dict(TransformerConfig, model_cfg, "student model")
-        self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
-                             cfg.eval_windows, cfg.train.seed)
+        st = Student.from_teacher(cfg.teacher, cfg.ode.shift, cfg.block_frames, cfg.data, cfg.frames,
+                                  cfg.latent_cache_dir, cfg.eval_windows, cfg.train.seed)
+        self.setup = st
+        self.shift, self.model_cfg, self.data, self.student = st.shift, st.model_cfg, st.data, st.student
         store = Path(cfg.trajectories)
-        wrapped_teacher = _TeacherForcing(teacher).requires_grad_(False).eval()
         if not (store / "trajectories.npz").is_file():
-            cost = generate_trajectories(wrapped_teacher, self.data, cfg.ode, self.shift,
+            cost = generate_trajectories(st.teacher, self.data, cfg.ode, self.shift,
                                          self.model_cfg.null_action, store, cfg.train.seed)
             print(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
                   f"{cost['wall_s']:.0f} s, {cost['bytes_stored'] / 1e6:.1f} MB -> {store}")
@@ -139,18 +131,11 @@ class ODEStage:
         if self.rows.shape[1:] != (2,) or self.states.shape[2] != cfg.frames:
             raise ValueError(f"trajectories in {store} do not fit frames={cfg.frames}; delete the folder to "
                              f"regenerate them")
-        student = FrameTransformer(self.model_cfg)
-        student.load_state_dict(teacher.state_dict())
-        self.student = _TeacherForcing(student)
         self.sampler = EpochSampler(len(self.rows), cfg.train.seed)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
 
     def config_extra(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {"model": dataclasses.asdict(self.model_cfg), "autoencoder": self.teacher_config["autoencoder"],
-                "loss": {"shift": self.shift}, "world_settings": self.teacher_config.get("world_settings", {}),
-                "sampler": {"kind": "consistency", "steps": self.cfg.ode.student_steps}}
+        return self.setup.world_config({"steps": self.cfg.ode.student_steps})
 
     def model(self) -> nn.Module:
         return self.student
