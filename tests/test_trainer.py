@@ -146,3 +146,26 @@ def test_teacher_loss_falls(tmp_path, dataset):
     assert (ck / "ema.safetensors").is_file()
     assert any(k.endswith("time_bias") for k in load_weights(ck))
     assert torch.isfinite(torch.tensor(list(ls.values()))).all()
+
+
+def test_sweep_probes_then_runs_each_variant_to_its_time_box(tmp_path, dataset):
+    from trainer.sweep import main as sweep_main
+    from trainer.sweep import parse_variant
+
+    with pytest.raises(ValueError, match="key=value"):
+        parse_variant("bad=train.lr")
+    cfg = tiny_ae_config(tmp_path, dataset, "sweep_base", precision="fp32", threads=1)
+    out = tmp_path / "sweep"
+    code = sweep_main(["autoencoder", "--config", str(cfg), "--minutes", "0.05", "--probe-steps", "24",
+                       "--device", "cpu", "--out", str(out),
+                       "--variant", "a=train.lr=0.003", "--variant", "b=train.lr=0.001 train.batch_size=4"])
+    assert code == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert set(summary["variants"]) == {"a", "b"}
+    for name, v in summary["variants"].items():
+        assert v["exit_code"] == 0 and v["probe_steps_per_s"] > 0
+        # the step count is the probe's rate times the time box (at least the probe's steps)
+        assert v["steps"] == max(24, int(v["probe_steps_per_s"] * 0.05 * 60 * 0.95))
+        assert latest_checkpoint(out / name) is not None
+        assert v["eval"], "each run evaluates on held-out data"
+    assert json.loads((out / "b" / "config.json").read_text())["train"]["batch_size"] == 4

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # the model's initial weights are a function of the seed (every rank the same)
         torch.set_flush_denormal(True)  # denormals (e.g. in softmax tails) slow CPU kernels down
         torch.manual_seed(cfg.train.seed)
+        if info.device.type == "cuda":  # TF32 for the fp32 parts; bf16 autocast does the rest
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         stage = stage_cls(cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -125,7 +126,8 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "weights_from": f"{ckpt} ({use})",
         "steps": int(meta["step"]),
         "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # a copy of the tree without .git (e.g. a lent GPU machine) passes the commit in the environment
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("DREAMSTEP_GIT_COMMIT"),
         "command": command,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": json.loads(json.dumps(config.get("data"))),  # a copy: no YAML anchors

@@ -67,13 +67,16 @@ class LatentCache:
         dev = next(ae.parameters()).device
         from tqdm import tqdm
 
+        tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
         for e in tqdm(eps, desc="encode latents", dynamic_ncols=True, disable=os.environ.get("DREAMSTEP_NO_BAR") == "1"):
             zs = []
             for i in range(0, len(e.frames), batch):
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                # fp32 without TF32 on every device: the latents are those a CPU computes at play time
+                with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
                     z = ae.encode(from_uint8(torch.from_numpy(e.frames[i:i + batch])).to(dev))
                 zs.append(z.float().cpu().numpy().astype(np.float16))
             lat.append(np.concatenate(zs))
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         offsets = np.cumsum([0] + [len(e) for e in eps])
         obj = cls(np.concatenate(lat), np.concatenate([e.actions for e in eps]),
                   np.concatenate([e.effective for e in eps]), np.concatenate([e.rewards for e in eps]),
