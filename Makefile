@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset teacher-report clean-venv
+.PHONY: setup play test lint bench-engine dataset dataset-teacher teacher-report clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -36,6 +36,11 @@ bench-engine: setup
 dataset: setup
 	$(PY) -m world.record --world adventure --policy explorer --episodes 240 --steps 256 \
 		--seed 0 --out data/datasets/adventure-explorer-v0
+
+# The teacher's dataset: twice the episodes (the first 240 are those of `make dataset`).
+dataset-teacher: setup
+	$(PY) -m world.record --world adventure --policy explorer --episodes 480 --steps 256 \
+		--seed 0 --out data/datasets/adventure-explorer480-v0
 
 # The shipped teacher's fidelity report (benchmarks/results/teacher.{json,md,png}).
 CFG ?= 1.0

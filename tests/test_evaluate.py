@@ -158,3 +158,14 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert abs(shipped["psnr_mean_16"] - rep["psnr_mean_16"]) < 1.0  # fp16 weights, same seeds and noise
     r = run("trainer.export", "--run", str(tmp_path / "nothing"), "--name", "x", "--out-dir", str(ship))
     assert r.returncode == 2 and "no complete checkpoint" in r.stderr
+    # a card of weights trained on from other weights: the earlier card is folded in, totals add up
+    w_before = (ship / "tiny_teacher.safetensors").read_bytes()
+    r = run("trainer.export", "--card", str(ship / "tiny_teacher.yaml"), "--continued-from",
+            str(ship / "tiny_teacher.yaml"), "--curve", f"8={out}", "--notes", "continued")
+    assert r.returncode == 0, r.stderr[-2000:]
+    card2 = yaml.safe_load((ship / "tiny_teacher.yaml").read_text())
+    assert card2["total_steps"] == 8 and card2["continued_from"]["steps"] == 4
+    assert card2["quality_vs_steps"][0]["step"] == 8 and card2["notes"] == "continued"
+    assert (ship / "tiny_teacher.safetensors").read_bytes() == w_before
+    r = run("trainer.export", "--card", str(ship / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in r.stderr

@@ -89,6 +89,74 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
             "trajectory_wall_s": cost.get("wall_s"), "training_wall_s": round(wall, 1)}
 
 
+def _evaluations(paths: list[str]) -> list[dict[str, Any]]:
+    evals = []
+    for path in paths:
+        rep = json.loads(Path(path).read_text())
+        keep = {k: v for k, v in rep.items() if isinstance(v, (int, float)) or v is None}
+        keep["sampler"] = rep.get("sampler")
+        keep["file"] = str(path)
+        keep["command"] = rep.get("provenance", {}).get("command")
+        keep["checkpoint_step"] = rep.get("provenance", {}).get("step")
+        evals.append(keep)
+    return evals
+
+
+def _curve(specs: list[str]) -> list[dict[str, Any]]:
+    """Curve points from reports, each ``REPORT.json`` or ``STEP=REPORT.json`` (STEP: the total training
+    steps of that checkpoint, for runs continued from another run's weights)."""
+    curve = []
+    for spec in specs:
+        step_text, sep, path = spec.partition("=")
+        if not sep:
+            step_text, path = "", spec
+        rep = json.loads(Path(path).read_text())
+        step = int(step_text) if step_text else rep.get("provenance", {}).get("step")
+        curve.append({"step": step, **{k: rep.get(k) for k in CURVE_FIELDS}, "sampler": rep.get("sampler"),
+                      "file": str(path)})
+    return sorted(curve, key=lambda r: r["step"] or 0)
+
+
+def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_reports: list[str] | None = None,
+             continued_from: str | None = None, notes: str | None = None, name: str | None = None,
+             rewrite: dict[str, str] | None = None) -> Path:
+    """Add evaluation reports, a quality curve, the card of the run whose weights this run started
+    from, or notes to an existing model card (the weights are not touched); ``name`` renames the
+    card for weights shipped as NAME.safetensors, ``rewrite`` sets top-level config values."""
+    card_path = Path(card_path)
+    if not card_path.is_file():
+        raise FileNotFoundError(f"model card {card_path} not found")
+    card = yaml.safe_load(card_path.read_text())
+    if name:
+        card["name"], card["weights"] = name, f"{name}.safetensors"
+    for key, value in (rewrite or {}).items():  # "card.FIELD" sets a field of the card itself
+        if key.startswith("card."):
+            card[key[5:]] = value
+        else:
+            card["config"][key] = value
+    if continued_from:
+        prev = yaml.safe_load(Path(continued_from).read_text())
+        card["continued_from"] = {k: prev.get(k) for k in ("name", "steps", "wall_time_s", "git_commit", "command",
+                                                           "weights_from", "training_eval_curve", "continued_from")
+                                  if prev.get(k) is not None}
+        card["total_steps"] = int(card["steps"]) + int(prev.get("total_steps", prev["steps"]))
+        card["total_wall_time_s"] = round(float(card["wall_time_s"])
+                                          + float(prev.get("total_wall_time_s", prev["wall_time_s"])), 1)
+    if evaluations:
+        card["evaluation"] = _evaluations(evaluations)
+    if curve_reports:
+        card["quality_vs_steps"] = _curve(curve_reports)
+    if notes:
+        card["notes"] = notes
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    header = card_path.read_text().splitlines()[0]
+    if name:
+        header = f"# Model card of {card['weights']} (written by python -m trainer.export)"
+    tmp.write_text(header + "\n" + yaml.safe_dump(card, sort_keys=False, width=110))
+    tmp.replace(card_path)
+    return card_path
+
+
 def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
            evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
            notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None,
@@ -126,8 +194,8 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "weights_from": f"{ckpt} ({use})",
         "steps": int(meta["step"]),
         "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),
-        # a copy of the tree without .git (e.g. a lent GPU machine) passes the commit in the environment
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("DREAMSTEP_GIT_COMMIT"),
+        # a copy of the tree whose .git is not the code's (e.g. on a lent GPU machine) passes the commit in
+        "git_commit": os.environ.get("DREAMSTEP_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "command": command,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": json.loads(json.dumps(config.get("data"))),  # a copy: no YAML anchors
@@ -140,24 +208,10 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         card["stage2"] = s2
     if notes:
         card["notes"] = notes
-    evals = []
-    for path in evaluations or []:
-        rep = json.loads(Path(path).read_text())
-        keep = {k: v for k, v in rep.items() if isinstance(v, (int, float)) or v is None}
-        keep["sampler"] = rep.get("sampler")
-        keep["file"] = str(path)
-        keep["command"] = rep.get("provenance", {}).get("command")
-        keep["checkpoint_step"] = rep.get("provenance", {}).get("step")
-        evals.append(keep)
-    if evals:
-        card["evaluation"] = evals
-    curve = []
-    for path in curve_reports or []:
-        rep = json.loads(Path(path).read_text())
-        curve.append({"step": rep.get("provenance", {}).get("step"),
-                      **{k: rep.get(k) for k in CURVE_FIELDS}, "sampler": rep.get("sampler")})
-    if curve:
-        card["quality_vs_steps"] = sorted(curve, key=lambda r: r["step"] or 0)
+    if evaluations:
+        card["evaluation"] = _evaluations(evaluations)
+    if curve_reports:
+        card["quality_vs_steps"] = _curve(curve_reports)
     card_path = weights.with_suffix(".yaml")
     tmp = card_path.with_name(card_path.name + ".tmp")
     tmp.write_text(f"# Model card of {weights.name} (written by python -m trainer.export)\n"
@@ -168,19 +222,23 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run folder (its latest checkpoint is exported, EMA if present)")
-    p.add_argument("--name", required=True, help="file name in assets/checkpoints, e.g. adventure_ae")
+    p.add_argument("--run", help="run folder (its latest checkpoint is exported, EMA if present)")
+    p.add_argument("--name", help="file name in assets/checkpoints, e.g. adventure_ae")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--command", help="the training command, recorded in the card")
     p.add_argument("--eval", action="append", default=[], help="trainer.evaluate report(s) to record")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="rewrite a top-level config value in the card, e.g. autoencoder=assets/checkpoints/x.safetensors")
     p.add_argument("--curve", action="append", default=[],
-                   help="trainer.evaluate reports of intermediate checkpoints (quality against steps)")
+                   help="trainer.evaluate reports of intermediate checkpoints (quality against steps), "
+                        "REPORT.json or TOTAL_STEPS=REPORT.json")
     p.add_argument("--weights", choices=["ema", "model"], help="which weights (default: the EMA if the run has one)")
     p.add_argument("--checkpoint", help="a checkpoint folder of the run (default: its latest)")
     p.add_argument("--notes")
     p.add_argument("--out-dir", default=str(SHIPPED))
+    p.add_argument("--card", help="annotate this existing model card instead of exporting (with --eval, "
+                                   "--curve, --continued-from, --notes)")
+    p.add_argument("--continued-from", help="with --card: the card of the weights this run was initialised from")
     a = p.parse_args(argv)
     rewrite = {}
     for item in a.set:
@@ -190,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         rewrite[k] = v
     try:
+        if a.card:
+            print(f"updated {annotate(a.card, a.eval, a.curve, a.continued_from, a.notes, a.name, rewrite)}")
+            return 0
+        if not a.run or not a.name:
+            print("error: --run and --name are required (or --card to annotate a card)", file=sys.stderr)
+            return 2
         w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve, a.weights,
                    a.checkpoint)
     except (CheckpointError, FileNotFoundError) as e:
