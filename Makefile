@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-teacher teacher-report clean-venv
+.PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -41,6 +41,11 @@ dataset: setup
 dataset-teacher: setup
 	$(PY) -m world.record --world adventure --policy explorer --episodes 480 --steps 256 \
 		--seed 0 --out data/datasets/adventure-explorer480-v0
+
+# Episode ends for the reward/termination heads: lava in every room, an explorer that seeks ends.
+dataset-lava: setup
+	$(PY) -m world.record --world adventure --policy explorer --setting lava_rooms=1.0 \
+		--policy-arg end_penalty=-50 --episodes 240 --steps 256 --seed 500000 --out data/datasets/adventure-lava-v0
 
 # The shipped teacher's fidelity report (benchmarks/results/teacher.{json,md,png}).
 CFG ?= 1.0

@@ -83,3 +83,47 @@ def test_bad_dream_settings_are_clear(checkpoint, tmp_path):
         make_world("dream", checkpoint=checkpoint, sampler="magic")
     with pytest.raises(InvalidSettingError, match="valid settings"):
         make_world("dream", checkpoint=checkpoint, stepz=2)
+
+
+def _write_heads(d, ae_path: str, latent_channels: int, term_bias: float) -> str:
+    from model.heads import HeadsConfig, RewardHeads
+
+    cfg = {"latent_channels": latent_channels, "latent_size": 8, "num_actions": 5, "width": 8,
+           "reward_values": [-1.0, 0.0, 1.0]}
+    heads = RewardHeads(HeadsConfig(**cfg))
+    with torch.no_grad():  # a head that always says "reward 1, episode over" (or never, with a low bias)
+        heads.mlp[-1].weight.zero_()
+        heads.mlp[-1].bias.copy_(torch.tensor([0.0, 0.0, 5.0, term_bias]))
+    name = f"heads_{latent_channels}_{term_bias:+.0f}"
+    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(d / f"{name}.safetensors"))
+    (d / f"{name}.yaml").write_text(yaml.safe_dump({"config": {"stage": "heads", "autoencoder": ae_path,
+                                                               "model": cfg}}))
+    return str(d / f"{name}.safetensors")
+
+
+def test_dream_rewards_and_episode_ends_come_from_the_heads(checkpoint, tmp_path):
+    from pathlib import Path
+
+    ae_path = str(Path(checkpoint).parent / "ae.safetensors")
+    ends = _write_heads(tmp_path, ae_path, 4, term_bias=9.0)
+    w = make_world("dream", checkpoint=checkpoint, steps=1, sampler="consistency", heads=ends)
+    w.reset(seed=2)
+    res = w.step(4)
+    assert res.reward == 1.0 and res.terminated and not res.truncated
+    goes_on = _write_heads(tmp_path, ae_path, 4, term_bias=-9.0)
+    w = make_world("dream", checkpoint=checkpoint, steps=1, sampler="consistency", heads=goes_on, max_steps=3)
+    w.reset(seed=2)
+    assert [w.step(0).terminated for _ in range(2)] == [False, False] and w.step(0).truncated
+    # heads that read another autoencoder's latents are refused with the reason
+    other_ae = tmp_path / "other_ae.safetensors"
+    (tmp_path / "other_ae.yaml").write_text((Path(ae_path).with_suffix(".yaml")).read_text())
+    from safetensors.torch import load_file
+
+    st = load_file(ae_path)
+    st[next(iter(st))] = st[next(iter(st))] + 1
+    save_file(st, str(other_ae))
+    wrong = _write_heads(tmp_path, str(other_ae), 4, term_bias=1.0)
+    with pytest.raises(InvalidSettingError, match="latents of autoencoder"):
+        make_world("dream", checkpoint=checkpoint, heads=wrong)
+    with pytest.raises(InvalidSettingError, match="not found"):
+        make_world("dream", checkpoint=checkpoint, heads=str(tmp_path / "none.safetensors"))

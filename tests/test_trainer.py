@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -169,3 +170,43 @@ def test_sweep_probes_then_runs_each_variant_to_its_time_box(tmp_path, dataset):
         assert latest_checkpoint(out / name) is not None
         assert v["eval"], "each run evaluates on held-out data"
     assert json.loads((out / "b" / "config.json").read_text())["train"]["batch_size"] == 4
+
+
+def test_event_metrics_count_hits_misses_and_false_alarms():
+    from trainer.stages.heads import event_metrics
+
+    true_r = np.array([0, 1, 0, 1, -1, 0], np.float32)
+    pred_r = np.array([0, 1, 1, 0, -1, 0], np.float32)
+    true_t = np.array([0, 0, 0, 0, 1, 0], bool)
+    pred_t = np.array([0, 0, 0, 0, 1, 1], bool)
+    m = event_metrics(pred_r, true_r, pred_t, true_t)
+    assert m["reward_accuracy"] == pytest.approx(4 / 6)
+    assert m["reward_event_recall"] == pytest.approx(2 / 3) and m["reward_event_precision"] == pytest.approx(2 / 3)
+    assert m["reward_false_per_1k"] == pytest.approx(1000 / 6)
+    assert m["termination_recall"] == 1.0 and m["termination_precision"] == 0.5
+
+
+def test_heads_learn_rewards_from_latent_transitions(tmp_path, dataset):
+    from trainer.models import load_heads
+
+    ae_cfg = tiny_ae_config(tmp_path, dataset, "ae_for_heads", steps=8)
+    run_trainer("autoencoder", ae_cfg)
+    cfg = write_config(tmp_path / "heads.yaml", "adventure_heads.yaml", run_dir=str(tmp_path / "heads"),
+                       autoencoder=str(tmp_path / "ae_for_heads"), latent_cache_dir=str(tmp_path / "lat"),
+                       datasets=[str(dataset)], holdout_episodes=1, model={"latent_channels": 8, "width": 16},
+                       train={"steps": 80, "batch_size": 64, "lr": 0.003, "warmup": 5, "log_every": 5,
+                              "ckpt_every": 40, "eval_every": 0, "threads": 1})
+    r = run_trainer("heads", cfg)
+    assert "reward values" in r.stdout
+    ls = losses(tmp_path / "heads")
+    assert sum(ls[s] for s in (70, 75, 80)) < 0.8 * sum(ls[s] for s in (5, 10, 15))
+    rows = [json.loads(x) for x in (tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()]
+    final = [x for x in rows if "eval/reward_accuracy" in x][-1]
+    assert 0.0 <= final["eval/termination_recall"] <= 1.0 and final["eval/reward_accuracy"] > 0.5
+    heads, hcfg = load_heads(tmp_path / "heads")
+    assert hcfg["model"]["reward_values"][0] <= 0.0 <= hcfg["model"]["reward_values"][-1]
+    z = torch.zeros(3, 8, 8, 8)
+    rew, term = heads.predict(z, z, torch.zeros(3, dtype=torch.long))
+    assert rew.shape == (3,) and term.dtype == torch.bool
+    with pytest.raises(CheckpointError, match="not a reward/termination heads"):
+        load_heads(tmp_path / "ae_for_heads")

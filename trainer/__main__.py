@@ -20,6 +20,7 @@ STAGE_TABLE = {
     "cd": ("trainer.stages.cd", "CDExperiment", "CDStage"),
     "ode": ("trainer.stages.ode", "ODEExperiment", "ODEStage"),
     "dmd": ("trainer.stages.dmd", "DMDExperiment", "DMDStage"),
+    "heads": ("trainer.stages.heads", "HeadsExperiment", "HeadsStage"),
 }
 STAGES = tuple(STAGE_TABLE)
 

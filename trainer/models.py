@@ -1,4 +1,4 @@
-"""Loading trained models (world model, autoencoder, IDM) from run folders, checkpoint
+"""Loading trained models (world model, autoencoder, IDM, reward/termination heads) from run folders, checkpoint
 folders or shipped ``.safetensors`` files with their model cards."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from model.heads import HeadsConfig, RewardHeads
 from model.idm import IDMConfig, InverseDynamics
 from model.transformer import FrameTransformer, TransformerConfig
 from trainer.checkpoint import CheckpointError, file_hash, load_into, load_weights, resolve_full
@@ -41,6 +42,25 @@ def load_idm(path: str | Path, device: str | torch.device = "cpu") -> tuple[Inve
     load_into(net, {k: v.float() for k, v in load_weights(weights).items()}, str(weights))
     net.eval().requires_grad_(False).to(device)
     return net, file_hash(weights)
+
+
+def load_heads(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardHeads, dict[str, Any]]:
+    """Reward/termination heads (a ``heads`` run, checkpoint or shipped file) and their config."""
+    weights, cfg = resolve_full(path)
+    if cfg.get("stage") not in (None, "heads") or "reward_values" not in (cfg.get("model") or {}):
+        raise CheckpointError(f"{path} is not a reward/termination heads checkpoint (stage {cfg.get('stage')!r})")
+    net = RewardHeads(from_dict(HeadsConfig, cfg["model"], f"{weights} config"))
+    load_into(net, {k: v.float() for k, v in load_weights(weights).items()}, str(weights))
+    net.eval().requires_grad_(False).to(device)
+    return net, cfg
+
+
+def default_heads(world: str) -> Path | None:
+    """The shipped reward/termination heads of a world, else its run folder under runs/, else None."""
+    for cand in (SHIPPED / f"{world}_heads.safetensors", Path("runs") / f"{world}_heads"):
+        if cand.exists():
+            return cand
+    return None
 
 
 def default_idm(world: str) -> Path | None:

@@ -7,8 +7,9 @@ decodes each generated latent to pixels. ``get_state``/``set_state`` snapshot th
 state (cache, noise generator, frame), so replaying an action log from a state is
 bit-exact on the same machine.
 
-Rewards and episode ends are not learned yet: reward is 0 and episodes end only by
-``max_steps`` (truncation).
+Rewards and episode ends come from reward/termination heads trained on recorded data
+(``python -m trainer heads``) that read each generated latent transition; without heads the
+reward is 0 and episodes end only by ``max_steps`` (truncation).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class DreamSettings:
     context: int = 1             # real frames the dream starts from
     max_steps: int = 1000
     noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
+    heads: str = "auto"          # reward/termination heads: "auto" (the world's shipped ones), a path, or ""
     threads: int = 0             # torch threads (0 = leave as is)
 
     def __post_init__(self) -> None:
@@ -66,7 +68,7 @@ class DreamWorld(World):
                 f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
                 f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
         self.model, self.config, self.model_id = load_world_model(s.checkpoint)
-        self.ae, _ = load_autoencoder(self.config["autoencoder"])
+        self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
         kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
@@ -81,8 +83,39 @@ class DreamWorld(World):
         self.tick_rate = self._real.tick_rate
         self.keymap_name = self._real.keymap_name
         self.name = f"dream:{self.real_world_name}"
+        self.heads = self._load_heads(s.heads)
         self._session = None
         self._frame: np.ndarray | None = None
+        self._z: torch.Tensor | None = None
+
+    def _load_heads(self, setting: str):
+        """Heads trained on this model's latents: the card's, else the world's shipped ones ("auto"),
+        used only if they read the same autoencoder's latents; or an explicit path (checked)."""
+        from trainer.checkpoint import file_hash
+        from trainer.latents import resolve_checkpoint
+        from trainer.models import default_heads, load_heads
+
+        auto = setting == "auto"
+        if auto:
+            found = self.config.get("heads") or default_heads(self.real_world_name)
+            setting = str(found) if found else ""
+        if not setting:
+            return None
+        if not Path(setting).exists():
+            if auto:
+                return None
+            raise InvalidSettingError(f"heads checkpoint {setting!r} not found; give a heads run folder or "
+                                      ".safetensors, 'auto' or '' (no rewards)")
+        heads, cfg = load_heads(setting)
+        ae_path = cfg.get("autoencoder", "")
+        ae_id = file_hash(resolve_checkpoint(ae_path)[0]) if ae_path and Path(ae_path).exists() else None
+        if ae_id != self.ae_id:
+            if auto:
+                return None
+            raise InvalidSettingError(f"heads {setting!r} were trained on the latents of autoencoder {ae_path!r}, "
+                                      f"not on this world model's ({self.config['autoencoder']!r}); retrain them "
+                                      "with python -m trainer heads on this autoencoder")
+        return heads
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -110,6 +143,7 @@ class DreamWorld(World):
         with torch.no_grad():
             z = self.ae.encode(from_uint8(torch.from_numpy(np.stack(frames))))
         self._session.prime(z[None], torch.zeros(1, len(frames), dtype=torch.long))
+        self._z = z[-1:].float()
         self._frame = frames[-1]
         return self._frame.copy(), {"effective_action": 0, "dream": True, "seed": seed}
 
@@ -119,9 +153,16 @@ class DreamWorld(World):
             z = self._session.generate(torch.tensor([[action]]), self.sampler)
             from model.autoencoder import to_uint8
 
-            self._frame = to_uint8(self.ae.decode(z[0].float()))[0].numpy()
-        truncated = self._steps + 1 >= self.settings.max_steps
-        return StepResult(self._frame.copy(), 0.0, False, truncated, {"effective_action": action, "dream": True})
+            z_cur = z[0].float()
+            self._frame = to_uint8(self.ae.decode(z_cur))[0].numpy()
+            reward, terminated = 0.0, False
+            if self.heads is not None:
+                r, t = self.heads.predict(self._z, z_cur, torch.tensor([action]))
+                reward, terminated = float(r[0]), bool(t[0])
+            self._z = z_cur
+        truncated = not terminated and self._steps + 1 >= self.settings.max_steps
+        return StepResult(self._frame.copy(), reward, terminated, truncated,
+                          {"effective_action": action, "dream": True})
 
     def render(self, size: int | None = None) -> np.ndarray:
         if self._frame is None:
@@ -135,13 +176,15 @@ class DreamWorld(World):
     def get_state(self) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("call reset() before get_state()")
-        return {"session": self._session.snapshot(), "frame": self._frame.copy(), **self._base_state()}
+        return {"session": self._session.snapshot(), "frame": self._frame.copy(), "z": self._z.clone(),
+                **self._base_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if self._session is None:
             raise RuntimeError("call reset() before set_state()")
         self._session.restore(state["session"])
         self._frame = state["frame"].copy()
+        self._z = state["z"].clone()
         self._restore_base_state(state)
 
     def close(self) -> None:
