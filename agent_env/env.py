@@ -34,6 +34,9 @@ NAMESPACE = "dreamstep"
 ENTRY_POINT = "agent_env.env:WorldEnv"
 #: the generic id: any world, given as the ``world`` kwarg
 WORLD_ENV_ID = f"{NAMESPACE}/World-v0"
+#: the dream of the shipped default checkpoint (any checkpoint: make_dream_env(checkpoint=...))
+DREAM_ENV_ID = f"{NAMESPACE}/AdventureDream-v0"
+DREAM_VECTOR_ENTRY_POINT = "agent_env.dream_vec:DreamVectorEnv"
 #: the TimeLimit of the built-in games' registered ids
 DEFAULT_MAX_EPISODE_STEPS = 1000
 #: side of the "human" window when no ``render_size`` is given
@@ -207,6 +210,17 @@ def register_builtin_envs() -> None:
         register_world(env_id_for(name), name, max_episode_steps=DEFAULT_MAX_EPISODE_STEPS)
     if WORLD_ENV_ID not in gym.registry:
         gym.register(WORLD_ENV_ID, entry_point=ENTRY_POINT)
+    if DREAM_ENV_ID not in gym.registry:  # the shipped default dream; make_vec batches it in one forward
+        gym.register(DREAM_ENV_ID, entry_point=ENTRY_POINT, vector_entry_point=DREAM_VECTOR_ENTRY_POINT,
+                     kwargs={"world": "dream"}, max_episode_steps=DEFAULT_MAX_EPISODE_STEPS)
+
+
+def make_dream_env(checkpoint: str | None = None, **kwargs: Any) -> gym.Env:
+    """A single dream env of any world-model checkpoint (default: the shipped default dream);
+    ``kwargs`` are dream settings (steps, sampler, heads, ...) and gym.make's own."""
+    if checkpoint is not None:
+        kwargs["checkpoint"] = checkpoint
+    return gym.make(DREAM_ENV_ID, **kwargs)
 
 
 def register_world(

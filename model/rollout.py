@@ -99,6 +99,28 @@ class Session:
         self.generated += K
         return x0
 
+    @torch.no_grad()
+    def reset_rows(self, rows: torch.Tensor, latents: torch.Tensor) -> None:
+        """Restart some rows of a batched session (e.g. a vector env's autoreset) from a start
+        frame (R, C, h, w): their whole cached history becomes that frame held still (NOOP) at
+        the cached times, so the other rows stream on undisturbed in the same batch."""
+        if self.cache.num_frames == 0:
+            raise RuntimeError("reset_rows needs a primed session (call prime first)")
+        times = self.cache.times
+        n, R = len(times), len(rows)
+        sub = KVCache(self.cfg)
+        x = latents.to(self.device, self.dtype)[:, None].expand(R, n, *latents.shape[1:])
+        sigma = torch.zeros(R, n, device=self.device, dtype=self.dtype)
+        acts = torch.zeros(R, n, dtype=torch.long, device=self.device)
+        self.model(x, sigma, acts, times, torch.ones(n, dtype=torch.bool), cache=sub, write_cache=True)
+        if not torch.equal(sub.times, times):
+            raise RuntimeError("reset_rows: the rebuilt history does not cover the cached times")
+        idx = rows.to(self.device)
+        for i, kv in enumerate(self.cache.layers):
+            assert kv is not None and sub.layers[i] is not None
+            kv[0].index_copy_(0, idx, sub.layers[i][0].to(kv[0].dtype))
+            kv[1].index_copy_(0, idx, sub.layers[i][1].to(kv[1].dtype))
+
     def snapshot(self) -> dict[str, object]:
         return {"cache": self.cache.state(), "t": self.t, "generated": self.generated,
                 "gen": None if self.gen is None else self.gen.get_state()}

@@ -127,3 +127,56 @@ def test_dream_rewards_and_episode_ends_come_from_the_heads(checkpoint, tmp_path
         make_world("dream", checkpoint=checkpoint, heads=wrong)
     with pytest.raises(InvalidSettingError, match="not found"):
         make_world("dream", checkpoint=checkpoint, heads=str(tmp_path / "none.safetensors"))
+
+
+def test_dream_vector_env_steps_a_batch_and_autoresets(checkpoint, tmp_path):
+    from pathlib import Path
+
+    import gymnasium as gym
+
+    from agent_env import DREAM_ENV_ID, DreamVectorEnv
+
+    envs = DreamVectorEnv(3, checkpoint=checkpoint, steps=1, sampler="consistency", heads="", max_episode_steps=2)
+    obs, info = envs.reset(seed=7)
+    assert obs.shape == (3, 64, 64, 3) and obs.dtype == np.uint8 and envs.observation_space.contains(obs)
+    real = make_world("adventure", **SMALL)
+    for i in range(3):  # every episode starts at the real game's first frame of its seed
+        f, _ = real.reset(seed=int(info["world_seed"][i]))
+        assert np.array_equal(obs[i], f)
+    o1, r, term, trunc, _ = envs.step(np.array([4, 1, 0]))
+    assert not trunc.any() and (r == 0).all() and o1.shape == obs.shape
+    _, _, term, trunc, _ = envs.step(np.array([4, 4, 4]))
+    assert trunc.all() and not term.any()  # max_episode_steps=2
+    o3, r, term, trunc, info = envs.step(np.array([2, 2, 2]))  # next-step autoreset
+    assert not (term | trunc).any() and (r == 0).all()
+    for i in range(3):
+        f, _ = real.reset(seed=int(info["world_seed"][i]))
+        assert np.array_equal(o3[i], f)
+    o4, *_ = envs.step(np.array([4, 4, 4]))
+    assert o4.shape == (3, 64, 64, 3)
+    with pytest.raises(ValueError, match="actions must be 3 ints"):
+        envs.step(np.array([4, 9, 0]))
+    envs.close()
+    # heads that end every episode: terminated on the first step, then a fresh episode
+    ends = _write_heads(tmp_path, str(Path(checkpoint).parent / "ae.safetensors"), 4, term_bias=9.0)
+    envs = gym.make_vec(DREAM_ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", checkpoint=checkpoint,
+                        steps=1, sampler="consistency", heads=ends)
+    assert isinstance(envs, DreamVectorEnv)
+    envs.reset(seed=1)
+    _, r, term, trunc, _ = envs.step(np.array([1, 3]))
+    assert term.all() and (r == 1.0).all()
+    _, r, term, _, _ = envs.step(np.array([1, 3]))
+    assert not term.any() and (r == 0).all()
+
+
+def test_single_dream_env_passes_the_gymnasium_checker(checkpoint):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from agent_env import make_dream_env
+
+    env = make_dream_env(checkpoint, steps=1, sampler="consistency")
+    assert isinstance(env, gym.Env)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)

@@ -1,0 +1,157 @@
+"""A batched vector env over the dream: N dreams stepped in one batched forward.
+
+``DreamVectorEnv`` is a :class:`gymnasium.vector.VectorEnv`: one world model, one KV cache
+with a batch row per env, one batched sampler call, one batched decode and one batched
+reward/termination read per ``step``. Episodes start from the real game's first frame (the
+real game is reset with the env's seed, as the single dream does), and autoreset follows
+Gymnasium's default (next-step) mode: the step after an episode ends returns the first frame
+of the next episode with reward 0; the row's cached history is rebuilt from that frame while
+the other rows stream on (``Session.reset_rows``).
+
+>>> from agent_env import make_dream_vector_env
+>>> envs = make_dream_vector_env(num_envs=8)                # the shipped checkpoint
+>>> obs, info = envs.reset(seed=0)
+>>> obs, rew, term, trunc, info = envs.step(envs.action_space.sample())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from world.dream import DreamWorld
+
+
+class DreamVectorEnv(VectorEnv):
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int, max_episode_steps: int = 1000, render_mode: str | None = None,
+                 world: str = "dream", **dream_settings: Any) -> None:
+        if world != "dream":  # gym.make_vec passes the registered kwargs, world included
+            raise ValueError(f"DreamVectorEnv steps dreams only, got world={world!r}")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if dream_settings.get("context", 1) != 1:
+            raise ValueError("the vector dream starts every episode from one real frame (context=1)")
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
+        # one DreamWorld holds the model, autoencoder, sampler, heads and the real game's settings
+        self.dream = DreamWorld(max_steps=max_episode_steps, **dream_settings)
+        from world import make_world
+
+        self._reals = [make_world(self.dream.real_world_name, **self.dream.real_settings) for _ in range(num_envs)]
+        self.single_observation_space = spaces.Box(0, 255, self.dream.frame_shape, np.uint8)
+        self.single_action_space = spaces.Discrete(len(self.dream.action_names))
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = {**type(self).metadata, "render_fps": self.dream.tick_rate}
+        self._session = None
+        self._z: torch.Tensor | None = None
+        self._obs = np.zeros((num_envs, *self.dream.frame_shape), np.uint8)
+        self._steps = np.zeros(num_envs, np.int64)
+        self._needs_reset = np.zeros(num_envs, bool)
+        self._seeds = np.zeros(num_envs, np.int64)
+        self._rng = np.random.default_rng()
+
+    # ----------------------------------------------------------------- helpers
+    def _start(self, rows: np.ndarray) -> torch.Tensor:
+        """Reset the real games of ``rows`` with fresh seeds; their first frames' latents."""
+        from model.autoencoder import from_uint8
+
+        frames = []
+        for i in rows:
+            self._seeds[i] = int(self._rng.integers(2**31))
+            frame, _ = self._reals[i].reset(seed=int(self._seeds[i]))
+            frames.append(frame)
+            self._obs[i] = frame
+        with torch.no_grad():
+            return self.dream.ae.encode(from_uint8(torch.from_numpy(np.stack(frames)))).float()
+
+    def _infos(self, extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"world_seed": self._seeds.copy(), "_world_seed": np.ones(self.num_envs, bool)}
+        for k, v in (extra or {}).items():
+            info[k], info[f"_{k}"] = v, np.ones(self.num_envs, bool)
+        return info
+
+    # ----------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        from model.rollout import Session
+
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; DreamVectorEnv takes none")
+        if isinstance(seed, list):
+            seed = seed[0]
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        noise_seed = int(self._rng.integers(2**31))
+        self._session = Session(self.dream.model, self.num_envs, generator=torch.Generator().manual_seed(noise_seed))
+        rows = np.arange(self.num_envs)
+        z = self._start(rows)
+        self._session.prime(z[:, None], torch.zeros(self.num_envs, 1, dtype=torch.long))
+        self._z = z
+        self._steps[:] = 0
+        self._needs_reset[:] = False
+        return self._obs.copy(), self._infos()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        from model.autoencoder import to_uint8
+
+        if self._session is None or self._z is None:
+            raise RuntimeError("call reset() before step()")
+        acts = np.asarray(actions).reshape(-1)
+        if acts.shape != (self.num_envs,) or not np.isin(acts, np.arange(self.single_action_space.n)).all():
+            raise ValueError(f"actions must be {self.num_envs} ints in 0..{self.single_action_space.n - 1}, "
+                             f"got {actions!r}")
+        resets = np.flatnonzero(self._needs_reset)
+        acts = np.where(self._needs_reset, 0, acts)
+        a = torch.from_numpy(acts.astype(np.int64))[:, None]
+        with torch.no_grad():
+            z = self._session.generate(a, self.dream.sampler, write=False)[:, 0].float()
+            if len(resets):
+                z[torch.from_numpy(resets)] = self._start(resets)
+            self._session.write(z[:, None], a)
+            if len(resets):
+                self._session.reset_rows(torch.from_numpy(resets), z[torch.from_numpy(resets)])
+            live = ~self._needs_reset
+            if live.any():
+                idx = torch.from_numpy(np.flatnonzero(live))
+                self._obs[live] = to_uint8(self.dream.ae.decode(z[idx])).numpy()
+            rewards = np.zeros(self.num_envs, np.float64)
+            terminated = np.zeros(self.num_envs, bool)
+            if self.dream.heads is not None:
+                r, t = self.dream.heads.predict(self._z, z, a[:, 0])
+                rewards, terminated = r.numpy().astype(np.float64), t.numpy().astype(bool)
+        self._z = z
+        rewards[resets] = 0.0
+        terminated[resets] = False
+        self._steps = np.where(self._needs_reset, 0, self._steps + 1)
+        truncated = ~terminated & (self._steps >= self.max_episode_steps)
+        truncated[resets] = False
+        self._needs_reset = terminated | truncated
+        return self._obs.copy(), rewards, terminated, truncated, self._infos()
+
+    def render(self) -> np.ndarray | None:
+        return self._obs.copy() if self.render_mode == "rgb_array" else None
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for w in self._reals:
+            w.close()
+        self.dream.close()
+
+
+def make_dream_vector_env(num_envs: int = 8, checkpoint: str | None = None, **kwargs: Any) -> DreamVectorEnv:
+    """N dreams of ``checkpoint`` (default: the shipped default) in one batched vector env."""
+    if checkpoint is not None:
+        kwargs["checkpoint"] = checkpoint
+    return DreamVectorEnv(num_envs, **kwargs)
