@@ -180,3 +180,20 @@ def test_single_dream_env_passes_the_gymnasium_checker(checkpoint):
     check_env(env.unwrapped, skip_render_check=True)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
+
+
+def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
+    import json
+
+    from benchmarks.dream import main as bench
+
+    out = tmp_path / "dream.json"
+    assert bench(["--out", str(out), "--checkpoint", checkpoint, "--frames", "4", "--repeats", "2",
+                  "--env-steps", "8", "--batches", "1,4", "--session-frames", "600"]) == 0
+    rep = json.loads(out.read_text())
+    for key in ("fps_1step", "fps_2step", "first_frame_ms", "action_to_display_ms", "batch_speedup"):
+        assert rep[key] > 0, key
+    assert set(rep["env_steps_per_s"]) == {"1", "4"}
+    s = rep["long_session"]
+    assert s["frames"] == 600 and s["non_finite_frames"] == 0 and s["frechet_last_256"] >= 0
+    assert bench(["--out", str(out), "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2

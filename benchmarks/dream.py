@@ -1,0 +1,189 @@
+"""Speed and endurance of the dream on this machine's CPU cores.
+
+    python -m benchmarks.dream --out benchmarks/results/dream.json [--checkpoint CKPT]
+        [--session-frames 10000]
+
+Measured, decode included, medians with min/max over repeats:
+- ``fps_1step``, ``fps_2step``: single-stream frames per second of the few-step sampler
+  (``DreamWorld.step``: sample, write the frame to the KV cache, decode, reward heads);
+- ``first_frame_ms``: from ``reset`` (real start frame encoded, cache primed) to the first
+  dreamed frame, with the checkpoint's first-frame steps;
+- ``action_to_display_ms``: from an action to the frame ready for the window (a step plus the
+  upscale to the 512-pixel view);
+- ``env_steps_per_s`` for batch sizes 1, 8 and 64 (``DreamVectorEnv``, one batched forward).
+With ``--session-frames N``: one N-frame session under a random policy with its resident
+memory after warm-up and at the end, NaN/inf checks, and the Fréchet distance (IDM features)
+of its last 256 frames and of its first 256 frames against real frames of the same game.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _stats(xs: list[float], nd: int = 2) -> dict[str, float]:
+    return {"median": round(statistics.median(xs), nd), "min": round(min(xs), nd), "max": round(max(xs), nd)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    from world import make_world
+
+    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps)
+    rng = np.random.default_rng(seed)
+    fps, first, a2d = [], [], []
+    for rep in range(repeats):
+        t0 = time.perf_counter()
+        w.reset(seed=seed + rep)
+        w.step(0)
+        first.append(1000 * (time.perf_counter() - t0))
+        for a in rng.integers(0, w.num_actions, 8):  # warm-up
+            w.step(int(a))
+        actions = rng.integers(0, w.num_actions, frames).tolist()
+        t0 = time.perf_counter()
+        for a in actions:
+            t1 = time.perf_counter()
+            r = w.step(a)
+            w.render(512)
+            a2d.append(1000 * (time.perf_counter() - t1))
+            if r.terminated or r.truncated:
+                w.reset(seed=seed + rep)
+        fps.append(frames / (time.perf_counter() - t0))
+    w.close()
+    return {"fps": _stats(fps, 1), "first_frame_ms": _stats(first), "action_to_display_ms": _stats(a2d)}
+
+
+def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats: int) -> dict[str, float]:
+    from agent_env import DreamVectorEnv
+
+    envs = DreamVectorEnv(batch, checkpoint=checkpoint, sampler="consistency", steps=steps)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        envs.step(rng.integers(0, 5, batch))
+    rates = []
+    n = max(2, env_steps // batch)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            envs.step(rng.integers(0, 5, batch))
+        rates.append(n * batch / (time.perf_counter() - t0))
+    envs.close()
+    return _stats(rates, 1)
+
+
+def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0) -> dict[str, Any]:
+    from trainer import metrics as M
+    from trainer.evaluate import _features
+    from trainer.models import default_idm, load_idm
+    from world import make_world
+
+    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1)
+    rng = np.random.default_rng(seed)
+    w.reset(seed=seed)
+    keep = 256
+    head, tail, bad = [], [], 0
+    rss_warm = None
+    t0 = time.perf_counter()
+    for i in range(frames):
+        f = w.step(int(rng.integers(0, w.num_actions))).frame
+        if i < keep:
+            head.append(f)
+        elif i >= frames - keep:
+            tail.append(f)
+        if i == min(500, frames - 1):
+            rss_warm = _rss_mb()
+        if not np.isfinite(w._z.numpy()).all():
+            bad += 1
+    wall = time.perf_counter() - t0
+    rss_end = _rss_mb()
+    real_world = make_world(w.real_world_name, **w.real_settings)
+    real = [real_world.reset(seed=10_000 + seed)[0]]
+    for _ in range(2 * keep - 1):
+        r = real_world.step(int(rng.integers(0, w.num_actions)))
+        real.append(r.frame)
+        if r.terminated or r.truncated:
+            real.append(real_world.reset(seed=10_000 + seed + len(real))[0])
+    out: dict[str, Any] = {"frames": frames, "wall_s": round(wall, 1), "rss_mb_after_warmup": round(rss_warm, 1),
+                           "rss_mb_end": round(rss_end, 1),
+                           "rss_growth": round(rss_end / rss_warm - 1, 4), "non_finite_frames": bad}
+    idm_path = default_idm(w.real_world_name)
+    if idm_path is not None:
+        idm, _ = load_idm(idm_path)
+        fr = _features(idm, np.stack(real))
+        out["frechet_first_256"] = round(M.frechet_distance(_features(idm, np.stack(head)), fr), 2)
+        out["frechet_last_256"] = round(M.frechet_distance(_features(idm, np.stack(tail)), fr), 2)
+        out["frechet_ratio"] = round(out["frechet_last_256"] / max(out["frechet_first_256"], 1e-9), 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.dream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped default dream)")
+    p.add_argument("--frames", type=int, default=200, help="frames per single-stream repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--env-steps", type=int, default=512, help="env steps per vector-env repeat")
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--session-frames", type=int, default=0, help="also run one session this long (0: skip)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    a = p.parse_args(argv)
+    from world.dream import DEFAULT_CHECKPOINT
+
+    ckpt = a.checkpoint or str(DEFAULT_CHECKPOINT)
+    if not Path(ckpt).exists():
+        print(f"error: checkpoint {ckpt!r} not found", file=sys.stderr)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
+    rep: dict[str, Any] = {"checkpoint": ckpt, "command": "python -m benchmarks.dream " + " ".join(argv or sys.argv[1:])}
+    for steps in (1, 2):
+        s = single_stream(ckpt, steps, a.frames, a.repeats)
+        rep[f"fps_{steps}step"] = s["fps"]["median"]
+        rep[f"fps_{steps}step_minmax"] = [s["fps"]["min"], s["fps"]["max"]]
+        if steps == 2:
+            rep["first_frame_ms"] = s["first_frame_ms"]["median"]
+            rep["first_frame_ms_minmax"] = [s["first_frame_ms"]["min"], s["first_frame_ms"]["max"]]
+            rep["action_to_display_ms"] = s["action_to_display_ms"]["median"]
+            rep["action_to_display_ms_minmax"] = [s["action_to_display_ms"]["min"], s["action_to_display_ms"]["max"]]
+        print(f"{steps}-step: {s}", flush=True)
+    rep["env_steps_per_s"] = {}
+    for b in [int(x) for x in a.batches.split(",")]:
+        r = vector_rate(ckpt, 2, b, a.env_steps, max(2, a.repeats // 2))
+        rep["env_steps_per_s"][str(b)] = r
+        print(f"batch {b}: {r} env steps/s (2-step)", flush=True)
+    bs = sorted(rep["env_steps_per_s"], key=int)
+    if len(bs) > 1:
+        rep["batch_speedup"] = round(rep["env_steps_per_s"][bs[-1]]["median"] / rep["env_steps_per_s"][bs[0]]["median"], 2)
+    if a.session_frames:
+        rep["long_session"] = long_session(ckpt, 2, a.session_frames)
+        print(f"long session: {rep['long_session']}", flush=True)
+    rep["machine"] = {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
+                      "processor": platform.processor(), "torch": torch.__version__}
+    rep["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rep, indent=2))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
