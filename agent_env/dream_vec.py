@@ -31,7 +31,8 @@ class DreamVectorEnv(VectorEnv):
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int, max_episode_steps: int = 1000, render_mode: str | None = None,
-                 world: str = "dream", **dream_settings: Any) -> None:
+                 world: str = "dream", autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+                 **dream_settings: Any) -> None:
         if world != "dream":  # gym.make_vec passes the registered kwargs, world included
             raise ValueError(f"DreamVectorEnv steps dreams only, got world={world!r}")
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -40,6 +41,12 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError as e:
+            raise ValueError(f"autoreset_mode must be 'NextStep' or 'SameStep', got {autoreset_mode!r}") from e
+        if self.autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be 'NextStep' or 'SameStep', got {autoreset_mode!r}")
         if dream_settings.get("context", 1) != 1:
             raise ValueError("the vector dream starts every episode from one real frame (context=1)")
         self.num_envs = num_envs
@@ -54,7 +61,8 @@ class DreamVectorEnv(VectorEnv):
         self.single_action_space = spaces.Discrete(len(self.dream.action_names))
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.metadata = {**type(self).metadata, "render_fps": self.dream.tick_rate}
+        self.metadata = {**type(self).metadata, "render_fps": self.dream.tick_rate,
+                         "autoreset_mode": self.autoreset_mode}
         self._session = None
         self._z: torch.Tensor | None = None
         self._obs = np.zeros((num_envs, *self.dream.frame_shape), np.uint8)
@@ -138,8 +146,26 @@ class DreamVectorEnv(VectorEnv):
         self._steps = np.where(self._needs_reset, 0, self._steps + 1)
         truncated = ~terminated & (self._steps >= self.max_episode_steps)
         truncated[resets] = False
-        self._needs_reset = terminated | truncated
-        return self._obs.copy(), rewards, terminated, truncated, self._infos()
+        done = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._needs_reset = done
+            return self._obs.copy(), rewards, terminated, truncated, self._infos()
+        # same-step autoreset: the ended rows start their next episode now; their last frames
+        # go out in info["final_obs"] (Gymnasium's convention)
+        info = self._infos()
+        if done.any():
+            final = np.empty(self.num_envs, dtype=object)
+            rows = np.flatnonzero(done)
+            for i in rows:
+                final[i] = self._obs[i].copy()
+            with torch.no_grad():
+                start = self._start(rows)
+                self._session.reset_rows(torch.from_numpy(rows), start)
+                self._z[torch.from_numpy(rows)] = start
+            self._steps[rows] = 0
+            info["final_obs"], info["_final_obs"] = final, done.copy()
+            info["world_seed"] = self._seeds.copy()
+        return self._obs.copy(), rewards, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         return self._obs.copy() if self.render_mode == "rgb_array" else None

@@ -197,3 +197,33 @@ def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
     s = rep["long_session"]
     assert s["frames"] == 600 and s["non_finite_frames"] == 0 and s["frechet_last_256"] >= 0
     assert bench(["--out", str(out), "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
+
+
+def test_same_step_autoreset_and_the_ppo_example(checkpoint, tmp_path):
+    import json
+    from pathlib import Path
+
+    from agent_env import DreamVectorEnv
+    from agent_env.ppo import main as ppo_main
+
+    ends = _write_heads(tmp_path, str(Path(checkpoint).parent / "ae.safetensors"), 4, term_bias=9.0)
+    envs = DreamVectorEnv(2, checkpoint=checkpoint, steps=1, sampler="consistency", heads=ends,
+                          autoreset_mode="SameStep")
+    envs.reset(seed=3)
+    obs, r, term, _, info = envs.step(np.array([1, 2]))
+    assert term.all() and info["_final_obs"].all() and info["final_obs"][0].shape == (64, 64, 3)
+    real = make_world("adventure", **SMALL)
+    for i in range(2):  # the returned frame already starts the next episode
+        assert np.array_equal(obs[i], real.reset(seed=int(info["world_seed"][i]))[0])
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        DreamVectorEnv(1, checkpoint=checkpoint, autoreset_mode="Sometimes")
+    # the PPO example end to end at a tiny size: trains in the dream, scores in the real game
+    goes_on = _write_heads(tmp_path, str(Path(checkpoint).parent / "ae.safetensors"), 4, term_bias=-9.0)
+    out = tmp_path / "ppo"
+    assert ppo_main(["--out", str(out), "--checkpoint", checkpoint, "--heads", goes_on, "--timesteps", "64",
+                     "--envs", "2", "--n-steps", "16", "--steps", "1", "--episode-steps", "8",
+                     "--eval-episodes", "2"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert (out / "ppo.zip").is_file() and res["eval_seeds"][0] >= 1_000_000
+    assert np.isfinite(res["agent_real_return_mean"]) and np.isfinite(res["random_real_return_mean"])
+    assert ppo_main(["--out", str(out), "--checkpoint", checkpoint, "--heads", ""]) == 2  # nothing to learn
