@@ -232,6 +232,28 @@ def test_session_records_played_episodes_into_a_dataset(tmp_path: Path) -> None:
     assert (root / "stats.json").is_file()
 
 
+def test_session_saves_and_loads_state_and_compares_a_twin() -> None:
+    world, twin = make_world("adventure"), make_world("adventure")
+    try:
+        session = Session(world, "adventure", 3, scripted_policy("random", world, 3), use_scripted=False)
+        assert session.psnr is None  # no twin: nothing to compare
+        for a in (RIGHT, RIGHT, 2):
+            session.step(a)
+        assert session.save_state()
+        after = [session.step(a).frame for a in (RIGHT, 1, 1)]
+        assert session.load_state()
+        again = [session.step(a).frame for a in (RIGHT, 1, 1)]
+        assert all(np.array_equal(a, b) for a, b in zip(after, again))
+        # a twin driven by the same actions from the same start (here: the same game) matches exactly
+        with_twin = Session(world, "adventure", 3, scripted_policy("random", world, 3), use_scripted=False,
+                            twin=twin)
+        for a in (RIGHT, 1, 4):
+            with_twin.step(a)
+        assert with_twin.psnr == 99.0 and with_twin.frame_ms is not None
+    finally:
+        world.close()
+
+
 def test_stopping_an_empty_recording_leaves_nothing(tmp_path: Path) -> None:
     world = make_world("adventure")
     try:
@@ -308,3 +330,27 @@ def test_window_plays_maze3d_turning(xvfb_display: str, tmp_path: Path) -> None:
     angles = [r["info"]["angle"] for r in rows]
     assert [r["action"] for r in rows[:4]] == [4] * 4  # d is TURN_RIGHT in maze3d's keymap
     assert len(set(angles[:4])) == 4, "each TURN_RIGHT step changed the heading"
+
+
+def test_window_plays_the_dream_with_keys_side_by_side(xvfb_display: str, tmp_path: Path) -> None:
+    """The dream in the window: keys drive it (the IDM reads RIGHT in the recorded dream frames),
+    F8 shows the real game beside it, F9 records the dream into a dataset."""
+    from trainer.data import load_episodes
+    from trainer.models import default_idm, load_idm
+    from trainer.stages.idm import predict_actions
+
+    shot, rows = play_in_window(xvfb_display, tmp_path, "--world", "dream", "--scale", "4",
+                                "--record-dir", str(tmp_path / "rec"),
+                                "--script-keys", "f9,wait*2,right*10,f8,f12,f9,escape")
+    # side by side: two frames in a row, letterboxed in the window: the outer columns are blank
+    assert shot.shape == (256, 256, 3)
+    assert len(np.unique(shot[100:200, :40].reshape(-1, 3), axis=0)) == 1
+    assert len(np.unique(shot[100:200, 80:120].reshape(-1, 3), axis=0)) > 3
+    assert [r["action"] for r in rows].count(RIGHT) == 10
+    (ds,) = (tmp_path / "rec").iterdir()
+    (ep,) = load_episodes(str(ds))
+    right = np.flatnonzero(ep.actions == RIGHT)  # clip convention: actions[i] led to frame i
+    assert len(right) == 10
+    idm, _ = load_idm(default_idm("adventure"))
+    pred = predict_actions(idm, ep.frames[right - 1], ep.frames[right])
+    assert (pred == RIGHT).mean() >= 0.6, pred

@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 class CheckpointError(RuntimeError):
     pass
@@ -173,6 +175,8 @@ def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
     import yaml
 
     p = Path(path)
+    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p  # cards name shipped files relative to the repository (assets/...)
     if p.is_dir() and (p / "checkpoints").is_dir():
         ckpt = latest_checkpoint(p)
         if ckpt is None:

@@ -91,7 +91,7 @@ class DreamWorld(World):
     def _load_heads(self, setting: str):
         """Heads trained on this model's latents: the card's, else the world's shipped ones ("auto"),
         used only if they read the same autoencoder's latents; or an explicit path (checked)."""
-        from trainer.checkpoint import file_hash
+        from trainer.checkpoint import CheckpointError, file_hash
         from trainer.latents import resolve_checkpoint
         from trainer.models import default_heads, load_heads
 
@@ -108,7 +108,10 @@ class DreamWorld(World):
                                       ".safetensors, 'auto' or '' (no rewards)")
         heads, cfg = load_heads(setting)
         ae_path = cfg.get("autoencoder", "")
-        ae_id = file_hash(resolve_checkpoint(ae_path)[0]) if ae_path and Path(ae_path).exists() else None
+        try:
+            ae_id = file_hash(resolve_checkpoint(ae_path)[0]) if ae_path else None
+        except CheckpointError:
+            ae_id = None
         if ae_id != self.ae_id:
             if auto:
                 return None

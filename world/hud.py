@@ -37,6 +37,10 @@ CONTROL_HELP: dict[str, str] = {
     "slower": "slower game ticks",
     "record": "start / stop recording a dataset",
     "screenshot": "screenshot (PNG)",
+    "view": "dream / real / side by side (a dream)",
+    "steps": "dream sampling steps 1 / 2 / 4",
+    "save": "save the state",
+    "load": "load the saved state",
     "hud": "show / hide this HUD",
     "help": "show / hide help",
     "quit": "quit",
@@ -64,12 +68,30 @@ def _recording_text(s: Mapping[str, Any]) -> str | None:
     return f"REC  {s['recorded_episodes']} episodes saved  ({s['recording']})"
 
 
+def _timing_text(s: Mapping[str, Any]) -> str | None:
+    if s.get("frame_ms") is None:
+        return None
+    lat = s.get("latency_ms")
+    return f"frame {s['frame_ms']:.1f} ms   action-to-display {lat:.0f} ms" if lat is not None \
+        else f"frame {s['frame_ms']:.1f} ms"
+
+
+def _dream_text(s: Mapping[str, Any]) -> str | None:
+    if not s.get("view"):
+        return None
+    psnr = s.get("psnr")
+    cmp = f"   real vs dream {psnr:.1f} dB" if psnr is not None else ""
+    return f"view {s['view']}   {s['sampler']}{cmp}"
+
+
 HUD_FIELDS: tuple[HudField, ...] = (
     HudField("world", lambda s: f"{s['world']}   episode {s['episode']}  seed {s['seed']}", CYAN),
     HudField("fps", lambda s: f"{s['fps']:.0f} fps   {s['steps_per_s']:.1f} steps/s "
                               f"(tick rate {s['tick_rate']:.3g})"),
     HudField("step", lambda s: f"step {s['step']}   score {s['score']:g}"),
     HudField("action", _action_text),
+    HudField("timing", _timing_text),
+    HudField("dream", _dream_text, CYAN),
     HudField("controller", lambda s: f"playing: {s['controller']}"),
     HudField("paused", lambda s: "PAUSED" if s["paused"] else None, YELLOW),
     HudField("recording", _recording_text, RED),

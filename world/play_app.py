@@ -73,7 +73,11 @@ DEFAULT_RECORD_DIR = Path("data/datasets")
 DEFAULT_CONTROLS: dict[str, str] = {
     "reset": "r", "pause": "p", "step": ".", "help": "f1", "hud": "f2", "screenshot": "f12",
     "record": "f9", "quit": "escape", "faster": "]", "slower": "[", "policy": "tab",
+    "view": "f8", "steps": "f5", "save": "f6", "load": "f7",
 }
+#: the play window's views of a dream (the real game runs beside it from the same start)
+DREAM_VIEWS = ("dream", "side by side", "real")
+DREAM_STEP_CHOICES = (1, 2, 4)
 #: stick deflection below this is no input
 DEAD_ZONE = 0.35
 #: keys of the automatic keymap for worlds that ship none (e.g. many gym:<id> games)
@@ -555,8 +559,11 @@ class EpisodeRecorder:
 
 # ---------------------------------------------------------------------- the session
 def scripted_policy(name: str, world: World, seed: int) -> Policy:
-    """The named scripted policy; the explorer falls back to random where it cannot run."""
+    """The named scripted policy; the explorer falls back to random where it cannot run (and
+    looks no steps ahead in a dream, where each look-ahead step would be a model forward)."""
     try:
+        if name == "explorer" and getattr(world, "name", "").startswith("dream"):
+            return make_policy(name, world, seed, lookahead=False)
         return make_policy(name, world, seed)
     except PolicyError:
         if name != "explorer":
@@ -573,11 +580,15 @@ class Session:
     """
 
     def __init__(self, world: World, world_name: str, seed: int, scripted: Policy,
-                 use_scripted: bool, trace: TraceWriter | None = None) -> None:
+                 use_scripted: bool, trace: TraceWriter | None = None, twin: World | None = None) -> None:
         self.world, self.world_name, self.base_seed = world, world_name, seed
         self.scripted, self.use_scripted, self.trace = scripted, use_scripted, trace
+        self.twin = twin  # a dream's real game, driven by the same actions from the same start
+        self.twin_frame: np.ndarray | None = None
         self.recorder: EpisodeRecorder | None = None
         self.episode = -1
+        self.frame_ms: float | None = None
+        self.saved: dict[str, Any] | None = None
         self.new_episode()
 
     @property
@@ -594,6 +605,12 @@ class Session:
         self.episode += 1
         self.seed = self.base_seed + self.episode
         self.frame, self.info = self.world.reset(seed=self.seed)
+        if self.twin is not None:
+            self.twin_frame, _ = self.twin.reset(seed=self.seed)
+            context = int(vars(getattr(self.world, "settings", None) or {}).get("context", 1))  # a dream's
+            for _ in range(context - 1):
+                self.twin_frame = self.twin.step(0).frame
+            self.twin_done = False
         self.scripted.reset(self.seed)
         self.episode_return, self.last_action, self.done = 0.0, 0, False
         if self.recorder is not None:
@@ -605,7 +622,12 @@ class Session:
             self.new_episode()
             return None
         action = self.scripted.act(self.frame, self.info) if self.use_scripted else human_action
+        t0 = time.perf_counter()
         res = self.world.step(action)
+        self.frame_ms = 1000 * (time.perf_counter() - t0)
+        if self.twin is not None and not self.twin_done:
+            r = self.twin.step(action)
+            self.twin_frame, self.twin_done = r.frame, r.terminated or r.truncated
         self.frame, self.info, self.last_action = res.frame, res.info, int(action)
         self.episode_return += float(res.reward)
         if self.recorder is not None:
@@ -617,6 +639,38 @@ class Session:
             if self.recorder is not None:
                 self.recorder.end_episode()
         return res
+
+    @property
+    def psnr(self) -> float | None:
+        """PSNR (dB) between the real game and the dream on the current tick (a dream only)."""
+        if self.twin_frame is None:
+            return None
+        mse = float(np.mean((self.frame.astype(np.float32) - self.twin_frame.astype(np.float32)) ** 2))
+        return 99.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+    def save_state(self) -> bool:
+        """Snapshot the world (and a dream's real twin) in memory; False if it has no state."""
+        if not self.world.supports_state:
+            return False
+        self.saved = {"world": self.world.get_state(), "frame": self.frame.copy(), "info": dict(self.info),
+                      "return": self.episode_return, "done": self.done, "episode": self.episode,
+                      "twin": None if self.twin is None else (self.twin.get_state(), self.twin_frame.copy(),
+                                                             self.twin_done)}
+        return True
+
+    def load_state(self) -> bool:
+        """Go back to the saved snapshot; False if there is none."""
+        if self.saved is None:
+            return False
+        sv = self.saved
+        self.world.set_state(sv["world"])
+        self.frame, self.info = sv["frame"].copy(), dict(sv["info"])
+        self.episode_return, self.done, self.episode = sv["return"], sv["done"], sv["episode"]
+        self.seed = self.base_seed + self.episode
+        if sv["twin"] is not None and self.twin is not None:
+            self.twin.set_state(sv["twin"][0])
+            self.twin_frame, self.twin_done = sv["twin"][1].copy(), sv["twin"][2]
+        return True
 
     def toggle_scripted(self) -> str:
         self.use_scripted = not self.use_scripted
@@ -640,6 +694,8 @@ class Session:
         result = self.stop_recording() if self.recorder is not None else None
         if self.trace is not None:
             self.trace.close()
+        if self.twin is not None:
+            self.twin.close()
         return result
 
 
@@ -805,8 +861,12 @@ class PlayWindow:
             "reset": self._reset, "pause": self._pause, "step": self._single_step,
             "help": self._help, "hud": self._hud, "screenshot": self._screenshot,
             "record": self._record, "quit": self._quit, "faster": self._faster,
-            "slower": self._slower, "policy": self._policy,
+            "slower": self._slower, "policy": self._policy, "view": self._view, "steps": self._steps,
+            "save": self._save, "load": self._load,
         }
+        self.view = DREAM_VIEWS[0] if session.twin is not None else None
+        self.latency_ms: float | None = None
+        self._shown_since: float | None = None  # when the newest frame's tick began
         pygame.joystick.init()
         size = initial_window_size(session.world.frame_shape, cfg.scale)
         pygame.display.set_mode(size, _window_flags() | pygame.SHOWN)
@@ -829,10 +889,14 @@ class PlayWindow:
                     self.game_step()
             if self.running:
                 self.draw()
+        if self.screenshot_due:  # asked for in the same tick as quit (a slow world runs several ticks a frame)
+            self.draw()
 
     def game_step(self) -> None:
+        t0 = time.perf_counter()
         if self.session.step(self.input.current()) is not None:
             self.steps.tick()
+            self._shown_since = t0
         self.input.end_tick()
 
     def _post_script_events(self) -> None:
@@ -931,6 +995,32 @@ class PlayWindow:
             self.notify(self._recording_summary(root, stats), "recording saved" if stats
                         else "recording stopped: nothing saved")
 
+    def _view(self) -> None:
+        if self.view is None:
+            self.notify("views: only a dream has a real game beside it (play.py --world dream)")
+            return
+        self.view = DREAM_VIEWS[(DREAM_VIEWS.index(self.view) + 1) % len(DREAM_VIEWS)]
+        self.notify(f"view: {self.view}")
+
+    def _steps(self) -> None:
+        world = self.session.world
+        sampler = getattr(world, "sampler", None)
+        if sampler is None:
+            self.notify("sampling steps: only a dream samples (play.py --world dream)")
+            return
+        import dataclasses
+
+        now = sampler.steps
+        nxt = next((k for k in DREAM_STEP_CHOICES if k > now), DREAM_STEP_CHOICES[0])
+        world.sampler = dataclasses.replace(sampler, steps=nxt)
+        self.notify(f"sampling steps: {nxt} ({sampler.kind})")
+
+    def _save(self) -> None:
+        self.notify("state saved" if self.session.save_state() else "this world cannot save its state")
+
+    def _load(self) -> None:
+        self.notify("state loaded" if self.session.load_state() else "no saved state yet (save first)")
+
     @staticmethod
     def _recording_summary(root: Path, stats: dict[str, Any] | None) -> str:
         if stats is None:
@@ -951,14 +1041,23 @@ class PlayWindow:
             "recording": rec.root.name if rec is not None else None,
             "recorded_episodes": rec.episodes_saved if rec is not None else 0,
             "message": self.message if time.perf_counter() < self.message_until else "",
+            "frame_ms": s.frame_ms, "latency_ms": self.latency_ms, "view": self.view,
+            "sampler": (f"{s.world.sampler.kind} {s.world.sampler.steps} steps"
+                        if getattr(s.world, "sampler", None) is not None else ""),
+            "psnr": s.psnr,
         }
 
     def draw(self) -> None:
         self.fps.tick()
         window = self.pg.display.get_window_size()
-        frame = self.session.frame
-        self.presenter.upload("frame", frame)
-        layers = [("frame", layout_row(window, [(frame.shape[1], frame.shape[0])])[0])]
+        s = self.session
+        shown = {"dream": [s.frame], "real": [s.twin_frame], "side by side": [s.twin_frame, s.frame]
+                 }.get(self.view or "", [s.frame])
+        layers = []
+        rects = layout_row(window, [(f.shape[1], f.shape[0]) for f in shown])
+        for i, (f, r) in enumerate(zip(shown, rects)):
+            self.presenter.upload(f"frame{i}", f)
+            layers.append((f"frame{i}", r))
         font_px = max(13, min(26, window[1] // 34))
         margin = max(4, font_px // 2)
         if self.show_hud:
@@ -975,6 +1074,8 @@ class PlayWindow:
             self.screenshot_due = False
             self._save_screenshot(self.presenter.read_window(window))
         self.pg.display.flip()
+        if self._shown_since is not None:  # the newest frame is on screen now
+            self.latency_ms, self._shown_since = 1000 * (time.perf_counter() - self._shown_since), None
 
     def _save_screenshot(self, image: np.ndarray) -> None:
         from PIL import Image
@@ -1006,7 +1107,7 @@ def run_window(cfg: PlayConfig, ctx: Any) -> int:
             session = Session(world, cfg.world, cfg.seed,
                               scripted_policy(_scripted_name(cfg.policy), world, cfg.seed),
                               use_scripted=cfg.policy != "human",
-                              trace=TraceWriter(cfg.trace) if cfg.trace else None)
+                              trace=TraceWriter(cfg.trace) if cfg.trace else None, twin=dream_twin(world))
             app = PlayWindow(cfg, ctx, session, bindings, script)
             try:
                 app.run()
@@ -1015,6 +1116,15 @@ def run_window(cfg: PlayConfig, ctx: Any) -> int:
     finally:
         pygame.display.quit()
     return 0
+
+
+def dream_twin(world: World) -> World | None:
+    """For a dream: its real game with the settings it learned (to play side by side)."""
+    if not getattr(world, "name", "").startswith("dream"):
+        return None
+    from world import make_world
+
+    return make_world(world.real_world_name, **world.real_settings)
 
 
 # ---------------------------------------------------------------------- headless
