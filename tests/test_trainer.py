@@ -210,3 +210,15 @@ def test_heads_learn_rewards_from_latent_transitions(tmp_path, dataset):
     assert rew.shape == (3,) and term.dtype == torch.bool
     with pytest.raises(CheckpointError, match="not a reward/termination heads"):
         load_heads(tmp_path / "ae_for_heads")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "assets" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_strictly(path):
+    from trainer.__main__ import build
+
+    stage = yaml.safe_load(path.read_text()).get("stage")
+    if stage is None:  # a child config: its stage is in its base
+        base = yaml.safe_load(path.read_text())["base"]
+        stage = yaml.safe_load((path.parent / base).read_text())["stage"]
+    cfg, _ = build(stage, str(path), {})
+    assert cfg.stage == stage

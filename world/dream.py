@@ -25,7 +25,10 @@ import torch
 from world.core import InvalidSettingError, StepResult, World, settings_from_kwargs
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
-DEFAULT_CHECKPOINT = SHIPPED / "adventure_teacher.safetensors"
+#: the default dream: the first shipped of these (the CF++ student, its Stage 2 student, the teacher)
+DEFAULT_CHOICES = ("adventure_cfpp_frame2", "adventure_cd_frame2", "adventure_teacher")
+DEFAULT_CHECKPOINT = next((SHIPPED / f"{n}.safetensors" for n in DEFAULT_CHOICES
+                           if (SHIPPED / f"{n}.safetensors").is_file()), SHIPPED / "adventure_teacher.safetensors")
 
 
 @dataclass
