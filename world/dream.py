@@ -66,6 +66,8 @@ class DreamWorld(World):
         if s.threads:
             torch.set_num_threads(s.threads)
         torch.set_flush_denormal(True)
+        if (Path(s.checkpoint) / "dream.safetensors").is_file():  # a trainer.pipeline run folder
+            s.checkpoint = str(Path(s.checkpoint) / "dream.safetensors")
         if not Path(s.checkpoint).exists():
             raise InvalidSettingError(
                 f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "

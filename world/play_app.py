@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_positive_int, default=None,
                    help=f"window size as a multiple of the frame (default {DEFAULT_WINDOW_SCALE}, "
                         f"fitted to the screen); headless: video upscale (default {DEFAULT_VIDEO_SCALE})")
+    p.add_argument("--checkpoint", default=None, help="play the dream of this world model (a checkpoint, "
+                   "a .safetensors with its card, or a trainer.pipeline run folder); implies --world dream")
     p.add_argument("--keymap", default=None, help="keymap name in assets/keymaps or a YAML file")
     p.add_argument("--shots-dir", type=Path, default=DEFAULT_SHOTS_DIR, help="screenshot folder")
     p.add_argument("--record-dir", type=Path, default=DEFAULT_RECORD_DIR,
@@ -178,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> PlayConfig:
     a = build_parser().parse_args(argv)
-    return PlayConfig(world=a.world, settings=dict(a.setting), policy=a.policy, seed=a.seed,
+    settings = dict(a.setting)
+    if a.checkpoint is not None:
+        if a.world not in (DEFAULT_WORLD, "dream"):
+            raise PlayError(f"--checkpoint plays a dream; it does not go with --world {a.world!r}")
+        a.world, settings["checkpoint"] = "dream", a.checkpoint
+    return PlayConfig(world=a.world, settings=settings, policy=a.policy, seed=a.seed,
                       scale=a.scale, keymap=a.keymap, headless=a.headless, frames=a.frames,
                       out=a.out, shots_dir=a.shots_dir, record_dir=a.record_dir,
                       script_keys=a.script_keys, trace=a.trace)
@@ -1166,8 +1173,8 @@ def run_headless(cfg: PlayConfig, reason: str | None) -> int:
 # ---------------------------------------------------------------------- entry
 def main(argv: Sequence[str] | None = None) -> int:
     """``play.py``: a window if a display is there, else headless (see the module docstring)."""
-    cfg = parse_args(argv)
     try:
+        cfg = parse_args(argv)
         if cfg.headless:
             return run_headless(cfg, None)
         reason = no_display_reason()

@@ -1,0 +1,87 @@
+"""trainer.pipeline end to end at a tiny size: every stage, skip on rerun, exact resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer_helpers import ROOT
+
+TINY = str(ROOT / "tests" / "pipeline_tiny.yaml")
+ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
+# a teacher long enough to be killed in the middle, with checkpoints to resume from
+LONGER = ["--set", "teacher.train.steps=40", "--set", "teacher.train.ckpt_every=5"]
+
+
+def pipeline(out: Path, *extra: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(out), "--preset", TINY,
+           *LONGER, *extra]
+    if kw.get("background"):
+        return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    r = pipeline(out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+def test_pipeline_ends_with_a_playable_checkpoint_and_skips_finished_stages(finished, tmp_path):
+    assert (finished / "dream.safetensors").is_file() and (finished / "dream.yaml").is_file()
+    assert (finished / "report.json").is_file()
+    r = pipeline(finished)
+    assert r.returncode == 0
+    for stage in ("record", "autoencoder", "teacher", "cd", "dmd", "heads", "evaluate", "export"):
+        assert f"{stage}: complete" in r.stdout, stage
+    video = tmp_path / "v.mp4"
+    play = subprocess.run([sys.executable, "play.py", "--headless", "--checkpoint", str(finished), "--frames", "6",
+                           "--out", str(video)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert play.returncode == 0, play.stderr[-2000:]
+    assert video.stat().st_size > 0
+    from agent_env import make_dream_env
+
+    env = make_dream_env(str(finished), steps=1)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3)
+    assert env.unwrapped.world.heads is not None  # the run's own reward/termination heads
+
+
+def test_a_killed_pipeline_resumes_to_the_same_outputs(finished, tmp_path):
+    out = tmp_path / "run"
+    proc = pipeline(out, background=True)
+    teacher = out / "teacher" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not (teacher.is_dir() and any(p.name.startswith("step_") for p in teacher.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "the teacher stage never checkpointed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 mid-teacher (the whole process group)
+    proc.wait()
+    assert not (out / "dream.safetensors").exists()
+    r = pipeline(out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout or "teacher: complete" in r.stdout
+    a, b = load_file(str(finished / "dream.safetensors")), load_file(str(out / "dream.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_pipeline_input_is_named(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(tmp_path),
+                        "--preset", "huge"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "'huge'" in r.stderr and "cpu-small" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(tmp_path),
+                        "--set", "teacher=3"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "STAGE.key=value" in r.stderr
