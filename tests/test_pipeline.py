@@ -85,3 +85,6 @@ def test_bad_pipeline_input_is_named(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(tmp_path),
                         "--set", "teacher=3"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "STAGE.key=value" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(tmp_path),
+                        "--setting", "colour=red"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "'colour'" in r.stderr

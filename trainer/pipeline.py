@@ -78,12 +78,14 @@ def _final_checkpoint(run: Path) -> bool:
 
 class Pipeline:
     def __init__(self, world: str, out: Path, preset: dict[str, dict[str, Any]],
-                 sets: dict[str, dict[str, Any]], policy: str = "explorer", seed: int = 0) -> None:
+                 sets: dict[str, dict[str, Any]], policy: str = "explorer", seed: int = 0,
+                 settings: dict[str, Any] | None = None) -> None:
         from world import make_world
 
         self.world, self.out, self.policy, self.seed = world, out, policy, seed
+        self.settings = dict(settings or {})  # the world's settings (frame_skip, sticky_actions, ...)
         self.opts = {s: {**preset.get(s, {}), **sets.get(s, {})} for s in STAGES}
-        w = make_world(world)
+        w = make_world(world, **self.settings)
         self.num_actions = w.num_actions
         w.close()
         safe = "".join(c if c.isalnum() else "-" for c in world.replace("gym:", "")).strip("-").lower()
@@ -127,6 +129,8 @@ class Pipeline:
         args = ["-m", "world.record", "--world", self.world, "--policy", self.policy, "--episodes",
                 str(o["episodes"]), "--steps", str(o["steps"]), "--seed", str(self.seed), "--out", str(self.dataset),
                 "--quiet"]
+        for k, v in self.settings.items():  # recorded in the dataset: later stages read them from there
+            args += ["--setting", f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"]
         if self.dataset.exists():
             args.append("--resume")
         self._run(args)
@@ -209,12 +213,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="explorer", help="recording policy")
     p.add_argument("--seed", type=int, default=0, help="first recording seed")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.key=value")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a world setting, e.g. frame_skip=4 or sticky_actions=0.25 (recorded in the dataset)")
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
     a = p.parse_args(argv)
     try:
-        pipe = Pipeline(a.world, Path(a.out).resolve(), load_preset(a.preset), parse_sets(a.set), a.policy, a.seed)
+        settings = {}
+        for item in a.setting:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise PipelineError(f"--setting {item!r}: expected KEY=VALUE")
+            settings[k] = yaml.safe_load(v)
+        pipe = Pipeline(a.world, Path(a.out).resolve(), load_preset(a.preset), parse_sets(a.set), a.policy, a.seed,
+                        settings)
         out = pipe.run(a.until)
     except PipelineError as e:
+        print(f"pipeline: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bad world name or setting: say it, no traceback
+        from world import WorldError
+
+        if not isinstance(e, WorldError):
+            raise
         print(f"pipeline: error: {e}", file=sys.stderr)
         return 2
     if a.until is None:
