@@ -74,7 +74,8 @@ def test_without_a_display_it_plays_headless_and_says_where(tmp_path: Path, monk
 
 @pytest.mark.parametrize("args, names", [
     (["--world", "nope"], ["'nope'", "adventure", "maze3d", "gym:"]),
-    (["--setting", "colour=red"], ["'colour'", "camera", "speed"]),
+    (["--world", "adventure", "--setting", "colour=red"], ["'colour'", "camera", "speed"]),
+    (["--setting", "stepz=2"], ["'stepz'", "checkpoint", "sampler"]),  # the default: the dream
     (["--keymap", "nope"], ["'nope'", "adventure", "maze3d"]),
 ])
 def test_unknown_world_setting_or_keymap_names_the_valid_ones(args, names, tmp_path: Path,

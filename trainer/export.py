@@ -130,6 +130,8 @@ def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_
     if name:
         card["name"], card["weights"] = name, f"{name}.safetensors"
     for key, value in (rewrite or {}).items():  # "card.FIELD" sets a field of the card itself
+        if isinstance(value, str) and value[:1] in "{[":  # a mapping or list, written as YAML
+            value = yaml.safe_load(value)
         if key.startswith("card."):
             card[key[5:]] = value
         else:

@@ -1,5 +1,8 @@
 """The play window: play a World with keyboard or gamepad (``python play.py``).
 
+By default it plays the dream (the shipped world model of the default game) with the real
+game beside it on F8; ``--world adventure`` plays the real game.
+
 A Pygame window whose OpenGL context (ModernGL) is also the worlds' context
 (:func:`world.gl.set_context` runs before the world is made), so a world renders and the
 window presents in one context. Each frame is uploaded as a texture and drawn with nearest
@@ -62,7 +65,7 @@ from world.video import VideoError, upscale_nearest, write_mp4
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-DEFAULT_WORLD = "adventure"
+DEFAULT_WORLD = "dream"  # the shipped world model of the default game (see world.dream)
 DEFAULT_WINDOW_SCALE = 10
 DEFAULT_VIDEO_SCALE = 4
 DEFAULT_HEADLESS_FRAMES = 300
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "display it plays headless with a scripted policy and writes a video.",
         epilog="In the window press F1 for the keys.")
     p.add_argument("--world", default=DEFAULT_WORLD,
-                   help="built-in world (adventure, maze3d) or gym:<gymnasium id>")
+                   help="dream (default: the shipped world model of adventure), a built-in world "
+                        "(adventure, maze3d) or gym:<gymnasium id>")
     p.add_argument("--setting", action="append", type=parse_setting, default=[],
                    metavar="KEY=VALUE", help="world setting, repeatable (e.g. camera=room)")
     p.add_argument("--policy", choices=("human", "random", "explorer"), default="human",
