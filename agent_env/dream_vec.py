@@ -128,7 +128,7 @@ class DreamVectorEnv(VectorEnv):
             z = self._session.generate(a, self.dream.sampler, write=False)[:, 0].float()
             if len(resets):
                 z[torch.from_numpy(resets)] = self._start(resets)
-            self._session.write(z[:, None], a)
+            self._session.write(z[:, None], a, defer=True)  # fused into the next step's first forward
             if len(resets):
                 self._session.reset_rows(torch.from_numpy(resets), z[torch.from_numpy(resets)])
             live = ~self._needs_reset

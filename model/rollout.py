@@ -46,16 +46,36 @@ class Session:
         self.t = 0  # time index of the next frame
         self.generated = 0
         self.gen = generator
+        # fused cache write: a finished frame waits here and is written by the next frame's first
+        # model call (one forward instead of two); None when everything is in the cache
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _shape(self, frames: int) -> tuple[int, ...]:
         c = self.cfg
         return (self.batch, frames, c.latent_channels, c.latent_size, c.latent_size)
 
     @torch.no_grad()
-    def write(self, latents: torch.Tensor, actions: torch.Tensor) -> None:
-        """Write clean frames (B, F, C, h, w) with their actions (B, F) into the cache."""
+    def flush(self) -> None:
+        """Write a pending finished frame into the cache now (unfused)."""
+        if self.pending is None:
+            return
+        lat, acts, times = self.pending
+        self.pending = None
+        sigma = torch.zeros(self.batch, lat.shape[1], device=self.device, dtype=self.dtype)
+        self.model(lat, sigma, acts, times, torch.ones(len(times), dtype=torch.bool), cache=self.cache,
+                   write_cache=True)
+
+    @torch.no_grad()
+    def write(self, latents: torch.Tensor, actions: torch.Tensor, defer: bool = False) -> None:
+        """Write clean frames (B, F, C, h, w) with their actions (B, F) into the cache; with
+        ``defer`` they are written by the next frame's first model call (fused)."""
+        self.flush()
         F = latents.shape[1]
         times = torch.arange(self.t, self.t + F)
+        if defer:
+            self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), times)
+            self.t += F
+            return
         sigma = torch.zeros(self.batch, F, device=self.device, dtype=self.dtype)
         self.model(latents.to(self.device, self.dtype), sigma, actions.to(self.device), times,
                    torch.ones(F, dtype=torch.bool), cache=self.cache, write_cache=True)
@@ -69,8 +89,18 @@ class Session:
 
         def v(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
             B = x.shape[0]
+            if B == self.batch and self.pending is not None:  # fused: write the last frame, denoise this
+                lat, acts, ptimes = self.pending
+                self.pending = None
+                P = lat.shape[1]
+                out = self.model(torch.cat([lat, x], 1), torch.cat([sigma.new_zeros(B, P), sigma], 1),
+                                 torch.cat([acts, actions], 1), torch.cat([ptimes, times]),
+                                 torch.cat([torch.ones(P, dtype=torch.bool), noisy]), cache=self.cache,
+                                 write_cache=True)
+                return out[:, P:].to(x.dtype)
             if B == self.batch:
                 return self.model(x, sigma, actions, times, noisy, cache=self.cache).to(x.dtype)
+            self.flush()  # CFG batches cond and uncond: write the pending frame once, first
             # CFG batches cond and uncond along the batch: run them one after the other
             # against the same cache (the cache is per batch element).
             return torch.cat([v(x[i:i + self.batch], sigma[i:i + self.batch], actions[i:i + self.batch])
@@ -78,8 +108,11 @@ class Session:
         return v
 
     @torch.no_grad()
-    def generate(self, actions: torch.Tensor, sampler: SamplerConfig, write: bool = True) -> torch.Tensor:
-        """Denoise the next block of frames given their actions (B, K); returns clean latents."""
+    def generate(self, actions: torch.Tensor, sampler: SamplerConfig, write: bool = True,
+                 fuse: bool = False) -> torch.Tensor:
+        """Denoise the next block of frames given their actions (B, K); returns clean latents.
+        With ``fuse`` the finished block is written to the cache by the next block's first model
+        call (``pending``) instead of by a forward of its own."""
         K = actions.shape[1]
         times = torch.arange(self.t, self.t + K)
         noise = torch.randn(self._shape(K), generator=self.gen, dtype=torch.float32).to(self.device, self.dtype)
@@ -95,7 +128,7 @@ class Session:
                 steps = sampler.first_frame_steps
             x0 = flow.sample_consistency(v, noise, actions, flow.step_list(steps, sampler.shift), self.gen)
         if write:
-            self.write(x0, actions)
+            self.write(x0, actions, defer=fuse)
         self.generated += K
         return x0
 
@@ -104,6 +137,7 @@ class Session:
         """Restart some rows of a batched session (e.g. a vector env's autoreset) from a start
         frame (R, C, h, w): their whole cached history becomes that frame held still (NOOP) at
         the cached times, so the other rows stream on undisturbed in the same batch."""
+        self.flush()
         if self.cache.num_frames == 0:
             raise RuntimeError("reset_rows needs a primed session (call prime first)")
         times = self.cache.times
@@ -123,7 +157,8 @@ class Session:
 
     def snapshot(self) -> dict[str, object]:
         return {"cache": self.cache.state(), "t": self.t, "generated": self.generated,
-                "gen": None if self.gen is None else self.gen.get_state()}
+                "gen": None if self.gen is None else self.gen.get_state(),
+                "pending": None if self.pending is None else tuple(t.clone() for t in self.pending)}
 
     def restore(self, snap: dict[str, object]) -> None:
         self.cache.load_state(snap["cache"])  # type: ignore[arg-type]
@@ -131,6 +166,8 @@ class Session:
         self.generated = int(snap["generated"])  # type: ignore[arg-type]
         if self.gen is not None and snap["gen"] is not None:
             self.gen.set_state(snap["gen"])  # type: ignore[arg-type]
+        pending = snap.get("pending")
+        self.pending = None if pending is None else tuple(t.clone() for t in pending)  # type: ignore[assignment]
 
 
 def _euler_cfg(v, noise: torch.Tensor, actions: torch.Tensor, null: torch.Tensor, sigmas: torch.Tensor,

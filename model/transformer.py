@@ -303,10 +303,15 @@ class FrameTransformer(nn.Module):
             past = cache.layers[i] if cache is not None else None
             h, kv = blk(h, cond, bias, past)
             new_kv.append(kv)
-        if write_cache:
-            if cache is None or not bool(clean.all()):
-                raise ValueError("write_cache needs a cache and clean frames only")
-            cache.append([(k.detach(), v.detach()) for k, v in new_kv], times)
+        if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
+            if cache is None or not bool(clean.any()):
+                raise ValueError("write_cache needs a cache and at least one clean frame")
+            if bool(clean.all()):
+                cache.append([(k.detach(), v.detach()) for k, v in new_kv], times)
+            else:
+                tok = clean.repeat_interleave(L).nonzero().squeeze(1)
+                cache.append([(k.detach().index_select(2, tok), v.detach().index_select(2, tok))
+                              for k, v in new_kv], times[clean].cpu())
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
         out = self.patch_out(modulate(self.final_norm(h), shift, scale))
         return self._untokens(rearrange(out, "b (f l) d -> b f l d", f=Fn))

@@ -158,7 +158,8 @@ class DreamWorld(World):
     def _step(self, action: int) -> StepResult:
         assert self._session is not None
         with torch.no_grad():
-            z = self._session.generate(torch.tensor([[action]]), self.sampler)
+            # fused: this frame is written to the cache by the next frame's first forward
+            z = self._session.generate(torch.tensor([[action]]), self.sampler, fuse=True)
             from model.autoencoder import to_uint8
 
             z_cur = z[0].float()
