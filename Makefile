@@ -46,6 +46,8 @@ dataset-teacher: setup
 dataset-lava: setup
 	$(PY) -m world.record --world adventure --policy explorer --setting lava_rooms=1.0 \
 		--policy-arg end_penalty=-50 --episodes 240 --steps 256 --seed 500000 --out data/datasets/adventure-lava-v0
+	$(PY) -m world.record --world adventure --policy explorer --setting lava_rooms=1.0 \
+		--policy-arg end_penalty=-50 --episodes 720 --steps 256 --seed 500240 --out data/datasets/adventure-lavamore-v0
 
 # The shipped teacher's fidelity report (benchmarks/results/teacher.{json,md,png}).
 CFG ?= 1.0
