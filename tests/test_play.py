@@ -355,3 +355,18 @@ def test_window_plays_the_dream_with_keys_side_by_side(xvfb_display: str, tmp_pa
     idm, _ = load_idm(default_idm("adventure"))
     pred = predict_actions(idm, ep.frames[right - 1], ep.frames[right])
     assert (pred == RIGHT).mean() >= 0.6, pred
+
+
+def test_hud_shows_timing_and_the_dream_comparison_only_when_there() -> None:
+    from world.hud import HUD_FIELDS, hud_lines
+
+    base = {"world": "dream", "episode": 0, "seed": 1, "fps": 30.0, "steps_per_s": 15.0, "tick_rate": 15,
+            "step": 3, "score": 1.0, "action": "RIGHT", "effective_action": "RIGHT", "controller": "human",
+            "paused": False, "recording": None, "recorded_episodes": 0, "message": ""}
+    texts = [line[0][0] for line in hud_lines(base, HUD_FIELDS)]
+    assert not any("frame" in t or "view" in t for t in texts)  # a real world before its first step
+    dream = {**base, "frame_ms": 22.4, "latency_ms": 31.0, "view": "side by side",
+             "sampler": "consistency 2 steps", "psnr": 24.5}
+    texts = [line[0][0] for line in hud_lines(dream, HUD_FIELDS)]
+    assert "frame 22.4 ms   action-to-display 31 ms" in texts
+    assert "view side by side   consistency 2 steps   real vs dream 24.5 dB" in texts
