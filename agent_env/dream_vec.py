@@ -152,19 +152,19 @@ class DreamVectorEnv(VectorEnv):
             return self._obs.copy(), rewards, terminated, truncated, self._infos()
         # same-step autoreset: the ended rows start their next episode now; their last frames
         # go out in info["final_obs"] (Gymnasium's convention)
-        info = self._infos()
-        if done.any():
-            final = np.empty(self.num_envs, dtype=object)
-            rows = np.flatnonzero(done)
-            for i in rows:
-                final[i] = self._obs[i].copy()
+        final = np.empty(self.num_envs, dtype=object)
+        rows = np.flatnonzero(done)
+        for i in rows:
+            final[i] = self._obs[i].copy()
+        if len(rows):
             with torch.no_grad():
                 start = self._start(rows)
                 self._session.reset_rows(torch.from_numpy(rows), start)
                 self._z[torch.from_numpy(rows)] = start
             self._steps[rows] = 0
+        info = self._infos()
+        if len(rows):
             info["final_obs"], info["_final_obs"] = final, done.copy()
-            info["world_seed"] = self._seeds.copy()
         return self._obs.copy(), rewards, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:

@@ -65,7 +65,9 @@ def sb3_vec_env(venv: Any):
         def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
             return [False] * len(self._get_indices(indices))
 
-    if venv.metadata.get("autoreset_mode") is None or str(venv.metadata["autoreset_mode"].value) != "SameStep":
+    from gymnasium.vector import AutoresetMode
+
+    if venv.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
         raise ValueError("the Stable-Baselines3 adapter needs a vector env with same-step autoreset "
                          "(DreamVectorEnv(..., autoreset_mode='SameStep'))")
     return _Adapter()

@@ -71,15 +71,10 @@ class Session:
         ``defer`` they are written by the next frame's first model call (fused)."""
         self.flush()
         F = latents.shape[1]
-        times = torch.arange(self.t, self.t + F)
-        if defer:
-            self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), times)
-            self.t += F
-            return
-        sigma = torch.zeros(self.batch, F, device=self.device, dtype=self.dtype)
-        self.model(latents.to(self.device, self.dtype), sigma, actions.to(self.device), times,
-                   torch.ones(F, dtype=torch.bool), cache=self.cache, write_cache=True)
+        self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), torch.arange(self.t, self.t + F))
         self.t += F
+        if not defer:
+            self.flush()
 
     prime = write
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +93,7 @@ class Pipeline:
     # ------------------------------------------------------------ helpers
     def _run(self, args: list[str]) -> None:
         print("pipeline: $ " + " ".join(args), flush=True)
-        env = dict(os.environ)
-        r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env)
+        r = subprocess.run([sys.executable, *args], cwd=ROOT)
         if r.returncode != 0:
             raise PipelineError(f"stage command failed (exit {r.returncode}): {' '.join(args)}; fix the cause and "
                                 "run the pipeline again: finished stages are kept, this one resumes")
@@ -168,24 +166,16 @@ class Pipeline:
             print(f"pipeline: evaluate: complete ({report}), skipped", flush=True)
             return
         o = {"episodes": 16, "long-episodes": 4, "revisit-episodes": 4, **self.opts["evaluate"]}
+        from trainer.checkpoint import resolve_full
+
+        sampler = resolve_full(self.out / "dmd")[1].get("sampler") or {}
         args = ["-m", "trainer.evaluate", "--checkpoint", str(self.out / "dmd"), "--world", self.world,
                 "--idm", str(self.out / "idm"), "--sampler", "consistency", "--steps",
-                str(self._student_steps()), "--first-frame-steps", str(self._first_steps()),
+                str(sampler.get("steps", 2)), "--first-frame-steps", str(sampler.get("first_frame_steps", 0)),
                 "--out", str(report)]
         for k, v in o.items():
             args += [f"--{k}", str(v)]
         self._run(args)
-
-    def _dmd_cfg(self) -> dict[str, Any]:
-        from trainer.checkpoint import resolve_full
-
-        return resolve_full(self.out / "dmd")[1]
-
-    def _student_steps(self) -> int:
-        return int((self._dmd_cfg().get("sampler") or {}).get("steps", 2))
-
-    def _first_steps(self) -> int:
-        return int((self._dmd_cfg().get("sampler") or {}).get("first_frame_steps", 0))
 
     def export(self) -> None:
         weights = self.out / "dream.safetensors"

@@ -618,8 +618,7 @@ class Session:
         self.frame, self.info = self.world.reset(seed=self.seed)
         if self.twin is not None:
             self.twin_frame, _ = self.twin.reset(seed=self.seed)
-            context = int(vars(getattr(self.world, "settings", None) or {}).get("context", 1))  # a dream's
-            for _ in range(context - 1):
+            for _ in range(getattr(getattr(self.world, "settings", None), "context", 1) - 1):  # a dream's context
                 self.twin_frame = self.twin.step(0).frame
             self.twin_done = False
         self.scripted.reset(self.seed)
@@ -872,7 +871,7 @@ class PlayWindow:
             "reset": self._reset, "pause": self._pause, "step": self._single_step,
             "help": self._help, "hud": self._hud, "screenshot": self._screenshot,
             "record": self._record, "quit": self._quit, "faster": self._faster,
-            "slower": self._slower, "policy": self._policy, "view": self._view, "steps": self._steps,
+            "slower": self._slower, "policy": self._policy, "view": self._view, "steps": self._sampling_steps,
             "save": self._save, "load": self._load,
         }
         self.view = DREAM_VIEWS[0] if session.twin is not None else None
@@ -1013,7 +1012,7 @@ class PlayWindow:
         self.view = DREAM_VIEWS[(DREAM_VIEWS.index(self.view) + 1) % len(DREAM_VIEWS)]
         self.notify(f"view: {self.view}")
 
-    def _steps(self) -> None:
+    def _sampling_steps(self) -> None:
         world = self.session.world
         sampler = getattr(world, "sampler", None)
         if sampler is None:
