@@ -59,24 +59,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                    train_state: dict[str, Any], meta: dict[str, Any], keep: int = 3) -> Path:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
+def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """The hidden folder a checkpoint is written into before it is renamed into place (rank 0
+    makes it; under FSDP every rank writes its shards into it before rank 0 finishes it)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                    train_state: dict[str, Any], meta: dict[str, Any], keep: int = 3,
+                    tmp: Path | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints. ``tmp``: a
+    folder from :func:`begin_checkpoint` that already holds other files (FSDP shards)."""
+    root = Path(run_dir) / "checkpoints"
+    if tmp is None:
+        tmp = begin_checkpoint(run_dir, step)
+    final = root / f"step_{step:08d}"
     for name, sd in weights.items():
         tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
         save_file(tensors, str(tmp / f"{name}.safetensors"), metadata={"step": str(step)})
     torch.save(train_state, tmp / "train_state.pt")
     (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2, default=str))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

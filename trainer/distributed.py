@@ -8,6 +8,8 @@ step as a 1-process run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -65,3 +67,17 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it builds a shared file: a latent cache, ODE trajectories);
+    the other ranks run it after rank 0 is done and find the file. A no-op in one process."""
+    on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if on and dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if on and dist.get_rank() == 0:
+            dist.barrier()

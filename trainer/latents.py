@@ -53,6 +53,15 @@ class LatentCache:
     @classmethod
     def build(cls, dataset: str, ae: Autoencoder, ae_id: str, cache_dir: str | Path,
               batch: int = 256) -> LatentCache:
+        """The dataset's latents, from the cache or encoded now (by rank 0 first, with several
+        processes, so that they do not all encode and write the same file)."""
+        from trainer.distributed import main_first
+
+        with main_first():
+            return cls._build(dataset, ae, ae_id, cache_dir, batch)
+
+    @classmethod
+    def _build(cls, dataset: str, ae: Autoencoder, ae_id: str, cache_dir: str | Path, batch: int) -> LatentCache:
         cache_dir = Path(cache_dir)
         path = cache_dir / f"{Path(dataset).name}_{dataset_fingerprint(dataset)}_ae{ae_id}.npz"
         if path.is_file():
@@ -82,7 +91,7 @@ class LatentCache:
                   np.concatenate([e.effective for e in eps]), np.concatenate([e.rewards for e in eps]),
                   np.concatenate([e.terminated for e in eps]), offsets)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npz")
         np.savez(tmp, latents=obj.latents, actions=obj.actions, effective=obj.effective, rewards=obj.rewards,
                  terminated=obj.terminated, offsets=obj.offsets)
         tmp.replace(path)

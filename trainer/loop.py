@@ -9,6 +9,7 @@ exact resume, and a one-line summary at the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,10 +20,11 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.distill import ema_update
 from trainer.checkpoint import (
+    CheckpointError,
+    begin_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_into,
@@ -31,6 +33,17 @@ from trainer.checkpoint import (
     set_rng_state,
 )
 from trainer.distributed import DistInfo, all_reduce_mean, barrier
+from trainer.parallel import MODES as PARALLEL_MODES
+from trainer.parallel import (
+    SHARDED_DIR,
+    Parallel,
+    full_state_dict,
+    is_sharded,
+    load_optimizer_state,
+    load_sharded,
+    optimizer_state,
+    save_sharded,
+)
 
 
 @dataclass
@@ -52,8 +65,17 @@ class TrainConfig:
     ckpt_minutes: float = 10.0
     eval_every: int = 0             # 0 = only at the end
     keep_checkpoints: int = 3
+    parallel: str = "ddp"           # with several processes: "ddp" (replicas) or "fsdp" (FSDP2 shards)
+    compile: bool = False           # torch.compile the trained module
+    compile_mode: str = "default"   # torch.compile mode: default, reduce-overhead, max-autotune
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"train.parallel must be one of {list(PARALLEL_MODES)}, got {self.parallel!r}")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"train.compile_mode must be default, reduce-overhead, max-autotune or "
+                             f"max-autotune-no-cudagraphs, got {self.compile_mode!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
         if self.steps < 1 or self.batch_size < 1:
@@ -71,6 +93,9 @@ class Stage(Protocol):
     def data_state(self) -> dict[str, Any]: ...
     def load_data_state(self, state: dict[str, Any]) -> None: ...
     def tokens_per_sample(self) -> int: ...
+    # optional: parallelize(par: Parallel) wraps the stage's own trained/following modules;
+    # fsdp_blocks = False shards the trained module as one FSDP unit (a module called several
+    # times per forward, e.g. a self-rollout)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -124,12 +149,35 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + info.rank)
+    par = Parallel(info, cfg.parallel)
     model = stage.model().to(info.device)
     ema = None
     if cfg.ema_decay > 0:
-        import copy
-
         ema = copy.deepcopy(model).requires_grad_(False)
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    sharded = ckpt is not None and (ckpt / SHARDED_DIR).is_dir()
+    state: dict[str, Any] = {}
+    if ckpt is not None:
+        extra = stage.extra_modules()
+        own = () if sharded else (("model", "ema") if ema is not None else ("model",))
+        weights, state, _meta = load_checkpoint(ckpt, own + tuple(extra))
+        if not sharded:  # a sharded checkpoint's model and EMA are loaded after sharding, below
+            load_into(model, weights["model"], f"{ckpt}/model.safetensors")
+            if ema is not None:
+                load_into(ema, weights["ema"], f"{ckpt}/ema.safetensors")
+        for name, mod in extra.items():
+            load_into(mod, weights[name], f"{ckpt}/{name}.safetensors")
+    # plain copies that evaluation and the checkpoint hook run on under FSDP (sharded modules
+    # need every rank in each forward; evaluation runs on rank 0 alone)
+    plain = copy.deepcopy(model) if par.fsdp else None
+    plain_ema = copy.deepcopy(ema) if par.fsdp and ema is not None else None
+    train_module = par.wrap(model, blocks=getattr(stage, "fsdp_blocks", True))
+    if ema is not None:
+        par.shard(ema, blocks=getattr(stage, "fsdp_blocks", True))
+    hook = getattr(stage, "parallelize", None)
+    if hook is not None:
+        hook(par)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -137,24 +185,24 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, cfg.beta2), fused=info.device.type == "cuda")
-    step = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        extra = stage.extra_modules()
-        names = (("model", "ema") if ema is not None else ("model",)) + tuple(extra)
-        weights, state, _meta = load_checkpoint(ckpt, names)
-        load_into(model, weights["model"], f"{ckpt}/model.safetensors")
-        for name, mod in extra.items():
-            load_into(mod, weights[name], f"{ckpt}/{name}.safetensors")
-        if ema is not None:
-            load_into(ema, weights["ema"], f"{ckpt}/ema.safetensors")
-        opt.load_state_dict(state["optimizer"])
+        if sharded:
+            load_sharded(ckpt / SHARDED_DIR, model, ema, opt)
+        elif "optimizer_named" in state:
+            load_optimizer_state(model, opt, state["optimizer_named"])
+        elif par.fsdp:
+            raise CheckpointError(f"{ckpt} has an optimizer state from an older trainer that FSDP cannot load; "
+                                  f"resume it with train.parallel=ddp, or start over with --fresh")
+        else:
+            opt.load_state_dict(state["optimizer"])
         stage.load_data_state(state["data"])
         set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
         step = int(state["step"])
         if info.is_main:
-            print(f"[{stage.name}] resumed from {ckpt} at step {step}")
-    train_module: nn.Module = DDP(model) if info.enabled else model
+            print(f"[{stage.name}] resumed from {ckpt} at step {step}"
+                  f"{' (sharded state)' if sharded else ''}")
+    if cfg.compile:
+        train_module = torch.compile(train_module, mode=cfg.compile_mode, backend=cfg.compile_backend)
     log = MetricsLog(run_dir, step, info.is_main)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,26 +212,53 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes "
                          f"({info.world_size})")
 
+    def gathered(module: nn.Module | None, copy_to: nn.Module | None) -> nn.Module | None:
+        """``module`` itself, or under FSDP its plain copy loaded with the full weights on rank 0
+        (a collective: every rank calls it)."""
+        if module is None or copy_to is None:
+            return module
+        sd = full_state_dict(module)
+        if info.is_main:
+            copy_to.load_state_dict(sd)
+        return copy_to
+
+    def for_eval() -> nn.Module:
+        return gathered(ema, plain_ema) if ema is not None else gathered(model, plain)  # type: ignore[return-value]
+
     def checkpoint(final: bool = False) -> Path | None:
         rngs = [rng_state()]
         if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+            gathered_rngs: list[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered_rngs, rngs[0])
+            rngs = gathered_rngs
+        m_full, e_full = gathered(model, plain), gathered(ema, plain_ema)
+        extras = {name: full_state_dict(mod) for name, mod in stage.extra_modules().items()
+                  if info.is_main or is_sharded(mod)}
+        tmp = None
+        if par.fsdp:  # every rank writes its shards into rank 0's temporary folder
+            box = [begin_checkpoint(run_dir, step) if info.is_main else None]
+            torch.distributed.broadcast_object_list(box, 0)
+            tmp = box[0]
+            save_sharded(tmp / SHARDED_DIR, model, ema, opt)
+            barrier(info)
+        named_opt = None if par.fsdp else optimizer_state(model, opt)
         path = None
         if info.is_main:
-            hook = getattr(stage, "before_checkpoint", None)
-            if hook is not None:  # e.g. the autoencoder's latent statistics
-                hook(model, ema)
-            weights = {"model": model.state_dict()}
-            if ema is not None:
-                weights["ema"] = ema.state_dict()
-            for name, mod in stage.extra_modules().items():
-                weights[name] = mod.state_dict()
-            state = {"optimizer": opt.state_dict(), "data": stage.data_state(), "rng": rngs, "step": step}
-            meta = {"stage": stage.name, "config": config_dict, "final": final,
+            assert m_full is not None
+            before = getattr(stage, "before_checkpoint", None)
+            if before is not None:  # e.g. the autoencoder's latent statistics
+                before(m_full, e_full)
+            weights = {"model": m_full.state_dict()}
+            if e_full is not None:
+                weights["ema"] = e_full.state_dict()
+            weights.update(extras)
+            state = {"data": stage.data_state(), "rng": rngs, "step": step}
+            if named_opt is not None:
+                state["optimizer_named"] = named_opt
+            meta = {"stage": stage.name, "config": config_dict, "final": final, "parallel": cfg.parallel,
+                    "world_size": info.world_size, "sharded": par.fsdp,
                     "wall_s_total": wall_before + (time.time() - t_start)}
-            path = save_checkpoint(run_dir, step, weights, state, meta, keep=cfg.keep_checkpoints)
+            path = save_checkpoint(run_dir, step, weights, state, meta, keep=cfg.keep_checkpoints, tmp=tmp)
         barrier(info)
         return path
 
@@ -213,6 +288,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        if hasattr(gnorm, "full_tensor"):  # FSDP: a DTensor
+            gnorm = gnorm.full_tensor()
         opt.step()
         if ema is not None:
             # warm-up: an average over the steps so far until 1/(1-decay) steps have passed, so a
@@ -239,7 +316,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         if bar is not None:
             bar.update(1)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            ev = stage.evaluate(ema if ema is not None else model, step) if info.is_main else {}
+            ev_model = for_eval()
+            ev = stage.evaluate(ev_model, step) if info.is_main else {}
             log.log(step, {f"eval/{k}": v for k, v in ev.items()})
             model.train()
         want_ckpt = step % cfg.ckpt_every == 0 or (time.time() - last_ckpt_time) > 60 * cfg.ckpt_minutes
@@ -252,7 +330,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
             last_ckpt_time = time.time()
     if bar is not None:
         bar.close()
-    final_eval = stage.evaluate(ema if ema is not None else model, step) if info.is_main else {}
+    ev_model = for_eval()
+    final_eval = stage.evaluate(ev_model, step) if info.is_main else {}
     if final_eval:
         log.log(step, {f"eval/{k}": v for k, v in final_eval.items()})
     path = checkpoint(final=True)

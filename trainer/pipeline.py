@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ helpers
     def _run(self, args: list[str]) -> None:
-        print("pipeline: $ " + " ".join(args), flush=True)
+        print("pipeline: $ python " + shlex.join(args), flush=True)  # a line a shell can run as is
         r = subprocess.run([sys.executable, *args], cwd=ROOT)
         if r.returncode != 0:
             raise PipelineError(f"stage command failed (exit {r.returncode}): {' '.join(args)}; fix the cause and "

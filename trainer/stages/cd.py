@@ -169,7 +169,15 @@ class CDStage:
         return loss, {"teacher_nfe": float(self.teacher_nfe), "teacher_nfe_per_sample":
                       float(self.teacher_nfe / max(self.samples, 1))}
 
+    def parallelize(self, par: Any) -> None:
+        """Under FSDP the target is sharded like the student (its EMA update is per shard)."""
+        par.shard(self.target)
+
     def after_step(self, model: nn.Module) -> None:
+        from trainer.parallel import is_sharded
+
+        if is_sharded(self.target):  # a sharded root that never runs backward stays gathered after
+            self.target.reshard()    # its forward: shard it again so the update is per shard
         ema_update(self.target, model, self.cfg.loss.target_decay)
 
     @torch.no_grad()

@@ -112,8 +112,19 @@ def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Te
     return torch.cat(outs, 1)
 
 
+class _Generator(_TeacherForcing):
+    """The generator as DDP/FSDP see it: ``forward(rollout=...)`` runs the whole self-rollout,
+    so that the one forward with grad goes through the wrapper (gradient sync, unsharding)."""
+
+    def forward(self, *args: Any, rollout: tuple[Any, ...] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if rollout is not None:
+            return self_rollout(self.net, *rollout)
+        return super().forward(*args)
+
+
 class DMDStage:
     name = "dmd"
+    fsdp_blocks = False  # the rollout calls each block many times per forward: one FSDP unit
 
     def __init__(self, cfg: DMDExperiment) -> None:
         self.cfg = cfg
@@ -130,7 +141,8 @@ class DMDStage:
         self.real = _TeacherForcing(teacher).requires_grad_(False).eval()
         self.fake = _TeacherForcing(copy.deepcopy(teacher)).requires_grad_(True)
         self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=cfg.dmd.critic_lr, betas=(0.9, 0.99))
-        self.generator = _TeacherForcing(generator.requires_grad_(True))
+        self.fake_train: nn.Module = self.fake  # DDP around it with several processes (parallelize)
+        self.generator = _Generator(generator.requires_grad_(True))
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.fm = TeacherLossConfig(shift=self.shift, action_dropout=0.0, change_weight=0.0)
 
@@ -140,6 +152,10 @@ class DMDStage:
 
     def model(self) -> nn.Module:
         return self.generator
+
+    def parallelize(self, par: Any) -> None:
+        """The critic trains on every rank: its gradients are averaged (DDP) in both modes."""
+        self.fake_train = par.replicate(self.fake)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"fake_score": self.fake}
@@ -158,15 +174,14 @@ class DMDStage:
         B, F = x0.shape[:2]
         C = self.cfg.dmd.context
         dev = x0.device
-        net = model.module.net if hasattr(model, "module") else model.net
         exit_step = int(torch.randint(0, max(self.cfg.dmd.steps, 1), (1,), generator=self.gen))
-        g = self_rollout(net, x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
-                         exit_step, self.gen)
+        g = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
+                           exit_step, self.gen))
         # critic: the fake score learns the generator's current distribution (flow matching)
         clip = self._clip(x0, g.detach())
         fake_losses = []
         for _ in range(self.cfg.dmd.critic_updates):
-            fl, _ = teacher_forcing_loss(self.fake, clip, actions, self.fm, self.model_cfg.null_action, self.gen)
+            fl, _ = teacher_forcing_loss(self.fake_train, clip, actions, self.fm, self.model_cfg.null_action, self.gen)
             self.fake_opt.zero_grad(set_to_none=True)
             fl.backward()
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from model import flow
 from model.distill import ode_regression_loss, teacher_cfg_euler_step, trajectory_indices
 from trainer.data import EpochSampler
-from trainer.distributed import DistInfo
+from trainer.distributed import DistInfo, main_first
 from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
 from trainer.stages.cd import Student, few_step_eval
@@ -98,7 +98,7 @@ def generate_trajectories(teacher: nn.Module, data: ClipData, cfg: ODEConfig, sh
         states.append(torch.stack(saved, 1).half().numpy())  # (B, K, F, C, h, w)
         ends.append(x.half().numpy())
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "trajectories.tmp.npz"
+    tmp = out / f"trajectories.tmp{os.getpid()}.npz"
     np.savez(tmp, rows=rows, states=np.concatenate(states), endpoints=np.concatenate(ends),
              sigmas=np.asarray([float(grid[k]) for k in keep], np.float32))
     tmp.replace(out / "trajectories.npz")
@@ -119,11 +119,12 @@ class ODEStage:
         self.setup = st
         self.shift, self.model_cfg, self.data, self.student = st.shift, st.model_cfg, st.data, st.student
         store = Path(cfg.trajectories)
-        if not (store / "trajectories.npz").is_file():
-            cost = generate_trajectories(st.teacher, self.data, cfg.ode, self.shift,
-                                         self.model_cfg.null_action, store, cfg.train.seed)
-            print(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
-                  f"{cost['wall_s']:.0f} s, {cost['bytes_stored'] / 1e6:.1f} MB -> {store}")
+        with main_first():  # several processes: rank 0 solves and stores them, the others read them
+            if not (store / "trajectories.npz").is_file():
+                cost = generate_trajectories(st.teacher, self.data, cfg.ode, self.shift,
+                                             self.model_cfg.null_action, store, cfg.train.seed)
+                print(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
+                      f"{cost['wall_s']:.0f} s, {cost['bytes_stored'] / 1e6:.1f} MB -> {store}")
         self.cost = json.loads((store / "trajectories.json").read_text())
         with np.load(store / "trajectories.npz") as z:
             self.rows, self.states, self.endpoints = z["rows"], z["states"], z["endpoints"]
