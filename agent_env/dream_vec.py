@@ -74,16 +74,13 @@ class DreamVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- helpers
     def _start(self, rows: np.ndarray) -> torch.Tensor:
         """Reset the real games of ``rows`` with fresh seeds; their first frames' latents."""
-        from model.autoencoder import from_uint8
-
         frames = []
         for i in rows:
             self._seeds[i] = int(self._rng.integers(2**31))
             frame, _ = self._reals[i].reset(seed=int(self._seeds[i]))
             frames.append(frame)
             self._obs[i] = frame
-        with torch.no_grad():
-            return self.dream.ae.encode(from_uint8(torch.from_numpy(np.stack(frames)))).float()
+        return self.dream.encode(np.stack(frames))
 
     def _infos(self, extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"world_seed": self._seeds.copy(), "_world_seed": np.ones(self.num_envs, bool)}
@@ -94,8 +91,6 @@ class DreamVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- gym API
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        from model.rollout import Session
-
         if options:
             raise ValueError(f"unknown reset option(s) {sorted(options)}; DreamVectorEnv takes none")
         if isinstance(seed, list):
@@ -103,18 +98,17 @@ class DreamVectorEnv(VectorEnv):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         noise_seed = int(self._rng.integers(2**31))
-        self._session = Session(self.dream.model, self.num_envs, generator=torch.Generator().manual_seed(noise_seed))
+        self._session = self.dream.session(self.num_envs, torch.Generator().manual_seed(noise_seed))
         rows = np.arange(self.num_envs)
         z = self._start(rows)
-        self._session.prime(z[:, None], torch.zeros(self.num_envs, 1, dtype=torch.long))
+        with torch.no_grad(), self.dream.autocast():
+            self._session.prime(z[:, None], torch.zeros(self.num_envs, 1, dtype=torch.long))
         self._z = z
         self._steps[:] = 0
         self._needs_reset[:] = False
         return self._obs.copy(), self._infos()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        from model.autoencoder import to_uint8
-
         if self._session is None or self._z is None:
             raise RuntimeError("call reset() before step()")
         acts = np.asarray(actions).reshape(-1)
@@ -123,23 +117,27 @@ class DreamVectorEnv(VectorEnv):
                              f"got {actions!r}")
         resets = np.flatnonzero(self._needs_reset)
         acts = np.where(self._needs_reset, 0, acts)
-        a = torch.from_numpy(acts.astype(np.int64))[:, None]
+        dev = self.dream.device
+        a = torch.from_numpy(acts.astype(np.int64))[:, None].to(dev)
         with torch.no_grad():
-            z = self._session.generate(a, self.dream.sampler, write=False)[:, 0].float()
+            with self.dream.autocast():
+                z = self._session.generate(a, self.dream.sampler, write=False)[:, 0].float()
+            rz = torch.from_numpy(resets).to(dev)
             if len(resets):
-                z[torch.from_numpy(resets)] = self._start(resets)
-            self._session.write(z[:, None], a, defer=True)  # fused into the next step's first forward
-            if len(resets):
-                self._session.reset_rows(torch.from_numpy(resets), z[torch.from_numpy(resets)])
+                z[rz] = self._start(resets)
+            with self.dream.autocast():
+                self._session.write(z[:, None], a, defer=True)  # fused into the next step's first forward
+                if len(resets):
+                    self._session.reset_rows(rz, z[rz])
             live = ~self._needs_reset
             if live.any():
-                idx = torch.from_numpy(np.flatnonzero(live))
-                self._obs[live] = to_uint8(self.dream.ae.decode(z[idx])).numpy()
+                idx = torch.from_numpy(np.flatnonzero(live)).to(dev)
+                self._obs[live] = self.dream.decode(z[idx])
             rewards = np.zeros(self.num_envs, np.float64)
             terminated = np.zeros(self.num_envs, bool)
             if self.dream.heads is not None:
                 r, t = self.dream.heads.predict(self._z, z, a[:, 0])
-                rewards, terminated = r.numpy().astype(np.float64), t.numpy().astype(bool)
+                rewards, terminated = r.cpu().numpy().astype(np.float64), t.cpu().numpy().astype(bool)
         self._z = z
         rewards[resets] = 0.0
         terminated[resets] = False
@@ -157,10 +155,11 @@ class DreamVectorEnv(VectorEnv):
         for i in rows:
             final[i] = self._obs[i].copy()
         if len(rows):
-            with torch.no_grad():
+            with torch.no_grad(), self.dream.autocast():
                 start = self._start(rows)
-                self._session.reset_rows(torch.from_numpy(rows), start)
-                self._z[torch.from_numpy(rows)] = start
+                rt = torch.from_numpy(rows).to(dev)
+                self._session.reset_rows(rt, start)
+                self._z[rt] = start
             self._steps[rows] = 0
         info = self._infos()
         if len(rows):

@@ -43,10 +43,11 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: int = 0,
+                  **settings: Any) -> dict[str, Any]:
     from world import make_world
 
-    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps)
+    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, **settings)
     rng = np.random.default_rng(seed)
     fps, first, a2d = [], [], []
     for rep in range(repeats):
@@ -70,20 +71,22 @@ def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: 
     return {"fps": _stats(fps, 1), "first_frame_ms": _stats(first), "action_to_display_ms": _stats(a2d)}
 
 
-def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats: int) -> dict[str, float]:
+def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats: int,
+                **settings: Any) -> dict[str, float]:
     from agent_env import DreamVectorEnv
 
-    envs = DreamVectorEnv(batch, checkpoint=checkpoint, sampler="consistency", steps=steps)
+    envs = DreamVectorEnv(batch, checkpoint=checkpoint, sampler="consistency", steps=steps, **settings)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
+    na = int(envs.single_action_space.n)
     for _ in range(3):
-        envs.step(rng.integers(0, 5, batch))
+        envs.step(rng.integers(0, na, batch))
     rates = []
     n = max(2, env_steps // batch)
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(n):
-            envs.step(rng.integers(0, 5, batch))
+            envs.step(rng.integers(0, na, batch))
         rates.append(n * batch / (time.perf_counter() - t0))
     envs.close()
     return _stats(rates, 1)
@@ -110,7 +113,7 @@ def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0) -> dic
             tail.append(f)
         if i == min(500, frames - 1):
             rss_warm = _rss_mb()
-        if not np.isfinite(w._z.numpy()).all():
+        if not np.isfinite(w._z.cpu().numpy()).all():
             bad += 1
     wall = time.perf_counter() - t0
     rss_end = _rss_mb()

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 @dataclass
 class AutoencoderConfig:
-    image_size: int = 64
+    image_size: int = 64          # N x N frames -> N/8 x N/8 latents (the convolutions fit any N)
     latent_channels: int = 16
     enc_channels: tuple[int, int, int] = (64, 128, 192)  # at 32x32, 16x16, 8x8
     dec_width: int = 128          # decoder channels at 8x8
@@ -37,8 +37,9 @@ class AutoencoderConfig:
             raise ValueError(f"autoencoder output must be 'rgb' or 'palette', got {self.output!r}")
         if self.output == "palette" and not 2 <= self.palette_size <= 256:
             raise ValueError(f"palette output needs 2 <= palette_size <= 256, got {self.palette_size}")
-        if self.image_size != 64:
-            raise ValueError(f"this autoencoder maps 64x64 frames to 8x8 latents; got image_size={self.image_size}")
+        if self.image_size < 32 or self.image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 and at least 32 (frames of N x N map to "
+                             f"N/8 x N/8 latents), got {self.image_size}")
 
     @property
     def latent_size(self) -> int:

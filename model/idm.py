@@ -19,6 +19,11 @@ class IDMConfig:
     num_actions: int = 5
     width: int = 32
     feature_dim: int = 128
+    image_size: int = 64    # N x N frames (three stride-2 convolutions: an N/8 x N/8 grid)
+
+    @property
+    def cells(self) -> int:
+        return (self.image_size // 8) ** 2
 
 
 class FrameEncoder(nn.Module):
@@ -30,7 +35,7 @@ class FrameEncoder(nn.Module):
             nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),       # 16
             nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.ReLU(),   # 8
         )
-        self.proj = nn.Linear(4 * w * 64, cfg.feature_dim)
+        self.proj = nn.Linear(4 * w * cfg.cells, cfg.feature_dim)
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -48,7 +53,7 @@ class InverseDynamics(nn.Module):
         w = cfg.width
         self.diff = nn.Sequential(nn.Conv2d(3, w, 4, 2, 1), nn.ReLU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),
                                   nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(2 * w * 64 + 2 * cfg.feature_dim, 256), nn.ReLU(),
+        self.head = nn.Sequential(nn.Linear(2 * w * cfg.cells + 2 * cfg.feature_dim, 256), nn.ReLU(),
                                   nn.Linear(256, cfg.num_actions))
 
     def forward(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:

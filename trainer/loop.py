@@ -309,6 +309,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                             "steps_per_s": rate,
                             "tokens_per_s": rate * cfg.batch_size * stage.tokens_per_sample(),
                             **{k: float(v) for k, v in metrics.items()}}
+            if info.device.type == "cuda":
+                last_metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 1e9
             log.log(step, last_metrics)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{last_metrics['lr']:.1e}")

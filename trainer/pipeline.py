@@ -49,9 +49,10 @@ def load_preset(name: str) -> dict[str, dict[str, Any]]:
         valid = sorted(p.stem for p in PRESETS.glob("*.yaml"))
         raise PipelineError(f"unknown preset {name!r}; valid presets: {valid}")
     data = yaml.safe_load(path.read_text()) or {}
-    bad = sorted(set(data) - set(STAGES))
+    bad = sorted(set(data) - set(STAGES) - {"settings"})
     if bad:
-        raise PipelineError(f"preset {path}: unknown stage(s) {bad}; valid: {list(STAGES)}")
+        raise PipelineError(f"preset {path}: unknown stage(s) {bad}; valid: {list(STAGES)} and 'settings' "
+                            f"(world settings, e.g. resolution)")
     return {k: dict(v or {}) for k, v in data.items()}
 
 
@@ -83,8 +84,9 @@ class Pipeline:
         from world import make_world
 
         self.world, self.out, self.policy, self.seed = world, out, policy, seed
-        self.settings = dict(settings or {})  # the world's settings (frame_skip, sticky_actions, ...)
-        self.opts = {s: {**preset.get(s, {}), **sets.get(s, {})} for s in STAGES}
+        # the world's settings (frame_skip, sticky_actions, resolution, ...): the preset's, then the command's
+        self.settings = {**preset.get("settings", {}), **(settings or {})}
+        self.opts = {s: {**preset.get(s, {}), **sets.get(s, {})} for s in STAGES}  # per-stage options
         w = make_world(world, **self.settings)
         self.num_actions = w.num_actions
         w.close()
@@ -117,7 +119,7 @@ class Pipeline:
 
         _, cfg = resolve_full(self.out / "autoencoder")
         m = cfg["model"]
-        return {"model.latent_channels": m["latent_channels"], "model.latent_size": m.get("latent_size", 8)}
+        return {"model.latent_channels": m["latent_channels"], "model.latent_size": m.get("image_size", 64) // 8}
 
     # ------------------------------------------------------------ stages
     def record(self) -> None:
@@ -139,7 +141,7 @@ class Pipeline:
 
     def idm(self) -> None:
         self._train("idm", {"world": self.world, "data.dataset": str(self.dataset),
-                            "model.num_actions": self.num_actions})
+                            "model.num_actions": self.num_actions, "model.image_size": 8 * self._latent()["model.latent_size"]})
 
     def teacher(self) -> None:
         self._train("teacher", {"world": self.world, "data.dataset": str(self.dataset),

@@ -42,10 +42,15 @@ class DreamSettings:
     noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
     heads: str = "auto"          # reward/termination heads: "auto" (the world's shipped ones), a path, or ""
     threads: int = 0             # torch threads (0 = leave as is)
+    device: str = "cpu"          # "cpu", "cuda" or "auto" (CUDA when available); CUDA runs bf16 autocast
 
     def __post_init__(self) -> None:
         if self.sampler not in ("auto", "euler", "consistency"):
             raise InvalidSettingError(f"sampler must be 'auto', 'euler' or 'consistency', got {self.sampler!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise InvalidSettingError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise InvalidSettingError("device 'cuda' was asked for but CUDA is not available here; use 'cpu'")
         if self.steps < 0 or self.context < 1 or self.max_steps < 1:
             raise InvalidSettingError(
                 f"need steps >= 0, context >= 1, max_steps >= 1; got {self.steps}, {self.context}, {self.max_steps}")
@@ -74,6 +79,10 @@ class DreamWorld(World):
                 f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
         self.model, self.config, self.model_id = load_world_model(s.checkpoint)
         self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
+        self.device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if s.device == "auto" else s.device))
+        self.model.to(self.device)
+        self.ae.to(self.device)
         kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
@@ -89,6 +98,8 @@ class DreamWorld(World):
         self.keymap_name = self._real.keymap_name
         self.name = f"dream:{self.real_world_name}"
         self.heads = self._load_heads(s.heads)
+        if self.heads is not None:
+            self.heads.to(self.device)
         self._session = None
         self._frame: np.ndarray | None = None
         self._z: torch.Tensor | None = None
@@ -127,7 +138,8 @@ class DreamWorld(World):
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        return (64, 64, 3)
+        n = self.ae.cfg.image_size
+        return (n, n, 3)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -135,11 +147,34 @@ class DreamWorld(World):
                   "sampler": dataclasses.asdict(self.sampler), "real_world": self.real_world_name})
         return d
 
-    # ----------------------------------------------------------------- dynamics
-    def _reset(self, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-        from model.autoencoder import from_uint8
+    # ----------------------------------------------------------------- on the model's device
+    def autocast(self):
+        """bf16 autocast on CUDA (fp32 weights); nothing on CPU (fp32 measured faster there)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def session(self, batch: int, generator: torch.Generator):
         from model.rollout import Session
 
+        return Session(self.model, batch, device=self.device, generator=generator)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> fp32 latents (N, C, h, w) on the device (fp32 on every
+        device: the latents the models were trained on)."""
+        from model.autoencoder import from_uint8
+
+        return self.ae.encode(from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)).float()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        """Latents (N, C, h, w) -> uint8 frames (N, H, W, 3) on the host."""
+        from model.autoencoder import to_uint8
+
+        with self.autocast():
+            return to_uint8(self.ae.decode(z).float()).cpu().numpy()
+
+    # ----------------------------------------------------------------- dynamics
+    def _reset(self, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
         seed = 0 if seed is None else seed
         frame, info = self._real.reset(seed=seed)
         frames = [frame]
@@ -147,10 +182,10 @@ class DreamWorld(World):
             frame, *_ = self._real.step(0)
             frames.append(frame)
         gen = torch.Generator().manual_seed(self.settings.noise_seed * 1_000_003 + seed)
-        self._session = Session(self.model, 1, generator=gen)
-        with torch.no_grad():
-            z = self.ae.encode(from_uint8(torch.from_numpy(np.stack(frames))))
-        self._session.prime(z[None], torch.zeros(1, len(frames), dtype=torch.long))
+        self._session = self.session(1, gen)
+        z = self.encode(np.stack(frames))
+        with torch.no_grad(), self.autocast():
+            self._session.prime(z[None], torch.zeros(1, len(frames), dtype=torch.long))
         self._z = z[-1:].float()
         self._frame = frames[-1]
         return self._frame.copy(), {"effective_action": 0, "dream": True, "seed": seed}
@@ -159,14 +194,13 @@ class DreamWorld(World):
         assert self._session is not None
         with torch.no_grad():
             # fused: this frame is written to the cache by the next frame's first forward
-            z = self._session.generate(torch.tensor([[action]]), self.sampler, fuse=True)
-            from model.autoencoder import to_uint8
-
+            with self.autocast():
+                z = self._session.generate(torch.tensor([[action]]), self.sampler, fuse=True)
             z_cur = z[0].float()
-            self._frame = to_uint8(self.ae.decode(z_cur))[0].numpy()
+            self._frame = self.decode(z_cur)[0]
             reward, terminated = 0.0, False
             if self.heads is not None:
-                r, t = self.heads.predict(self._z, z_cur, torch.tensor([action]))
+                r, t = self.heads.predict(self._z, z_cur, torch.tensor([action], device=self.device))
                 reward, terminated = float(r[0]), bool(t[0])
             self._z = z_cur
         truncated = not terminated and self._steps + 1 >= self.settings.max_steps
@@ -176,9 +210,10 @@ class DreamWorld(World):
     def render(self, size: int | None = None) -> np.ndarray:
         if self._frame is None:
             raise RuntimeError("call reset() before render()")
-        if size is None or size == 64:
+        n = self.ae.cfg.image_size
+        if size is None or size == n:
             return self._frame.copy()
-        k = max(1, size // 64)
+        k = max(1, size // n)
         return np.repeat(np.repeat(self._frame, k, 0), k, 1)
 
     # ----------------------------------------------------------------- state

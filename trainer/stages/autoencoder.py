@@ -106,6 +106,11 @@ class AutoencoderStage:
         eps = load_episodes(cfg.data.dataset, train_ids + hold_ids)
         train_eps, hold_eps = eps[: len(train_ids)], eps[len(train_ids):]
         self.frames = np.concatenate([e.frames for e in train_eps])
+        if self.frames.shape[1:3] != (cfg.model.image_size, cfg.model.image_size):
+            raise ValueError(f"{cfg.data.dataset} has {self.frames.shape[1]}x{self.frames.shape[2]} frames but "
+                             f"model.image_size is {cfg.model.image_size}; set model.image_size="
+                             f"{self.frames.shape[1]} (or record the world with --setting resolution="
+                             f"{cfg.model.image_size})")
         # index of each frame's previous frame (itself at an episode start)
         prev, off = [], 0
         for e in train_eps:
