@@ -16,6 +16,7 @@ from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, wri
 from trainer.evaluate import (
     EVAL_SEED_BASE,
     EvaluationError,
+    RecordedRollouts,
     check_heldout,
     fidelity,
     parse_actions,
@@ -58,6 +59,22 @@ def test_real_rollouts_follow_a_script_and_the_clip_convention():
     assert r.actions[0, 0] == 0 and list(r.actions[0, 1:]) == script
     assert r.content is not None and r.content.shape == (2, 11, 64, 64)
     assert min(r.seeds) >= EVAL_SEED_BASE
+
+
+def test_recorded_rollouts_are_the_played_ones(tmp_path):
+    """Games without get_state/set_state are evaluated on a recorded held-out dataset: on a game
+    that can be replayed, the recording gives the very frames and actions playing it gives."""
+    ds = record_tiny_dataset(tmp_path / "held-v0", episodes=3, steps=24, seed=EVAL_SEED_BASE)
+    rec = RecordedRollouts(ds).take(2, 20)
+    played = play_real("adventure", {}, 1, 20, EVAL_SEED_BASE)  # episode 0: the explorer, as recorded
+    np.testing.assert_array_equal(rec.frames[0], played.frames[0])
+    np.testing.assert_array_equal(rec.actions[0], played.actions[0])
+    assert rec.seeds == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1] and rec.content is None
+    with pytest.raises(EvaluationError, match="need 4 more episodes of at least 20 frames"):
+        RecordedRollouts(ds).take(4, 20)
+    train = record_tiny_dataset(tmp_path / "train-v0", episodes=1, steps=24, seed=0)
+    with pytest.raises(EvaluationError, match="held-out"):  # training seeds are refused as evaluation data
+        check_heldout(RecordedRollouts(train).take(1, 20).seeds, None)
 
 
 def test_fidelity_of_the_baselines_themselves():

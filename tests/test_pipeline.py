@@ -88,3 +88,22 @@ def test_bad_pipeline_input_is_named(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(tmp_path),
                         "--setting", "colour=red"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "'colour'" in r.stderr
+
+
+def test_a_game_without_states_is_evaluated_on_a_recording(tmp_path):
+    """ViZDoom has no get_state/set_state: the pipeline records held-out episodes (seeds from
+    1,000,000) and evaluates on them, and the report says so."""
+    pytest.importorskip("vizdoom")
+    out = tmp_path / "doom"
+    r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", "gym:VizdoomBasic-v1", "--out", str(out),
+                        "--preset", TINY, "--setting", "frame_skip=2"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"]["real_rollouts"] == "recorded"
+    assert "no get_state/set_state" in report["protocol"]["policy_note"]
+    assert min(report["protocol"]["eval_seeds"]) >= 1_000_000
+    assert report["protocol"]["settings"]["frame_skip"] == 2
+    assert report["changed_psnr_mean_16"] is not None

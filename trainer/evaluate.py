@@ -149,6 +149,39 @@ def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, fi
                     seeds, pols)
 
 
+class RecordedRollouts:
+    """Real rollouts read from a recorded held-out dataset, for games that cannot be replayed
+    from a state (no ``get_state``/``set_state``, e.g. ViZDoom): the model gets the first C
+    frames of a recorded episode and its recorded actions; the recording's continuation is the
+    ground truth. Episodes are used in order, each once, as long as they are long enough."""
+
+    def __init__(self, dataset: str | Path) -> None:
+        from trainer.data import load_episodes
+
+        self.dataset = str(dataset)
+        self.episodes = load_episodes(dataset)
+        self.next = 0
+
+    def take(self, n: int, length: int) -> Rollouts:
+        frames, acts, effs, seeds = [], [], [], []
+        while len(frames) < n and self.next < len(self.episodes):
+            e = self.episodes[self.next]
+            self.next += 1
+            if len(e) >= length:
+                frames.append(e.frames[:length])
+                acts.append(e.actions[:length])
+                effs.append(e.effective[:length])
+                seeds.append(-1 if e.seed is None else int(e.seed))
+        if len(frames) < n:
+            long_enough = sum(len(e) >= length for e in self.episodes)
+            raise EvaluationError(
+                f"recorded rollouts {self.dataset}: need {n} more episodes of at least {length} frames, found "
+                f"{len(frames)} ({long_enough} of its {len(self.episodes)} episodes are that long in all); record "
+                f"more held-out episodes (python -m world.record ... --seed {EVAL_SEED_BASE}) or ask for fewer")
+        return Rollouts(np.stack(frames), np.stack(acts), np.stack(effs), np.full((n, length, 2), np.nan),
+                        None, seeds, ["recorded"] * n)
+
+
 # ------------------------------------------------------------------ model rollouts
 def encode(ae: Autoencoder, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> normalised latents (..., C, h, w)."""
@@ -334,7 +367,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
              horizon: int = HORIZON, sampler: SamplerConfig | None = None, seed: int = 0,
              actions_file: str | None = None, idm_path: str | None = None, long_episodes: int = 4,
              long_horizon: int = 256, revisit_episodes: int = 4, precision: str = "bf16",
-             first_seed: int = EVAL_SEED_BASE) -> dict[str, Any]:
+             first_seed: int = EVAL_SEED_BASE, rollouts: str | None = None) -> dict[str, Any]:
     from trainer.checkpoint import file_hash
     from trainer.latents import load_autoencoder
     from trainer.models import default_idm, load_idm, load_world_model, resolve_full
@@ -373,9 +406,14 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         raise EvaluationError(f"action script has {len(script)} actions; need context-1+horizon = "
                               f"{context - 1 + horizon}")
     seeds_used: list[int] = []
+    recorded = RecordedRollouts(rollouts) if rollouts else None
+    if recorded is not None:
+        if script is not None:
+            raise EvaluationError("--actions and --rollouts exclude each other: recorded rollouts have their own actions")
+        revisit_episodes = 0  # the revisit test needs scripted actions in the real game
 
     def rollout_pair(n: int, length: int, start: int, **kw) -> tuple[Rollouts, np.ndarray]:
-        real = play_real(world, settings, n, length, start, **kw)
+        real = recorded.take(n, length) if recorded is not None else play_real(world, settings, n, length, start, **kw)
         check_heldout(real.seeds, dataset)
         seeds_used.extend(real.seeds)
         g = generate(model, ae, real.frames[:, :context], real.actions, sampler, seed, precision)
@@ -389,6 +427,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
     report["frechet_early"] = report["frechet_late"] = None
     if long_episodes and idm is not None:
         lreal, lgen = rollout_pair(long_episodes, context + long_horizon, first_seed + 10_000)
+        long_horizon = lreal.frames.shape[1] - context
         w = min(32, long_horizon // 2)
         lt = lreal.frames[:, context:]
         report["frechet_early"] = M.frechet_distance(_features(idm, lgen[:, :w]), _features(idm, lt[:, :w]))
@@ -410,7 +449,12 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                           "revisit_episodes": revisit_episodes, "seed": seed, "eval_seeds": seeds_used,
                           "policies": real.policies, "action_script": script, "precision": precision,
                           "policy_note": "explorer (even episodes) and random (odd) from held-out seeds "
-                                         f">= {EVAL_SEED_BASE}; revisit: NOOP context then 16 steps out, 16 back"}
+                                         f">= {EVAL_SEED_BASE}; revisit: NOOP context then 16 steps out, 16 back"
+                                         if recorded is None else
+                                         f"recorded rollouts from {rollouts} (the game has no get_state/set_state): "
+                                         "the first frames of each held-out episode as context, its recorded "
+                                         "actions, its recorded continuation as ground truth; no revisit test",
+                          "real_rollouts": "played" if recorded is None else "recorded", "rollouts_dataset": rollouts}
     report["provenance"] = {"checkpoint": str(checkpoint), "weights": str(weights_file), "step": step,
                             "weights_sha1": file_hash(weights_file), "model_id": model_id,
                             "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
@@ -502,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-episodes", type=int, default=4, help="long rollouts for the Fréchet drift (0: skip)")
     p.add_argument("--long-horizon", type=int, default=256)
     p.add_argument("--revisit-episodes", type=int, default=4)
+    p.add_argument("--rollouts", help="a recorded held-out dataset (seeds >= 1,000,000) to evaluate on instead of "
+                                      "playing the real game: for games without get_state/set_state")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=0)
@@ -522,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                                 first_frame_steps=args.first_frame_steps)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
-                          args.revisit_episodes, args.precision)
+                          args.revisit_episodes, args.precision, rollouts=args.rollouts)
     except (EvaluationError, CheckpointError, WorldError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

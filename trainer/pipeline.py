@@ -89,9 +89,11 @@ class Pipeline:
         self.opts = {s: {**preset.get(s, {}), **sets.get(s, {})} for s in STAGES}  # per-stage options
         w = make_world(world, **self.settings)
         self.num_actions = w.num_actions
+        self.supports_state = bool(getattr(w, "supports_state", False))
         w.close()
         safe = "".join(c if c.isalnum() else "-" for c in world.replace("gym:", "")).strip("-").lower()
         self.dataset = out / "data" / f"{safe}-{policy}-v0"
+        self.heldout = out / "data" / f"{safe}-{policy}-heldout-v0"  # evaluation episodes (stateless games)
 
     # ------------------------------------------------------------ helpers
     def _run(self, args: list[str]) -> None:
@@ -122,19 +124,21 @@ class Pipeline:
         return {"model.latent_channels": m["latent_channels"], "model.latent_size": m.get("image_size", 64) // 8}
 
     # ------------------------------------------------------------ stages
-    def record(self) -> None:
-        if (self.dataset / "stats.json").is_file():
-            print(f"pipeline: record: complete ({self.dataset}), skipped", flush=True)
+    def _record(self, out: Path, episodes: int, steps: int, seed: int) -> None:
+        if (out / "stats.json").is_file():
+            print(f"pipeline: record: complete ({out}), skipped", flush=True)
             return
-        o = {"episodes": 240, "steps": 256, **self.opts["record"]}
         args = ["-m", "world.record", "--world", self.world, "--policy", self.policy, "--episodes",
-                str(o["episodes"]), "--steps", str(o["steps"]), "--seed", str(self.seed), "--out", str(self.dataset),
-                "--quiet"]
+                str(episodes), "--steps", str(steps), "--seed", str(seed), "--out", str(out), "--quiet"]
         for k, v in self.settings.items():  # recorded in the dataset: later stages read them from there
             args += ["--setting", f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"]
-        if self.dataset.exists():
+        if out.exists():
             args.append("--resume")
         self._run(args)
+
+    def record(self) -> None:
+        o = {"episodes": 240, "steps": 256, **self.opts["record"]}
+        self._record(self.dataset, int(o["episodes"]), int(o["steps"]), self.seed)
 
     def autoencoder(self) -> None:
         self._train("autoencoder", {"world": self.world, "data.dataset": str(self.dataset)})
@@ -170,7 +174,13 @@ class Pipeline:
             return
         o = {"episodes": 16, "long-episodes": 4, "revisit-episodes": 4, **self.opts["evaluate"]}
         from trainer.checkpoint import resolve_full
+        from trainer.evaluate import EVAL_SEED_BASE
 
+        heldout = int(o.pop("heldout-episodes", 4 * (int(o["episodes"]) + int(o["long-episodes"]))))
+        if not self.supports_state:  # nothing to replay from a seed and a state: evaluate on a recording
+            steps = int({"steps": 256, **self.opts["record"]}["steps"])
+            self._record(self.heldout, heldout, steps, EVAL_SEED_BASE)
+            o["rollouts"] = str(self.heldout)
         sampler = resolve_full(self.out / "dmd")[1].get("sampler") or {}
         args = ["-m", "trainer.evaluate", "--checkpoint", str(self.out / "dmd"), "--world", self.world,
                 "--idm", str(self.out / "idm"), "--sampler", "consistency", "--steps",
