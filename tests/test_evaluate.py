@@ -21,6 +21,7 @@ from trainer.evaluate import (
     fidelity,
     parse_actions,
     play_real,
+    revisit_pairs,
     revisit_script,
 )
 
@@ -59,6 +60,12 @@ def test_real_rollouts_follow_a_script_and_the_clip_convention():
     assert r.actions[0, 0] == 0 and list(r.actions[0, 1:]) == script
     assert r.content is not None and r.content.shape == (2, 11, 64, 64)
     assert min(r.seeds) >= EVAL_SEED_BASE
+
+
+def test_revisit_pairs_come_from_the_action_names():
+    assert revisit_pairs(["NOOP", "UP", "DOWN", "LEFT", "RIGHT"]) == ((4, 3), (3, 4), (2, 1), (1, 2))
+    assert revisit_pairs(["NOOP", "ATTACK", "MOVE_RIGHT", "MOVE_LEFT"]) == ((2, 3), (3, 2))
+    assert revisit_pairs(["NOOP", "FIRE"]) == ()  # no opposite moves: no revisit test
 
 
 def test_recorded_rollouts_are_the_played_ones(tmp_path):

@@ -347,10 +347,26 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
     return r
 
 
-def revisit_script(i: int, context: int, leg: int = 16) -> list[int]:
+ADVENTURE_PAIRS = ((4, 3), (3, 4), (2, 1), (1, 2))  # RIGHT/LEFT, LEFT/RIGHT, DOWN/UP, UP/DOWN
+
+
+def revisit_pairs(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """(out, back) action pairs of opposite moves found among a world's action names (RIGHT and
+    LEFT, MOVE_RIGHT and MOVE_LEFT, TURN_LEFT and TURN_RIGHT, UP and DOWN, ...); () if none."""
+    idx = {n.upper(): i for i, n in enumerate(names)}
+    pairs = []
+    for a, b in (("RIGHT", "LEFT"), ("DOWN", "UP"), ("FORWARD", "BACKWARD")):
+        for pre in ("", "MOVE_", "TURN_"):
+            if pre + a in idx and pre + b in idx:
+                pairs += [(idx[pre + a], idx[pre + b]), (idx[pre + b], idx[pre + a])]
+                break
+    return tuple(pairs)
+
+
+def revisit_script(i: int, context: int, leg: int = 16,
+                   pairs: Sequence[tuple[int, int]] = ADVENTURE_PAIRS) -> list[int]:
     """Context moves (explorer-free: NOOPs), then ``leg`` steps one way and ``leg`` back."""
-    pairs = [(4, 3), (3, 4), (2, 1), (1, 2)]  # RIGHT/LEFT, LEFT/RIGHT, DOWN/UP, UP/DOWN
-    go, back = pairs[i % 4]
+    go, back = pairs[i % len(pairs)]
     return [0] * (context - 1) + [go] * leg + [back] * leg
 
 
@@ -436,9 +452,10 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
     report["revisit_psnr"] = report["copy_last_revisit_psnr"] = None
-    if revisit_episodes:
+    pairs = revisit_pairs(names)
+    if revisit_episodes and pairs:
         rreal, rgen = rollout_pair(revisit_episodes, context + 32, first_seed + 20_000,
-                                   script_fn=lambda i: revisit_script(i, context))
+                                   script_fn=lambda i: revisit_script(i, context, pairs=pairs))
         report["revisit_psnr"] = float(M.psnr_batch(rgen[:, -1], rreal.frames[:, -1]).mean())
         report["copy_last_revisit_psnr"] = float(M.psnr_batch(rreal.frames[:, context - 1],
                                                                rreal.frames[:, -1]).mean())
