@@ -93,6 +93,16 @@ def real_returns(world: str, settings: dict[str, Any], policy, episodes: int, ma
     return out
 
 
+def difference_ci(a: list[float], b: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a) - mean(b) (the two samples resampled independently)."""
+    rng = np.random.default_rng(seed)
+    xa, xb = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    da = xa[rng.integers(0, len(xa), (n_boot, len(xa)))].mean(1)
+    db = xb[rng.integers(0, len(xb), (n_boot, len(xb)))].mean(1)
+    lo, hi = np.percentile(da - db, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent_env.ppo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for ppo.zip and result.json")
@@ -101,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timesteps", type=int, default=50_000)
     p.add_argument("--envs", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="sampling steps of the dream")
-    p.add_argument("--episode-steps", type=int, default=256, help="episode length in the dream and the real game")
+    p.add_argument("--episode-steps", type=int, default=256, help="episode length in the real game (evaluation)")
+    p.add_argument("--dream-episode-steps", type=int, default=0,
+                   help="episode length in the dream (0: --episode-steps); shorter episodes restart the dream "
+                        "from real frames more often, where it is most faithful")
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--n-steps", type=int, default=128, help="PPO rollout length per env")
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.checkpoint:
         kw["checkpoint"] = a.checkpoint
     try:
-        venv = DreamVectorEnv(a.envs, max_episode_steps=a.episode_steps, autoreset_mode="SameStep", **kw)
+        venv = DreamVectorEnv(a.envs, max_episode_steps=a.dream_episode_steps or a.episode_steps,
+                              autoreset_mode="SameStep", **kw)
     except Exception as e:  # noqa: BLE001 - a bad checkpoint or heads path: say which
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -147,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
               "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + a.eval_episodes - 1],
               "agent_real_return_mean": float(np.mean(agent)), "agent_real_return_std": float(np.std(agent)),
               "random_real_return_mean": float(np.mean(rand)), "random_real_return_std": float(np.std(rand)),
+              "dream_episode_steps": a.dream_episode_steps or a.episode_steps,
+              "agent_minus_random_ci95": difference_ci(agent, rand, seed=a.seed),
               "command": "python -m agent_env.ppo " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result["clearly_above_random"] = result["agent_minus_random_ci95"][0] > 0  # the whole 95% interval above 0
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"PPO trained in the dream for {a.timesteps} steps ({train_s:.0f} s); real game, "
           f"{a.eval_episodes} held-out episodes: agent {result['agent_real_return_mean']:.2f} "
           f"+- {result['agent_real_return_std']:.2f}, random {result['random_real_return_mean']:.2f} "
-          f"+- {result['random_real_return_std']:.2f}")
+          f"+- {result['random_real_return_std']:.2f}; agent - random 95% interval "
+          f"[{result['agent_minus_random_ci95'][0]:.2f}, {result['agent_minus_random_ci95'][1]:.2f}]"
+          f"{' (clearly above random)' if result['clearly_above_random'] else ' (not clearly above random)'}")
     return 0
 
 

@@ -268,3 +268,12 @@ def test_sb3_ppo_learns_a_few_steps():
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(int(action))
     env.close()
+
+
+def test_the_ppo_difference_interval():
+    from agent_env.ppo import difference_ci
+
+    lo, hi = difference_ci([1.0] * 30 + [2.0] * 30, [0.0] * 60)
+    assert 1.3 < lo < 1.5 < hi < 1.7  # mean difference 1.5, spread of the first sample only
+    lo, hi = difference_ci([0.0, 1.0] * 20, [0.0, 1.0] * 20)
+    assert lo < 0 < hi  # the same sample: no difference

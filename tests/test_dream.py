@@ -226,4 +226,7 @@ def test_same_step_autoreset_and_the_ppo_example(checkpoint, tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert (out / "ppo.zip").is_file() and res["eval_seeds"][0] >= 1_000_000
     assert np.isfinite(res["agent_real_return_mean"]) and np.isfinite(res["random_real_return_mean"])
+    lo, hi = res["agent_minus_random_ci95"]
+    assert lo <= res["agent_real_return_mean"] - res["random_real_return_mean"] <= hi
+    assert res["clearly_above_random"] == (lo > 0)
     assert ppo_main(["--out", str(out), "--checkpoint", checkpoint, "--heads", ""]) == 2  # nothing to learn
