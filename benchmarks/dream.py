@@ -43,6 +43,15 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def write_report(rep: dict[str, Any], out: str, machine: dict[str, Any]) -> None:
+    """Add the machine and the date to a benchmark report and write it as JSON."""
+    rep["machine"] = {**machine, "platform": platform.platform(), "torch": torch.__version__}
+    rep["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(rep, indent=2))
+    print(f"wrote {out}")
+
+
 def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: int = 0,
                   **settings: Any) -> dict[str, Any]:
     from world import make_world
@@ -179,12 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.session_frames:
         rep["long_session"] = long_session(ckpt, 2, a.session_frames)
         print(f"long session: {rep['long_session']}", flush=True)
-    rep["machine"] = {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-                      "processor": platform.processor(), "torch": torch.__version__}
-    rep["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(rep, indent=2))
-    print(f"wrote {a.out}")
+    write_report(rep, a.out, {"cpu_count": torch.get_num_threads(), "processor": platform.processor()})
     return 0
 
 

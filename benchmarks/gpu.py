@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.dream import single_stream, vector_rate
+from benchmarks.dream import single_stream, vector_rate, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.train_steps:
         with tempfile.TemporaryDirectory() as tmp:
             rep["train"] = train_rates(Path(tmp), a.train_steps)
-    rep["machine"] = {"gpu": torch.cuda.get_device_name(0), "platform": platform.platform(),
-                      "torch": torch.__version__, "cuda": torch.version.cuda}
-    rep["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(rep, indent=2))
-    print(f"wrote {a.out}")
+    write_report(rep, a.out, {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda})
     return 0
 
 
