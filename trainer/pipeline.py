@@ -1,11 +1,12 @@
 """One command from a game to a playable distilled world model:
 
-    python -m trainer.pipeline --world WORLD --out RUN_DIR [--preset cpu-small|gpu-base]
+    python -m trainer.pipeline --world WORLD --out RUN_DIR [--preset cpu-small|cpu-external|gpu-small|gpu-base]
         [--set STAGE.key=value ...] [--until STAGE]
 
 Stages, in order, each in ``RUN_DIR/<stage>``: ``record`` (the explorer, or ``--policy``),
 ``autoencoder``, ``idm``, ``teacher``, ``cd``, ``dmd``, ``heads``, ``evaluate`` (the fidelity
-report of the final student) and ``export`` (``RUN_DIR/dream.safetensors`` with its model card,
+report of the final student; for a game without ``get_state``/``set_state`` on held-out episodes
+recorded first from seed 1,000,000) and ``export`` (``RUN_DIR/dream.safetensors`` with its model card,
 playable with ``play.py --world dream --setting checkpoint=RUN_DIR/dream.safetensors``).
 
 A stage whose output is complete is skipped; an interrupted stage (``kill -9`` included) resumes
