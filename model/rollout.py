@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from model import flow
-from model.transformer import FrameTransformer, KVCache
+from model.transformer import FrameTransformer, KVCache, RingKVCache
 
 
 @dataclass
@@ -36,10 +36,15 @@ class Session:
     """One (batched) streamed rollout over a FrameTransformer."""
 
     def __init__(self, model: FrameTransformer, batch: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
+                 cache: str = "ring") -> None:
+        if cache not in ("ring", "dynamic"):
+            raise ValueError(f"cache must be 'ring' (preallocated, fixed shapes) or 'dynamic', got {cache!r}")
         self.model = model
         self.cfg = model.cfg
-        self.cache = KVCache(model.cfg)
+        ring = cache == "ring" and model.cfg.window >= 2
+        self._cache_cls = RingKVCache if ring else KVCache
+        self.cache: KVCache | RingKVCache = self._cache_cls(model.cfg)
         self.batch = batch
         self.device = torch.device(device)
         self.dtype = dtype
@@ -137,7 +142,7 @@ class Session:
             raise RuntimeError("reset_rows needs a primed session (call prime first)")
         times = self.cache.times
         n, R = len(times), len(rows)
-        sub = KVCache(self.cfg)
+        sub = self._cache_cls(self.cfg)
         x = latents.to(self.device, self.dtype)[:, None].expand(R, n, *latents.shape[1:])
         sigma = torch.zeros(R, n, device=self.device, dtype=self.dtype)
         acts = torch.zeros(R, n, dtype=torch.long, device=self.device)

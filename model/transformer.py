@@ -126,13 +126,19 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingView | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x: (B, N, D). Returns the output and this call's (k, v) for a cache."""
+        """x: (B, N, D). Returns the output and this call's (k, v) for a cache.
+
+        ``past_kv``: cached keys/values the tokens also attend to (concatenated before them);
+        ``ring``: a :class:`RingKVCache` layer instead: this call's keys/values are written into
+        its scratch slots and attention reads the buffer in place (no copy of the cache)."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         new_kv = (k, v)
-        if past_kv is not None:
+        if ring is not None:
+            k, v = ring.attend_keys(k, v)
+        elif past_kv is not None:
             k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
             v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
         out = attention(q, k, v, bias, self.backend)
@@ -155,11 +161,11 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingView | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, N, D) tokens; cond: (B, N, D) the condition of each token's frame."""
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
-        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1), bias, past_kv)
+        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1), bias, past_kv, ring)
         x = x + g1 * h
         x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
         return x, kv
@@ -217,6 +223,115 @@ class KVCache:
         return sum(kv[0].numel() * kv[0].element_size() * 2 for kv in self.layers if kv is not None)
 
 
+class RingView:
+    """Layer ``i`` of a :class:`RingKVCache` during a forward call of ``frames`` frames."""
+
+    def __init__(self, cache: RingKVCache, i: int, frames: int) -> None:
+        self.cache, self.i, self.frames = cache, i, frames
+
+    def attend_keys(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's keys/values behind the slots; the slots + them, as views."""
+        self.cache._alloc(k, self.frames)
+        assert self.cache.buffers is not None
+        bk, bv = self.cache.buffers[self.i]
+        start, n = self.cache.slots * self.cache.cfg.tokens_per_frame, k.shape[2]
+        bk[:, :, start:start + n].copy_(k)
+        bv[:, :, start:start + n].copy_(v)
+        keys, values = bk[:, :, :start + n], bv[:, :, :start + n]
+        if keys.dtype != k.dtype:  # a cache made in another precision: follow the call's
+            keys, values = keys.to(k.dtype), values.to(v.dtype)
+        return keys, values
+
+
+class RingKVCache:
+    """The same cache as :class:`KVCache` in preallocated buffers, for inference (no grad).
+
+    ``sink`` slots hold the first frames and ``window - 1`` ring slots the most recent ones:
+    frame t >= sink lives in ring slot ``(t - sink) % (window - 1)``, so writing a frame
+    overwrites exactly the one the rolling window drops. Behind the slots, scratch room for the
+    frames of one call: attention reads the buffer in place, so a step copies only the new
+    frame's keys, never the whole cache (the dynamic cache concatenates it twice per layer and
+    call), and every steady-state step has the same shapes (what CUDA graphs need). Keys are in
+    slot order, not time order; the attention bias follows each slot's time, so the outputs
+    equal the dynamic cache's up to float rounding.
+    """
+
+    def __init__(self, cfg: TransformerConfig, max_call_frames: int = 2) -> None:
+        if cfg.window < 2:
+            raise ValueError(f"a ring cache needs window >= 2, got {cfg.window}")
+        self.cfg = cfg
+        self.slots = cfg.sink + cfg.window - 1
+        self.max_call_frames = max_call_frames  # frames of one call (a block + a fused pending block)
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.slot_times = torch.zeros(self.slots, dtype=torch.long)
+        self.valid = torch.zeros(self.slots, dtype=torch.bool)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def times(self) -> torch.Tensor:
+        return self.slot_times[self.valid]
+
+    def slot_of(self, t: int) -> int:
+        s = self.cfg.sink
+        return t if t < s else s + (t - s) % (self.cfg.window - 1)
+
+    def _alloc(self, like: torch.Tensor, frames: int) -> None:
+        B, H, _, d = like.shape
+        L = self.cfg.tokens_per_frame
+        n = (self.slots + max(frames, self.max_call_frames)) * L
+        if self.buffers is None or self.buffers[0][0].shape[2] < n or self.buffers[0][0].shape[0] != B \
+                or self.buffers[0][0].shape[1] != H:
+            old = self.buffers
+            self.buffers = [(like.new_zeros(B, H, n, d), like.new_zeros(B, H, n, d)) for _ in range(self.cfg.depth)]
+            if old is not None and old[0][0].shape[0] == B:
+                m = self.slots * L
+                for (k, v), (ok, ov) in zip(self.buffers, old):
+                    k[:, :, :m].copy_(ok[:, :, :m])
+                    v[:, :, :m].copy_(ov[:, :, :m])
+
+    def views(self, frames: int) -> list[RingView]:
+        """The per-layer views of a call with ``frames`` frames (buffers made at first use)."""
+        return [RingView(self, i, frames) for i in range(self.cfg.depth)]
+
+    def write(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor) -> None:
+        """Store clean frames' keys/values (B, H, F*L, d) at their slots."""
+        L = self.cfg.tokens_per_frame
+        self._alloc(layer_kv[0][0], len(times))
+        assert self.buffers is not None
+        for j, t in enumerate(times.tolist()):
+            s = self.slot_of(int(t))
+            for (k, v), (bk, bv) in zip(layer_kv, self.buffers):
+                bk[:, :, s * L:(s + 1) * L].copy_(k[:, :, j * L:(j + 1) * L])
+                bv[:, :, s * L:(s + 1) * L].copy_(v[:, :, j * L:(j + 1) * L])
+            self.slot_times[s] = int(t)
+            self.valid[s] = True
+
+    append = write
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the slot region of the buffers (B, H, slots*L, d), batch rows copyable."""
+        assert self.buffers is not None
+        m = self.slots * self.cfg.tokens_per_frame
+        return [(k[:, :, :m], v[:, :, :m]) for k, v in self.buffers]
+
+    def state(self) -> dict[str, object]:
+        return {"buffers": None if self.buffers is None else [(k.clone(), v.clone()) for k, v in self.buffers],
+                "slot_times": self.slot_times.clone(), "valid": self.valid.clone()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        bufs = state["buffers"]
+        self.buffers = None if bufs is None else [(k.clone(), v.clone()) for k, v in bufs]  # type: ignore[union-attr]
+        self.slot_times = state["slot_times"].clone()  # type: ignore[union-attr]
+        self.valid = state["valid"].clone()  # type: ignore[union-attr]
+
+    def nbytes(self) -> int:
+        return 0 if self.buffers is None else sum(k.numel() * k.element_size() * 2 for k, _ in self.buffers)
+
+
 # ---------------------------------------------------------------------------- model
 class FrameTransformer(nn.Module):
     """Velocity predictor over sequences of latent frames: (B, F, C, h, w) -> (B, F, C, h, w)."""
@@ -260,10 +375,13 @@ class FrameTransformer(nn.Module):
         return t + self.action_emb(actions)
 
     def attention_bias(self, q_times: torch.Tensor, q_clean: torch.Tensor, k_times: torch.Tensor,
-                       k_clean: torch.Tensor) -> torch.Tensor:
-        """(1, heads, Nq, Nk) additive bias over tokens: time-distance bias, -inf where masked."""
+                       k_clean: torch.Tensor, k_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, heads, Nq, Nk) additive bias over tokens: time-distance bias, -inf where masked
+        (and for keys that are not ``k_valid``: empty cache slots)."""
         cfg = self.cfg
         allowed = frame_mask(q_times, q_clean, k_times, k_clean, cfg.block_frames, cfg.window, cfg.sink)
+        if k_valid is not None:
+            allowed = allowed & k_valid[None, :]
         dist = q_times[:, None] - k_times[None, :]
         idx = (dist + cfg.block_frames - 1).clamp(0, self.n_dist - 1)
         sink_idx = self.n_dist + k_times.clamp(max=cfg.sink - 1) if cfg.sink > 0 else None
@@ -277,7 +395,7 @@ class FrameTransformer(nn.Module):
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
                 times: torch.Tensor, clean: torch.Tensor,
-                cache: KVCache | None = None, write_cache: bool = False) -> torch.Tensor:
+                cache: KVCache | RingKVCache | None = None, write_cache: bool = False) -> torch.Tensor:
         """Predict velocities for a sequence of frames.
 
         x: (B, F, C, h, w); sigma: (B, F) in [0, 1]; actions: (B, F) long (null allowed);
@@ -291,17 +409,25 @@ class FrameTransformer(nn.Module):
         cond = self._cond(sigma, actions).repeat_interleave(L, dim=1)
         times = times.to(x.device)
         clean = clean.to(x.device)
-        if cache is not None and cache.num_frames:
+        rings: list[RingView] | None = None
+        k_valid = None
+        if isinstance(cache, RingKVCache):  # every slot is a key (empty ones masked): fixed shapes
+            rings = cache.views(Fn)
+            k_times = torch.cat([cache.slot_times.to(x.device), times])
+            k_clean = torch.ones(len(k_times), dtype=torch.bool, device=x.device)
+            k_clean[cache.slots:] = clean
+            k_valid = torch.cat([cache.valid.to(x.device), torch.ones(Fn, dtype=torch.bool, device=x.device)])
+        elif cache is not None and cache.num_frames:
             k_times = torch.cat([cache.times.to(x.device), times])
             k_clean = torch.cat([torch.ones(cache.num_frames, dtype=torch.bool, device=x.device), clean])
         else:
             k_times, k_clean = times, clean
-        bias = self.attention_bias(times, clean, k_times, k_clean)
+        bias = self.attention_bias(times, clean, k_times, k_clean, k_valid)
         new_kv = []
         h = tokens
         for i, blk in enumerate(self.blocks):
-            past = cache.layers[i] if cache is not None else None
-            h, kv = blk(h, cond, bias, past)
+            past = cache.layers[i] if isinstance(cache, KVCache) else None
+            h, kv = blk(h, cond, bias, past, rings[i] if rings is not None else None)
             new_kv.append(kv)
         if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
             if cache is None or not bool(clean.any()):

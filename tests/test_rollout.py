@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.rollout import SamplerConfig, Session
@@ -50,10 +51,11 @@ def test_one_euler_step_equals_x0_prediction_of_the_full_forward():
     assert torch.allclose(out, noise - v, atol=1e-5)
 
 
-def test_reset_rows_restarts_one_row_and_leaves_the_others_undisturbed():
+@pytest.mark.parametrize("cache", ["ring", "dynamic"])
+def test_reset_rows_restarts_one_row_and_leaves_the_others_undisturbed(cache):
     model = tiny_model(window=4)
     sampler = SamplerConfig("consistency", steps=2)
-    s = Session(model, batch=3, generator=torch.Generator().manual_seed(5))
+    s = Session(model, batch=3, generator=torch.Generator().manual_seed(5), cache=cache)
     s.prime(torch.randn(3, 1, 3, 4, 4), torch.zeros(3, 1, dtype=torch.long))
     acts = torch.tensor([[1], [2], [4]])
     for _ in range(6):  # past the window: the cache holds the sink and the recent frames
@@ -67,14 +69,33 @@ def test_reset_rows_restarts_one_row_and_leaves_the_others_undisturbed():
     assert torch.allclose(after[[0, 2]], plain[[0, 2]], atol=1e-5)  # the other rows stream on
     assert not torch.allclose(after[1], plain[1], atol=1e-3) and torch.isfinite(after).all()
     # the reset row's cache is exactly the start frame's history, computed on its own
-    one = Session(model, batch=1)
+    one = Session(model, batch=1, cache=cache)
     s.restore(snap)
     s.reset_rows(torch.tensor([1]), start)
-    one.cache.load_state({"layers": [(k[1:2], v[1:2]) for k, v in snap["cache"]["layers"]],
-                          "times": snap["cache"]["times"]})
+    c = snap["cache"]
+    if cache == "dynamic":
+        one.cache.load_state({"layers": [(k[1:2], v[1:2]) for k, v in c["layers"]], "times": c["times"]})
+    else:
+        one.cache.load_state({"buffers": [(k[1:2], v[1:2]) for k, v in c["buffers"]],
+                              "slot_times": c["slot_times"], "valid": c["valid"]})
     one.reset_rows(torch.tensor([0]), start)
     for (k1, v1), (k2, v2) in zip(one.cache.layers, s.cache.layers):
         assert torch.allclose(k1[0], k2[1], atol=1e-6) and torch.allclose(v1[0], v2[1], atol=1e-6)
+
+
+def test_ring_and_dynamic_sessions_agree():
+    """The preallocated ring cache streams the same frames as the growing one (past the window)."""
+    model = tiny_model(window=3, sink=1)
+    outs = {}
+    for cache in ("ring", "dynamic"):
+        s = Session(model, batch=2, generator=torch.Generator().manual_seed(7), cache=cache)
+        s.prime(torch.randn(2, 2, 3, 4, 4, generator=torch.Generator().manual_seed(1)),
+                torch.zeros(2, 2, dtype=torch.long))
+        acts = torch.tensor([[1], [3]])
+        outs[cache] = torch.cat([s.generate(acts, SamplerConfig("consistency", steps=2), fuse=i % 2 == 0)
+                                 for i in range(10)], 1)
+        assert s.cache.num_frames <= 3
+    assert torch.allclose(outs["ring"], outs["dynamic"], atol=1e-5)
 
 
 def test_fused_cache_write_matches_the_separate_write():

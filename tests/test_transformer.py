@@ -8,6 +8,7 @@ import torch
 from model.transformer import (
     FrameTransformer,
     KVCache,
+    RingKVCache,
     TransformerConfig,
     frame_mask,
     teacher_forcing_descriptors,
@@ -84,9 +85,9 @@ def test_no_future_leakage(block):
     assert not torch.allclose(out[:, j], out2[:, j])
 
 
-def stream(model: FrameTransformer, x0, xt, sigma, actions) -> tuple[torch.Tensor, list[int]]:
+def stream(model: FrameTransformer, x0, xt, sigma, actions, cache_cls=KVCache) -> tuple[torch.Tensor, list[int]]:
     """Generate frame by frame with the KV cache: noisy pass, then write the clean frame."""
-    cache = KVCache(model.cfg)
+    cache = cache_cls(model.cfg)
     outs, sizes = [], []
     K = model.cfg.block_frames
     for s in range(0, x0.shape[1], K):
@@ -100,22 +101,27 @@ def stream(model: FrameTransformer, x0, xt, sigma, actions) -> tuple[torch.Tenso
     return torch.cat(outs, 1), sizes
 
 
+@pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
 @pytest.mark.parametrize("block", [1, 2])
-def test_streaming_with_kv_cache_equals_full_forward(block):
+def test_streaming_with_kv_cache_equals_full_forward(block, cache_cls):
     model = tiny(block_frames=block, window=16)
     x0, xt, sigma, actions = clip(F=6)
     full = model.forward_teacher(x0, xt, sigma, actions)
-    streamed, _ = stream(model, x0, xt, sigma, actions)
+    streamed, _ = stream(model, x0, xt, sigma, actions, cache_cls)
     assert torch.allclose(full, streamed, atol=1e-10)
 
 
-def test_rolling_window_is_bounded_and_matches_windowed_forward():
-    model = tiny(window=3, sink=1)
+@pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
+@pytest.mark.parametrize("block,window,sink", [(1, 3, 1), (2, 4, 1), (1, 4, 2)])
+def test_rolling_window_is_bounded_and_matches_windowed_forward(cache_cls, block, window, sink):
+    model = tiny(window=window, sink=sink, block_frames=block)
     x0, xt, sigma, actions = clip(F=12)
     full = model.forward_teacher(x0, xt, sigma, actions)  # the mask applies window + sink
-    streamed, sizes = stream(model, x0, xt, sigma, actions)
+    streamed, sizes = stream(model, x0, xt, sigma, actions, cache_cls)
     assert max(sizes) <= model.cfg.sink + model.cfg.window - 1
     assert torch.allclose(full, streamed, atol=1e-10)
+    if (block, window, sink) != (1, 3, 1):
+        return
     # the window really limits context: a change in frame 1 does not reach frame 8 (but frame 0 does)
     x0b = x0.clone()
     x0b[:, 1] += 1
