@@ -8,7 +8,8 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report clean-venv
+.PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report external \
+	dataset-doom-heldout external-report clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -54,6 +55,22 @@ CFG ?= 1.0
 teacher-report: setup
 	$(PY) -m trainer.evaluate --checkpoint assets/checkpoints/adventure_teacher.safetensors --world adventure \
 		--episodes 16 --steps 48 --cfg $(CFG) --out benchmarks/results/teacher.json
+
+# The external-game world model (ViZDoom "basic", frame_skip 2): the whole pipeline on this CPU,
+# then the shipped model's report on held-out recorded episodes (ViZDoom has no get_state).
+EXTERNAL_WORLD := gym:VizdoomBasic-v1
+external: setup
+	$(PY) -m trainer.pipeline --world $(EXTERNAL_WORLD) --out runs/doom_basic --preset cpu-external --setting frame_skip=2
+
+dataset-doom-heldout: setup
+	$(PY) -m world.record --world $(EXTERNAL_WORLD) --setting frame_skip=2 --policy explorer --episodes 80 \
+		--steps 150 --seed 1000000 --out data/datasets/vizdoombasic-heldout-v0
+
+external-report: dataset-doom-heldout
+	$(PY) -m trainer.evaluate --checkpoint assets/checkpoints/doom_basic_dream.safetensors --world $(EXTERNAL_WORLD) \
+		--idm assets/checkpoints/doom_basic_idm.safetensors --rollouts data/datasets/vizdoombasic-heldout-v0 \
+		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 16 --long-episodes 4 --long-horizon 64 \
+		--out benchmarks/results/external.json
 
 clean-venv:
 	rm -rf $(VENV)
