@@ -107,3 +107,44 @@ def test_a_game_without_states_is_evaluated_on_a_recording(tmp_path):
     assert min(report["protocol"]["eval_seeds"]) >= 1_000_000
     assert report["protocol"]["settings"]["frame_skip"] == 2
     assert report["changed_psnr_mean_16"] is not None
+
+
+def test_a_pipeline_killed_in_every_stage_ends_with_the_same_outputs(finished, tmp_path):
+    """kill -9 once inside each stage (record ... export), rerun after each kill: the final
+    weights of every stage and the report's numbers equal an uninterrupted run's."""
+    import json
+
+    out = tmp_path / "run"
+    marks = {"record": "world.record", "evaluate": "trainer.evaluate", "export": "trainer.export"}
+    killed = []
+    for stage in ("record", "autoencoder", "idm", "teacher", "cd", "dmd", "heads", "evaluate", "export"):
+        log = tmp_path / f"{stage}.log"
+        cmd = [sys.executable, "-m", "trainer.pipeline", "--world", "adventure", "--out", str(out), "--preset", TINY,
+               *LONGER]
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        mark = f"-m {marks.get(stage, 'trainer ' + stage)} "
+        deadline = time.monotonic() + 600
+        while mark not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, f"stage {stage} never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the stage (its model built, a few steps or episodes done)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed.append(stage)
+        proc.wait()
+    assert len(killed) >= 6, killed  # most stages really were interrupted (the tiniest may finish first)
+    r = pipeline(out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from trainer.checkpoint import latest_checkpoint
+
+    for stage in ("autoencoder", "idm", "teacher", "cd", "dmd", "heads"):
+        a = load_file(str(latest_checkpoint(finished / stage) / "model.safetensors"))
+        b = load_file(str(latest_checkpoint(out / stage) / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+    a, b = load_file(str(finished / "dream.safetensors")), load_file(str(out / "dream.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (finished, out))
+    for key in ("psnr_at", "changed_psnr_mean_16", "copy_last_psnr_mean_16", "action_accuracy", "sharpness_ratio_16"):
+        assert ra[key] == rb[key], key
