@@ -152,6 +152,14 @@ def test_evaluate_command_end_to_end(tmp_path):
             "--out", str(tmp_path / "scripted.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "scripted.json").read_text())["protocol"]["action_script"] == [4] * 7
+    # a frame strip: 2 episodes x (real, generated) rows of (context + horizons 1, 2, 4) frames
+    strip = tmp_path / "strip.png"
+    r = run(*args[:-2], "--long-episodes", "0", "--revisit-episodes", "0", "--strip", str(strip),
+            "--out", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    from PIL import Image
+
+    assert Image.open(strip).size == (2 * 64 * 4, 2 * 64 * 4)
     script.write_text(json.dumps(["FLY"]))
     r = run(*args[:-2], "--actions", str(script), "--out", str(tmp_path / "bad.json"))
     assert r.returncode == 2 and "FLY" in r.stderr

@@ -383,7 +383,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
              horizon: int = HORIZON, sampler: SamplerConfig | None = None, seed: int = 0,
              actions_file: str | None = None, idm_path: str | None = None, long_episodes: int = 4,
              long_horizon: int = 256, revisit_episodes: int = 4, precision: str = "bf16",
-             first_seed: int = EVAL_SEED_BASE, rollouts: str | None = None) -> dict[str, Any]:
+             first_seed: int = EVAL_SEED_BASE, rollouts: str | None = None,
+             strip: str | None = None) -> dict[str, Any]:
     from trainer.checkpoint import file_hash
     from trainer.latents import load_autoencoder
     from trainer.models import default_idm, load_idm, load_world_model, resolve_full
@@ -438,6 +439,9 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
     t_gen = time.time()
     real, gen = rollout_pair(episodes, context + horizon, first_seed, script=script)
     report = fidelity(real, gen, context, ae, idm, world, len(names))
+    if strip:
+        write_strip(real.frames[:, context - 1:], gen, strip)
+        report["strip"] = str(strip)
     report["gen_wall_s"] = time.time() - t_gen
     # drift: Fréchet distance (IDM features) of generated vs real frames early and late in long rollouts
     report["frechet_early"] = report["frechet_late"] = None
@@ -484,6 +488,24 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
 
 
 # ------------------------------------------------------------------ rendering
+STRIP_HORIZONS = (1, 2, 4, 8, 12, 16)
+
+
+def write_strip(real: np.ndarray, gen: np.ndarray, path: str | Path, episodes: int = 4, scale: int = 2) -> None:
+    """A PNG to look at (PSNR alone rewards blur): per episode a row of real frames and below it
+    the generated ones, at horizons 1, 2, 4, 8, 12, 16; the first column is the last context
+    frame in both rows. ``real``: (M, 1 + H, ...) from the last context frame; ``gen``: (M, H, ...)."""
+    from PIL import Image
+
+    hs = [h for h in STRIP_HORIZONS if h <= gen.shape[1]]
+    rows = []
+    for m in range(min(episodes, len(gen))):
+        rows.append(np.concatenate([real[m, 0]] + [real[m, h] for h in hs], 1))
+        rows.append(np.concatenate([real[m, 0]] + [gen[m, h - 1] for h in hs], 1))
+    img = np.concatenate(rows, 0)
+    Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)
+
+
 def _fmt(v: Any, nd: int = 2) -> str:
     if v is None:
         return "n/a"
@@ -563,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-episodes", type=int, default=4, help="long rollouts for the Fréchet drift (0: skip)")
     p.add_argument("--long-horizon", type=int, default=256)
     p.add_argument("--revisit-episodes", type=int, default=4)
+    p.add_argument("--strip", help="also write a PNG of real (upper) and generated (lower) frames per episode at "
+                                   "horizons 1, 2, 4, 8, 12, 16")
     p.add_argument("--rollouts", help="a recorded held-out dataset (seeds >= 1,000,000) to evaluate on instead of "
                                       "playing the real game: for games without get_state/set_state")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
@@ -585,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                                 first_frame_steps=args.first_frame_steps)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
-                          args.revisit_episodes, args.precision, rollouts=args.rollouts)
+                          args.revisit_episodes, args.precision, rollouts=args.rollouts, strip=args.strip)
     except (EvaluationError, CheckpointError, WorldError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
