@@ -67,6 +67,7 @@ dataset-doom-heldout: setup
 		--steps 150 --seed 1000000 --out data/datasets/vizdoombasic-heldout-v0
 
 external-report: dataset-doom-heldout
+	mkdir -p docs/media
 	$(PY) -m trainer.evaluate --checkpoint assets/checkpoints/doom_basic_dream.safetensors --world $(EXTERNAL_WORLD) \
 		--idm assets/checkpoints/doom_basic_idm.safetensors --rollouts data/datasets/vizdoombasic-heldout-v0 \
 		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 16 --long-episodes 4 --long-horizon 64 \
