@@ -230,3 +230,19 @@ def test_same_step_autoreset_and_the_ppo_example(checkpoint, tmp_path):
     assert lo <= res["agent_real_return_mean"] - res["random_real_return_mean"] <= hi
     assert res["clearly_above_random"] == (lo > 0)
     assert ppo_main(["--out", str(out), "--checkpoint", checkpoint, "--heads", ""]) == 2  # nothing to learn
+
+
+def test_the_shipped_external_dream_plays_with_the_games_own_keys():
+    """The ViZDoom dream: its keymap and input combination are the real game's (gym actions)."""
+    pytest.importorskip("vizdoom")
+    from world import make_world
+
+    w = make_world("dream", checkpoint="assets/checkpoints/doom_basic_dream.safetensors", steps=1)
+    assert w.action_names == ("NOOP", "ATTACK", "MOVE_RIGHT", "MOVE_LEFT")
+    km = w.keymap()
+    assert km.action_for_key("right") == "MOVE_RIGHT" and set(km.keys.values()) <= set(w.action_names)
+    assert w.action_for_pressed({"MOVE_RIGHT"}) == 2 and w.action_for_pressed(set()) == 0
+    frame, _ = w.reset(seed=1_000_000)
+    r = w.step(2)
+    assert r.frame.shape == frame.shape == (64, 64, 3) and w.heads is not None
+    w.close()

@@ -136,6 +136,16 @@ class DreamWorld(World):
                                       "with python -m trainer heads on this autoencoder")
         return heads
 
+    def keymap(self):  # -> world.keymap.Keymap
+        """The real game's keymap (a gym game's is built from its own action names)."""
+        return self._real.keymap()
+
+    def __getattr__(self, name: str) -> Any:
+        # the real game's way of combining held inputs into one action (gym games), if it has one
+        if name == "action_for_pressed" and "_real" in self.__dict__ and hasattr(self._real, name):
+            return getattr(self._real, name)
+        raise AttributeError(name)
+
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         n = self.ae.cfg.image_size
