@@ -29,9 +29,11 @@ def test_uint8_conversion_is_exact():
     assert torch.equal(to_uint8(from_uint8(frames)), frames)
 
 
-def test_only_64px_frames():
-    with pytest.raises(ValueError, match="image_size=32"):
-        AutoencoderConfig(image_size=32)
+def test_frame_sizes_are_multiples_of_8():
+    for bad in (24, 60, 100):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            AutoencoderConfig(image_size=bad)
+    assert AutoencoderConfig(image_size=128).latent_size == 16
 
 
 def test_palette_output_is_exact_on_palette_colours():
