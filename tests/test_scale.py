@@ -77,6 +77,7 @@ def test_trainer_compiles_the_trained_module(tmp_path):
                         "train.compile=true", "--set", "train.compile_backend=aot_eager", "--set", "train.log_every=1"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "torch.compile: mode default, backend aot_eager" in r.stdout
     losses = [json.loads(ln)["loss"] for ln in Path(tmp_path / "ae" / "metrics.jsonl").read_text().splitlines()
               if "loss" in ln]
     assert len(losses) == 3 and all(map(lambda v: v == v, losses))

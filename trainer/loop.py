@@ -203,6 +203,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                   f"{' (sharded state)' if sharded else ''}")
     if cfg.compile:
         train_module = torch.compile(train_module, mode=cfg.compile_mode, backend=cfg.compile_backend)
+        if info.is_main:
+            print(f"[{stage.name}] torch.compile: mode {cfg.compile_mode}, backend {cfg.compile_backend}")
     log = MetricsLog(run_dir, step, info.is_main)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +243,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
             tmp = box[0]
             save_sharded(tmp / SHARDED_DIR, model, ema, opt)
             barrier(info)
-        named_opt = None if par.fsdp else optimizer_state(model, opt)
+        named_opt = optimizer_state(model, opt) if info.is_main and not par.fsdp else None
         path = None
         if info.is_main:
             assert m_full is not None

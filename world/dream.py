@@ -93,6 +93,8 @@ class DreamWorld(World):
         from world import make_world
 
         self._real = make_world(self.real_world_name, **self.real_settings)
+        if hasattr(self._real, "action_for_pressed"):  # a gym game's way of combining held inputs
+            self.action_for_pressed = self._real.action_for_pressed
         self.action_names = tuple(self._real.action_names)
         self.tick_rate = self._real.tick_rate
         self.keymap_name = self._real.keymap_name
@@ -140,12 +142,6 @@ class DreamWorld(World):
         """The real game's keymap (a gym game's is built from its own action names)."""
         return self._real.keymap()
 
-    def __getattr__(self, name: str) -> Any:
-        # the real game's way of combining held inputs into one action (gym games), if it has one
-        if name == "action_for_pressed" and "_real" in self.__dict__ and hasattr(self._real, name):
-            return getattr(self._real, name)
-        raise AttributeError(name)
-
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         n = self.ae.cfg.image_size
@@ -173,7 +169,9 @@ class DreamWorld(World):
         device: the latents the models were trained on)."""
         from model.autoencoder import from_uint8
 
-        return self.ae.encode(from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)).float()
+        x = from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
+        with torch.autocast(self.device.type, enabled=False):  # also when called inside autocast
+            return self.ae.encode(x).float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
