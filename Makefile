@@ -9,7 +9,7 @@ EXTRAS ?= dev,games,minari
 ARGS   ?=
 
 .PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report external \
-	dataset-doom-heldout external-report clean-venv
+	dataset-doom-heldout external-report variants compare clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -72,6 +72,31 @@ external-report: dataset-doom-heldout
 		--idm assets/checkpoints/doom_basic_idm.safetensors --rollouts data/datasets/vizdoombasic-heldout-v0 \
 		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 16 --long-episodes 4 --long-horizon 64 \
 		--strip docs/media/external_strip.png --out benchmarks/results/external.json
+
+# The few-step variants of ALGORITHMS section 5 distilled from the shipped teacher on this CPU
+# (each command resumes its run and returns at once when the run is complete), then exported to
+# assets/checkpoints/adventure_<variant>; `make compare` measures them all in one run.
+CD_STEPS  ?= 600
+ODE_STEPS ?= 600
+ODE_SAMPLES ?= 1024
+DMD_STEPS ?= 100
+variants: setup
+	test -d data/datasets/adventure-explorer-v0 || $(MAKE) dataset
+	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2.yaml --set train.steps=$(CD_STEPS) --set train.eval_every=100
+	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame2.yaml --set train.steps=$(DMD_STEPS)
+	$(PY) -m trainer ode --config assets/configs/adventure_ode_frame2.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
+		--set ode.samples=$(ODE_SAMPLES)
+	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame1.yaml --set train.steps=$(DMD_STEPS)
+	$(PY) -m trainer ode --config assets/configs/adventure_ode_chunk4.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
+		--set ode.samples=$(ODE_SAMPLES)
+	$(PY) -m trainer dmd --config assets/configs/adventure_cf_chunk4.yaml --set train.steps=$(DMD_STEPS)
+	for v in cfpp_frame2 cfpp_frame1 ode_frame2 cf_chunk4; do \
+		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 \
+			--command "make variants CD_STEPS=$(CD_STEPS) ODE_STEPS=$(ODE_STEPS) ODE_SAMPLES=$(ODE_SAMPLES) DMD_STEPS=$(DMD_STEPS)" || exit 1; \
+	done
+
+compare: setup
+	$(PY) -m benchmarks.compare --out benchmarks/results/compare.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -67,8 +67,53 @@ def stage2_cost(card: dict[str, Any]) -> dict[str, Any]:
             "stage2_bytes_stored": s2.get("bytes_stored"), "stage2_method": s2.get("method")}
 
 
+def matched_cost(cd: dict[str, Any] | None, ode: dict[str, Any] | None, key: str = "x0_mse_2step"
+                 ) -> dict[str, Any] | None:
+    """Stage 2 cost of causal CD to reach the causal ODE student's final quality (held-out
+    teacher-forced x0 error of 2-step sampling, logged by both trainings on the same windows),
+    as fractions of the ODE student's whole Stage 2 cost. None without both curves."""
+    cd_curve = [p for p in (cd or {}).get("quality_vs_cost") or [] if key in p]
+    ode_curve = [p for p in (ode or {}).get("quality_vs_cost") or [] if key in p]
+    if not cd_curve or not ode_curve:
+        return None
+    target = float(ode_curve[-1][key])
+    out: dict[str, Any] = {"quality": key, "ode_final": target, "ode_teacher_nfe": ode.get("teacher_nfe"),
+                           "ode_wall_s": ode.get("wall_s"), "ode_bytes_stored": ode.get("bytes_stored"),
+                           "cd_best": min(float(p[key]) for p in cd_curve), "cd_final": float(cd_curve[-1][key])}
+    hit = next((p for p in cd_curve if float(p[key]) <= target), None)
+    out["reached"] = hit is not None
+    if hit is not None:
+        out.update({"cd_step": hit["step"], "cd_teacher_nfe": hit.get("teacher_nfe"), "cd_wall_s": hit.get("wall_s")})
+        if hit.get("teacher_nfe") is not None and ode.get("teacher_nfe"):
+            out["nfe_ratio"] = float(hit["teacher_nfe"]) / float(ode["teacher_nfe"])
+        if hit.get("wall_s") is not None and ode.get("wall_s"):
+            out["wall_ratio"] = float(hit["wall_s"]) / float(ode["wall_s"])
+    return out
+
+
+def write_variant_strip(real: np.ndarray, gens: dict[str, np.ndarray], path: str | Path, episodes: int = 2,
+                        scale: int = 2) -> None:
+    """A PNG per held-out episode: the real frames on top, then one row per variant (in the order of
+    ``gens``), at horizons 1, 2, 4, 8, 12, 16; the first column is the last context frame."""
+    from PIL import Image
+
+    from trainer.evaluate import STRIP_HORIZONS
+
+    H = min(g.shape[1] for g in gens.values())
+    hs = [h for h in STRIP_HORIZONS if h <= H]
+    rows = []
+    for m in range(min(episodes, len(real))):
+        rows.append(np.concatenate([real[m, 0]] + [real[m, h] for h in hs], 1))
+        for g in gens.values():
+            rows.append(np.concatenate([real[m, 0]] + [g[m, h - 1] for h in hs], 1))
+        rows.append(np.zeros_like(rows[-1][:4]))
+    img = np.concatenate(rows[:-1], 0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)
+
+
 def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_cfg: float, timing_frames: int,
-            long_episodes: int, seed: int) -> dict[str, Any]:
+            long_episodes: int, seed: int, strip: str | None = None) -> dict[str, Any]:
     from trainer.evaluate import EVAL_SEED_BASE, fidelity, generate, play_real
     from trainer.latents import load_autoencoder
     from trainer.models import default_idm, load_idm, load_world_model
@@ -93,6 +138,8 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
     from trainer.evaluate import _features
 
     out: dict[str, Any] = {}
+    stage2: dict[str, Any] = {}
+    gens: dict[str, np.ndarray] = {}
     for name, (model, _cfg, mid, card, sampler) in loaded.items():
         if model.cfg.block_frames > 1 and C % model.cfg.block_frames:
             ctx = C - C % model.cfg.block_frames
@@ -100,6 +147,7 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
             ctx = C
         gen = generate(model, ae, real.frames[:, C - ctx:C], real.actions[:, C - ctx:], sampler, seed, "fp32")
         rep = fidelity(real, gen, C, ae, idm, world, model.cfg.num_actions)
+        gens[name] = gen
         if long_real is not None and idm is not None:
             lg = generate(model, ae, long_real.frames[:, C - ctx:C], long_real.actions[:, C - ctx:], sampler, seed,
                           "fp32")
@@ -107,12 +155,15 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
             rep["frechet_early"] = M.frechet_distance(_features(idm, lg[:, :32]), _features(idm, lt[:, :32]))
             rep["frechet_late"] = M.frechet_distance(_features(idm, lg[:, -32:]), _features(idm, lt[:, -32:]))
         rep.update(stage2_cost(card))
+        stage2[name] = card.get("stage2")
         rep["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg,
                           "first_frame_steps": sampler.first_frame_steps}
         rep["checkpoint"] = str(paths[name])
         rep["model_id"] = mid
         rep["block_frames"] = model.cfg.block_frames
         out[name] = rep
+    if strip:
+        write_variant_strip(real.frames[:, C - 1:], gens, strip)
     # speed: interleaved rounds after a warm-up round
     firsts: dict[str, list[float]] = {n: [] for n in loaded}
     steady: dict[str, list[float]] = {n: [] for n in loaded}
@@ -131,7 +182,8 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
         out[name]["frame_ms_median"] = statistics.median(steady[name])
         out[name]["frame_ms_min"], out[name]["frame_ms_max"] = min(steady[name]), max(steady[name])
         out[name]["fps"] = 1000.0 / out[name]["frame_ms_median"]
-    return {"variants": out, "protocol": {"episodes": episodes, "context": C, "horizon": H,
+    return {"variants": out, "stage2_matched": matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")),
+            "protocol": {"episodes": episodes, "context": C, "horizon": H,
                                           "long_episodes": long_episodes, "timing_frames": timing_frames,
                                           "threads": torch.get_num_threads(), "seed": seed,
                                           "eval_seeds_from": EVAL_SEED_BASE, "autoencoder_id": ae_id}}
@@ -160,6 +212,23 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     samplers = ", ".join(f"{n}: {report['variants'][n]['sampler']['kind']} {report['variants'][n]['sampler']['steps']}"
                          for n in names)
     lines += ["", f"Samplers: {samplers}.", ""]
+    if report.get("strip"):
+        rel = Path(report["strip"]["path"]).name
+        lines += [f"Frames (horizons 1, 2, 4, 8, 12, 16 after the last context frame), rows top to bottom: "
+                  f"{', '.join(report['strip']['rows'])}; two held-out episodes:", "", f"![variants](media/{rel})", ""]
+    m = report.get("stage2_matched")
+    if m:
+        lines += ["## Stage 2 cost at equal quality", "",
+                  f"Quality: `{m['quality']}` (held-out x0 error of 2-step sampling, teacher-forced, from both "
+                  f"trainings' logs). The causal ODE student ends at {m['ode_final']:.4g} after "
+                  f"{m['ode_teacher_nfe']} teacher forwards, {m['ode_wall_s']} s and {m['ode_bytes_stored']} bytes stored."]
+        if m["reached"]:
+            lines.append(f"Causal CD reaches it at step {m['cd_step']}: {m['cd_teacher_nfe']} teacher forwards "
+                         f"({m.get('nfe_ratio', float('nan')):.2f} x), {m.get('cd_wall_s', float('nan')):.0f} s "
+                         f"({m.get('wall_ratio', float('nan')):.2f} x), nothing stored.")
+        else:
+            lines.append(f"Causal CD does not reach it in its run: best {m['cd_best']:.4g}, final {m['cd_final']:.4g}.")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -176,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"))
+    p.add_argument("--strip", default=str(ROOT / "docs" / "media" / "compare_strip.png"),
+                   help="PNG of real frames above every variant's, 2 held-out episodes ('' for none)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
@@ -191,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if not present:
         print(f"error: none of the variants' checkpoints exist ({[str(p) for p in paths.values()]})", file=sys.stderr)
         return 2
-    report = compare(present, a.episodes, a.teacher_steps, a.teacher_cfg, a.timing_frames, a.long_episodes, a.seed)
+    report = compare(present, a.episodes, a.teacher_steps, a.teacher_cfg, a.timing_frames, a.long_episodes, a.seed,
+                     a.strip or None)
+    if a.strip:
+        report["strip"] = {"path": a.strip, "rows": ["real", *present]}
     report["missing_variants"] = missing
     command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     report["command"] = command

@@ -171,7 +171,8 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert any(not torch.equal(gen_w[k], student[k]) for k in student)  # the generator moved
     # ship the teacher and the CF++ student, then compare them in one run (tiny protocol)
     ship = tmp_path / "ship"
-    for run_name, name, extra in (("ae", "ae", []), ("teacher", "teacher", []), ("dmd", "cfpp_frame2", [])):
+    for run_name, name, extra in (("ae", "ae", []), ("teacher", "teacher", []), ("dmd", "cfpp_frame2", []),
+                                  ("ode", "ode_frame2", [])):
         r = subprocess.run([sys.executable, "-m", "trainer.export", "--run", str(tmp_path / run_name), "--name", name,
                             "--out-dir", str(ship), *extra], cwd=ROOT, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -180,16 +181,27 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     card = yaml.safe_load((ship / "cfpp_frame2.yaml").read_text())
     assert card["stage2"]["method"] == "causal_cd" and card["stage2"]["teacher_nfe"] == 6 * 4 * 2
     assert card["stage2"]["bytes_stored"] == 0 and card["config"]["sampler"]["first_frame_steps"] == 4
+    # the CD student's quality against its Stage 2 cost (evaluations at steps 3 and 6)
+    qc = card["stage2"]["quality_vs_cost"]
+    assert [q["step"] for q in qc] == [3, 6] and [q["teacher_nfe"] for q in qc] == [24, 48]
+    assert 0 < qc[0]["wall_s"] < qc[1]["wall_s"] and all("x0_mse_2step" in q for q in qc)
+    ode_card = yaml.safe_load((ship / "ode_frame2.yaml").read_text())
+    oq = ode_card["stage2"]["quality_vs_cost"]
+    assert oq and oq[-1]["teacher_nfe"] == 48 and oq[-1]["wall_s"] >= ode_card["stage2"]["trajectory_wall_s"]
     out = tmp_path / "compare.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--variant",
                         f"teacher={ship / 'teacher.safetensors'}", "--variant",
                         f"cfpp_frame2={ship / 'cfpp_frame2.safetensors'}", "--variant",
+                        f"ode_frame2={ship / 'ode_frame2.safetensors'}", "--variant",
                         f"cf_chunk4={tmp_path / 'nothing.safetensors'}", "--episodes", "2", "--timing-frames", "4",
                         "--long-episodes", "0", "--teacher-steps", "2", "--threads", "1", "--md",
-                        str(tmp_path / "RESULTS.md")], cwd=ROOT, env=env, capture_output=True, text=True)
+                        str(tmp_path / "RESULTS.md"), "--strip", str(tmp_path / "strip.png")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
-    assert set(rep["variants"]) == {"teacher", "cfpp_frame2"} and "cf_chunk4" in rep["missing_variants"]
+    assert set(rep["variants"]) == {"teacher", "cfpp_frame2", "ode_frame2"} and "cf_chunk4" in rep["missing_variants"]
+    m = rep["stage2_matched"]
+    assert m["ode_teacher_nfe"] == 48 and m["ode_final"] == oq[-1]["x0_mse_2step"]
+    assert m["reached"] == (m["cd_best"] <= m["ode_final"])
     v = rep["variants"]["cfpp_frame2"]
     for key in ("changed_psnr_mean_16", "seen_psnr_mean_16", "player_found_16", "action_accuracy",
                 "sharpness_ratio_16", "first_frame_ms", "frame_ms_median", "stage2_teacher_nfe"):
@@ -198,3 +210,25 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert rep["variants"]["teacher"]["sampler"]["kind"] == "euler"
     assert v["first_frame_ms"] > 0 and v["stage2_teacher_nfe"] == 48
     assert "benchmarks.compare" in (tmp_path / "RESULTS.md").read_text()
+    from PIL import Image
+
+    with Image.open(tmp_path / "strip.png") as im:  # 7 columns; 2 episodes x (real + 3 variants) rows, x2
+        h = im.size[0] // 14
+        assert im.size == (14 * h, 2 * (2 * 4 * h + 4))
+
+
+def test_matched_cost_finds_the_first_point_at_the_ode_quality():
+    from benchmarks.compare import matched_cost
+
+    ode = {"teacher_nfe": 1000, "wall_s": 200.0, "bytes_stored": 5,
+           "quality_vs_cost": [{"step": 10, "x0_mse_2step": 0.5}, {"step": 20, "x0_mse_2step": 0.3}]}
+    cd = {"quality_vs_cost": [{"step": 1, "x0_mse_2step": 0.6, "teacher_nfe": 100, "wall_s": 20.0},
+                              {"step": 2, "x0_mse_2step": 0.29, "teacher_nfe": 200, "wall_s": 40.0},
+                              {"step": 3, "x0_mse_2step": 0.2, "teacher_nfe": 300, "wall_s": 60.0}]}
+    m = matched_cost(cd, ode)
+    assert m["reached"] and m["cd_step"] == 2 and m["ode_final"] == 0.3
+    assert m["nfe_ratio"] == 0.2 and m["wall_ratio"] == 0.2 and m["cd_best"] == 0.2
+    cd["quality_vs_cost"] = cd["quality_vs_cost"][:1]
+    m = matched_cost(cd, ode)
+    assert not m["reached"] and "nfe_ratio" not in m and m["cd_final"] == 0.6
+    assert matched_cost(None, ode) is None

@@ -46,7 +46,7 @@ def _eval_curve(run: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
             ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval/")}
             if ev:
-                out.append({"step": rec["step"], **ev})
+                out.append({"step": rec["step"], **ev, **({"wall_s": rec["wall_s"]} if "wall_s" in rec else {})})
     return out
 
 
@@ -76,17 +76,26 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
     wall = float(meta.get("wall_s_total", 0.0))
     if stage == "cd":
-        nfe = 0
+        nfe, nfe_at = 0, {}
         for line in (run / "metrics.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            nfe = int(rec.get("teacher_nfe", nfe))
+            if "teacher_nfe" in rec:
+                nfe = nfe_at[rec["step"]] = int(rec["teacher_nfe"])
+        # the forwards grow by the same number every step; an evaluation between log lines takes the rate
+        last = max(nfe_at) if nfe_at else 0
+        per = nfe_at[last] / last if last else 0.0
+        curve = [{**e, "teacher_nfe": nfe_at.get(e["step"], round(e["step"] * per))} for e in _eval_curve(run)]
         return {"method": "causal_cd", "run": str(run), "steps": meta["step"], "teacher_nfe": nfe,
-                "wall_s": round(wall, 1), "bytes_stored": 0}
+                "wall_s": round(wall, 1), "bytes_stored": 0, "quality_vs_cost": curve}
     traj = Path(str(config.get("trajectories", ""))) / "trajectories.json"
     cost = json.loads(traj.read_text()) if traj.is_file() else {}
+    t_wall = float(cost.get("wall_s", 0.0))
+    # every point of the regression has paid for the whole trajectory set first
+    curve = [{**e, "teacher_nfe": cost.get("teacher_nfe"), "wall_s": round(t_wall + e["wall_s"], 1)}
+             if "wall_s" in e else {**e, "teacher_nfe": cost.get("teacher_nfe")} for e in _eval_curve(run)]
     return {"method": "causal_ode", "run": str(run), "steps": meta["step"], "teacher_nfe": cost.get("teacher_nfe"),
-            "wall_s": round(wall + float(cost.get("wall_s", 0.0)), 1), "bytes_stored": cost.get("bytes_stored"),
-            "trajectory_wall_s": cost.get("wall_s"), "training_wall_s": round(wall, 1)}
+            "wall_s": round(wall + t_wall, 1), "bytes_stored": cost.get("bytes_stored"),
+            "trajectory_wall_s": cost.get("wall_s"), "training_wall_s": round(wall, 1), "quality_vs_cost": curve}
 
 
 def _evaluations(paths: list[str]) -> list[dict[str, Any]]:

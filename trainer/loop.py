@@ -322,7 +322,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             ev_model = for_eval()
             ev = stage.evaluate(ev_model, step) if info.is_main else {}
-            log.log(step, {f"eval/{k}": v for k, v in ev.items()})
+            log.log(step, {f"eval/{k}": v for k, v in ev.items()} | {"wall_s": wall_before + time.time() - t_start})
             model.train()
         want_ckpt = step % cfg.ckpt_every == 0 or (time.time() - last_ckpt_time) > 60 * cfg.ckpt_minutes
         if info.enabled:  # all ranks must agree to enter the collective in checkpoint()
@@ -337,7 +337,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     ev_model = for_eval()
     final_eval = stage.evaluate(ev_model, step) if info.is_main else {}
     if final_eval:
-        log.log(step, {f"eval/{k}": v for k, v in final_eval.items()})
+        log.log(step, {f"eval/{k}": v for k, v in final_eval.items()} | {"wall_s": wall_before + time.time() - t_start})
     path = checkpoint(final=True)
     log.close()
     wall = wall_before + (time.time() - t_start)
