@@ -359,6 +359,22 @@ class FrameTransformer(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def load_from(self, other: FrameTransformer) -> None:
+        """Initialise from a trained model of the same architecture but possibly another block
+        size (a chunk-wise student from a frame-wise teacher): the time-distance bias keeps the
+        teacher's values for distances 0..window-1 and the sinks; the within-block negative
+        distances the teacher never saw start at its distance-0 value (as a fresh init does)."""
+        state = dict(other.state_dict())
+        a, b = other.cfg, self.cfg
+        if a.window != b.window or a.sink != b.sink:
+            raise ValueError(f"cannot initialise window={b.window}, sink={b.sink} from a model with "
+                             f"window={a.window}, sink={a.sink}")
+        if a.block_frames != b.block_frames:
+            tb = state["time_bias"]
+            d = torch.arange(-(b.block_frames - 1), b.window).clamp(min=-(a.block_frames - 1))
+            state["time_bias"] = torch.cat([tb[:, d + a.block_frames - 1], tb[:, other.n_dist:]], 1)
+        self.load_state_dict(state)
+
     # ------------------------------------------------------------ pieces
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch

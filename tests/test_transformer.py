@@ -157,3 +157,24 @@ def test_null_action_and_zero_init_action_embedding():
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="patch 3"):
         TransformerConfig(latent_size=8, patch=3)
+
+
+def test_chunk_student_initialises_from_a_frame_teacher():
+    """A chunk-wise student (blocks of 3) starts from a frame-wise teacher: every weight copied, the
+    time-distance bias kept for distances 0..window-1 and the sink, within-block negative distances
+    at the teacher's distance-0 value."""
+    base = dict(latent_channels=4, latent_size=4, patch=2, width=32, depth=1, heads=2, window=4, sink=1)
+    torch.manual_seed(0)
+    teacher = FrameTransformer(TransformerConfig(**base, block_frames=1))
+    with torch.no_grad():
+        teacher.time_bias.normal_()
+    student = FrameTransformer(TransformerConfig(**base, block_frames=3))
+    student.load_from(teacher)
+    tb, sb = teacher.time_bias, student.time_bias
+    assert sb.shape == (2, 4 + 2 + 1)
+    assert torch.equal(sb[:, 2:6], tb[:, 0:4]) and torch.equal(sb[:, 6:], tb[:, 4:])
+    assert torch.equal(sb[:, 0], tb[:, 0]) and torch.equal(sb[:, 1], tb[:, 0])
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    assert all(torch.equal(t_state[k], s_state[k]) for k in t_state if k != "time_bias")
+    with pytest.raises(ValueError, match="window"):
+        FrameTransformer(TransformerConfig(**{**base, "window": 6})).load_from(teacher)

@@ -92,7 +92,7 @@ class Student:
         mcfg = from_dict(TransformerConfig, model_cfg, "student model")
         clips = ClipData(tcfg["autoencoder"], data, frames, cache_dir, mcfg, eval_windows, seed)
         student = FrameTransformer(mcfg)
-        student.load_state_dict(teacher.state_dict())
+        student.load_from(teacher)
         return cls(_TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
                    _TeacherForcing(student))
 
