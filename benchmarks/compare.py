@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("teacher", "cf_chunk4", "cfpp_frame2", "cfpp_frame1", "ode_frame2")
 DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chunk4",
                  "cfpp_frame2": "adventure_cfpp_frame2", "cfpp_frame1": "adventure_cfpp_frame1",
-                 "ode_frame2": "adventure_ode_frame2"}
+                 "ode_frame2": "adventure_ode_dmd_frame2"}
 
 
 def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher_cfg: float):
@@ -125,6 +125,11 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
         card = yaml.safe_load(Path(path).with_suffix(".yaml").read_text()) if str(path).endswith(".safetensors") else {}
         loaded[name] = (model, cfg, mid, card, sampler_for(name, cfg, teacher_steps, teacher_cfg))
     first_cfg = next(iter(loaded.values()))[1]
+    for name, (_m, cfg, *_rest) in loaded.items():  # one autoencoder decodes every variant
+        if Path(str(cfg["autoencoder"])).name != Path(str(first_cfg["autoencoder"])).name:
+            raise SystemExit(f"error: variant {name} ({paths[name]}) uses autoencoder {cfg['autoencoder']}, the "
+                             f"others {first_cfg['autoencoder']}; compare variants of one world model family "
+                             f"(override or drop it with --variant {name}=...)")
     ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
     world = first_cfg.get("world", "adventure")
     settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
@@ -229,6 +234,29 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         else:
             lines.append(f"Causal CD does not reach it in its run: best {m['cd_best']:.4g}, final {m['cd_final']:.4g}.")
         lines.append("")
+    f = report.get("stage2_flow_map")
+    if f and f.get("matched"):
+        fm, ode, pr = f["matched"], f["causal_ode"], f["protocol"]
+        lines += ["## Stage 2 cost at equal flow-map error", "",
+                  f"From `{f['command']}`: on {pr['windows']} held-out windows, teacher-forced, the MSE between a "
+                  f"student's 1-step prediction from noise and the teacher's own {pr['solve_steps']}-step solution "
+                  f"from the same noise (CFG {pr['cfg']}), the map both Stage 2 methods learn. The causal ODE "
+                  f"student: {ode['flow_mse_1step']:.4g} after {ode['teacher_nfe']} teacher forwards, {ode['wall_s']} s "
+                  f"and {ode['bytes_stored']} bytes stored.", "",
+                  "| causal CD step | teacher forwards | wall (s) | flow-map MSE | x0 MSE vs ground truth |",
+                  "|---|---|---|---|---|"]
+        for p in f["causal_cd"]["curve"]:
+            lines.append(f"| {p['step']} | {p['teacher_nfe']} | {p['wall_s']} | {p['flow_mse_1step']:.4g} | "
+                         f"{p['x0_mse_1step']:.4g} |")
+        lines.append("")
+        if fm["reached"]:
+            lines.append(f"Causal CD reaches the ODE student's flow-map error at step {fm['cd_step']}: "
+                         f"{fm.get('nfe_ratio', float('nan')):.2f} x its teacher forwards, "
+                         f"{fm.get('wall_ratio', float('nan')):.2f} x its wall time, nothing stored.")
+        else:
+            lines.append(f"Causal CD does not reach the ODE student's flow-map error in its run (best "
+                         f"{fm['cd_best']:.4g}).")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -244,10 +272,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-episodes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stage2", default=str(ROOT / "benchmarks" / "results" / "stage2.json"),
+                   help="the flow-map Stage 2 comparison of python -m benchmarks.stage2, added when it exists")
     p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"))
     p.add_argument("--strip", default=str(ROOT / "docs" / "media" / "compare_strip.png"),
                    help="PNG of real frames above every variant's, 2 held-out episodes ('' for none)")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: add --stage2 to the existing --out JSON and render the Markdown again")
     a = p.parse_args(argv)
+    if a.render_only:
+        out = Path(a.out)
+        if not out.is_file():
+            print(f"error: --render-only needs an existing report, {out} does not exist", file=sys.stderr)
+            return 2
+        report = json.loads(out.read_text())
+        if a.stage2 and Path(a.stage2).is_file():
+            report["stage2_flow_map"] = json.loads(Path(a.stage2).read_text())
+        out.write_text(json.dumps(report, indent=1))
+        Path(a.md).write_text(render_markdown(report, report["command"]))
+        print(render_markdown(report, report["command"]))
+        return 0
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
     paths = {n: SHIPPED / f"{f}.safetensors" for n, f in DEFAULT_FILES.items()}
@@ -267,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.strip:
         report["strip"] = {"path": a.strip, "rows": ["real", *present]}
     report["missing_variants"] = missing
+    if a.stage2 and Path(a.stage2).is_file():  # written by python -m benchmarks.stage2
+        report["stage2_flow_map"] = json.loads(Path(a.stage2).read_text())
     command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     report["command"] = command
     out = Path(a.out)

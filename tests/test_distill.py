@@ -188,17 +188,47 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     ode_card = yaml.safe_load((ship / "ode_frame2.yaml").read_text())
     oq = ode_card["stage2"]["quality_vs_cost"]
     assert oq and oq[-1]["teacher_nfe"] == 48 and oq[-1]["wall_s"] >= ode_card["stage2"]["trajectory_wall_s"]
+    # the Stage 2 claim on the flow map: every CD checkpoint (step 0 = the teacher) against the ODE student
+    s2 = tmp_path / "stage2.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.stage2", "--out", str(s2), "--cd-run", str(tmp_path / "cd"),
+                        "--ode", str(ship / "ode_frame2.safetensors"), "--windows", "4", "--solve-steps", "4",
+                        "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fm = json.loads(s2.read_text())
+    curve = fm["causal_cd"]["curve"]
+    assert [p["step"] for p in curve] == [0, 3, 6] and [p["teacher_nfe"] for p in curve] == [0, 24, 48]
+    assert fm["protocol"]["cfg"] == 2.0 and fm["protocol"]["solve_steps"] == 4  # the ODE card's guidance
+    assert all(p["flow_mse_1step"] > 0 and np.isfinite(p["x0_mse_1step"]) for p in curve)
+    assert curve[1]["flow_mse_1step"] != curve[0]["flow_mse_1step"]  # the student moved off the teacher
+    m2 = fm["matched"]
+    assert m2["ode"] == fm["causal_ode"]["flow_mse_1step"] and fm["causal_ode"]["teacher_nfe"] == 48
+    hit = next((p for p in curve if p["flow_mse_1step"] <= m2["ode"]), None)
+    assert m2["reached"] == (hit is not None) and (hit is None or m2["cd_step"] == hit["step"])
+    # DMD from a shipped Stage 2 student: its card's Stage 2 cost goes into the DMD card
+    abl_cfg = write_config(tmp_path / "abl.yaml", "adventure_cfpp_frame2.yaml", run_dir=str(tmp_path / "abl"),
+                           generator=str(ship / "ode_frame2.safetensors"), teacher=str(tmp_path / "teacher"),
+                           latent_cache_dir=str(tmp_path / "lat"), frames=4,
+                           data={"dataset": str(ds), "holdout_episodes": 1}, dmd={"critic_updates": 1},
+                           train={"steps": 2, "batch_size": 2, "log_every": 1, "ckpt_every": 2, "eval_every": 0,
+                                  "warmup": 1}, eval_windows=4)
+    assert run("dmd", "--config", str(abl_cfg)).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "trainer.export", "--run", str(tmp_path / "abl"), "--name", "abl",
+                        "--out-dir", str(ship)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    abl_card = yaml.safe_load((ship / "abl.yaml").read_text())
+    assert abl_card["stage2"] == ode_card["stage2"]
     out = tmp_path / "compare.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--variant",
                         f"teacher={ship / 'teacher.safetensors'}", "--variant",
                         f"cfpp_frame2={ship / 'cfpp_frame2.safetensors'}", "--variant",
                         f"ode_frame2={ship / 'ode_frame2.safetensors'}", "--variant",
-                        f"cf_chunk4={tmp_path / 'nothing.safetensors'}", "--episodes", "2", "--timing-frames", "4",
+                        f"cf_chunk4={tmp_path / 'nothing.safetensors'}", "--variant",
+                        f"cfpp_frame1={tmp_path / 'nothing.safetensors'}", "--episodes", "2", "--timing-frames", "4",
                         "--long-episodes", "0", "--teacher-steps", "2", "--threads", "1", "--md",
                         str(tmp_path / "RESULTS.md"), "--strip", str(tmp_path / "strip.png")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
-    assert set(rep["variants"]) == {"teacher", "cfpp_frame2", "ode_frame2"} and "cf_chunk4" in rep["missing_variants"]
+    assert set(rep["variants"]) == {"teacher", "cfpp_frame2", "ode_frame2"} and {"cf_chunk4", "cfpp_frame1"} <= set(rep["missing_variants"])
     m = rep["stage2_matched"]
     assert m["ode_teacher_nfe"] == 48 and m["ode_final"] == oq[-1]["x0_mse_2step"]
     assert m["reached"] == (m["cd_best"] <= m["ode_final"])
