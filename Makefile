@@ -74,23 +74,26 @@ external-report: dataset-doom-heldout
 		--strip docs/media/external_strip.png --out benchmarks/results/external.json
 
 # The few-step variants of ALGORITHMS section 5 distilled from the shipped teacher on this CPU
+# (CF++ frame-2/frame-1: causal CD + DMD; the ablation: frame-wise causal ODE + the same DMD;
+# the CF baseline: chunk-wise causal ODE + DMD)
 # (each command resumes its run and returns at once when the run is complete), then exported to
 # assets/checkpoints/adventure_<variant>; `make compare` measures them all in one run.
-CD_STEPS  ?= 600
-ODE_STEPS ?= 600
+CD_STEPS  ?= 500
+ODE_STEPS ?= 500
 ODE_SAMPLES ?= 1024
-DMD_STEPS ?= 100
+DMD_STEPS ?= 80
 variants: setup
 	test -d data/datasets/adventure-explorer-v0 || $(MAKE) dataset
 	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2.yaml --set train.steps=$(CD_STEPS) --set train.eval_every=100
 	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame2.yaml --set train.steps=$(DMD_STEPS)
 	$(PY) -m trainer ode --config assets/configs/adventure_ode_frame2.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
 		--set ode.samples=$(ODE_SAMPLES)
+	$(PY) -m trainer dmd --config assets/configs/adventure_ode_dmd_frame2.yaml --set train.steps=$(DMD_STEPS)
 	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame1.yaml --set train.steps=$(DMD_STEPS)
 	$(PY) -m trainer ode --config assets/configs/adventure_ode_chunk4.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
 		--set ode.samples=$(ODE_SAMPLES)
 	$(PY) -m trainer dmd --config assets/configs/adventure_cf_chunk4.yaml --set train.steps=$(DMD_STEPS)
-	for v in cfpp_frame2 cfpp_frame1 ode_frame2 cf_chunk4; do \
+	for v in cfpp_frame2 cfpp_frame1 ode_dmd_frame2 cf_chunk4; do \
 		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 \
 			--command "make variants CD_STEPS=$(CD_STEPS) ODE_STEPS=$(ODE_STEPS) ODE_SAMPLES=$(ODE_SAMPLES) DMD_STEPS=$(DMD_STEPS)" || exit 1; \
 	done

@@ -70,6 +70,9 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
         if gen.is_dir() and latest_checkpoint(gen) is not None:
             meta = json.loads((latest_checkpoint(gen) / "meta.json").read_text())
             return stage2_cost(gen, meta["config"])
+        card = gen.with_suffix(".yaml")
+        if gen.suffix == ".safetensors" and card.is_file():  # a shipped Stage 2 student: its card's cost
+            return (yaml.safe_load(card.read_text()) or {}).get("stage2")
         return None
     if stage not in ("cd", "ode"):
         return None
