@@ -10,7 +10,10 @@ Measured, decode included, medians with min/max over repeats:
   dreamed frame, with the checkpoint's first-frame steps;
 - ``action_to_display_ms``: from an action to the frame ready for the window (a step plus the
   upscale to the 512-pixel view);
-- ``env_steps_per_s`` for batch sizes 1, 8 and 64 (``DreamVectorEnv``, one batched forward).
+- ``env_steps_per_s`` for batch sizes 1, 8 and 64 (``DreamVectorEnv``, one batched forward),
+  with each batch's floating-point work per env step and achieved GFLOP/s (torch's flop
+  counter), beside ``matmul_gflops`` (this machine's fp32 matrix-multiply rate) and
+  ``batch_speedup_ceiling`` (that rate over batch 1's: the most batching can give here).
 With ``--session-frames N``: one N-frame session under a random policy with its resident
 memory after warm-up and at the end, NaN/inf checks, and the Fréchet distance (IDM features)
 of its last 256 frames and of its first 256 frames against real frames of the same game.
@@ -90,6 +93,12 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
     na = int(envs.single_action_space.n)
     for _ in range(3):
         envs.step(rng.integers(0, na, batch))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)  # the floating-point work of one batched step
+    with counter:
+        envs.step(rng.integers(0, na, batch))
+    flops = counter.get_total_flops()
     rates = []
     n = max(2, env_steps // batch)
     for _ in range(repeats):
@@ -98,6 +107,24 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
             envs.step(rng.integers(0, na, batch))
         rates.append(n * batch / (time.perf_counter() - t0))
     envs.close()
+    out = _stats(rates, 1)
+    out["gflop_per_env_step"] = round(flops / batch / 1e9, 3)
+    out["gflops"] = round(out["median"] * flops / batch / 1e9, 1)  # achieved (matmul, conv, attention)
+    return out
+
+
+def matmul_gflops(repeats: int = 5) -> dict[str, float]:
+    """The machine's fp32 matrix-multiply rate at the benchmark's thread count, on the shape of
+    the world model's largest layers at batch 64 (12,288 tokens x 256 -> 1,024): the ceiling that
+    batched stepping can approach."""
+    a, b = torch.randn(12288, 256), torch.randn(256, 1024)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, b)
+        rates.append(10 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0) / 1e9)
     return _stats(rates, 1)
 
 
@@ -185,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     bs = sorted(rep["env_steps_per_s"], key=int)
     if len(bs) > 1:
         rep["batch_speedup"] = round(rep["env_steps_per_s"][bs[-1]]["median"] / rep["env_steps_per_s"][bs[0]]["median"], 2)
+    # how far batching can go here: the fp32 matmul ceiling over what batch 1 already achieves
+    rep["matmul_gflops"] = matmul_gflops()
+    rep["batch_speedup_ceiling"] = round(rep["matmul_gflops"]["max"] / rep["env_steps_per_s"][bs[0]]["gflops"], 2)
+    print(f"fp32 matmul {rep['matmul_gflops']} GFLOP/s; batch {bs[0]} achieves "
+          f"{rep['env_steps_per_s'][bs[0]]['gflops']}: batching can give at most {rep['batch_speedup_ceiling']}x",
+          flush=True)
     if a.session_frames:
         rep["long_session"] = long_session(ckpt, 2, a.session_frames)
         print(f"long session: {rep['long_session']}", flush=True)
