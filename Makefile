@@ -9,7 +9,7 @@ EXTRAS ?= dev,games,minari
 ARGS   ?=
 
 .PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report external \
-	dataset-doom-heldout external-report variants compare clean-venv
+	dataset-doom-heldout external-report variants compare stage2 clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -84,7 +84,8 @@ ODE_SAMPLES ?= 1024
 DMD_STEPS ?= 80
 variants: setup
 	test -d data/datasets/adventure-explorer-v0 || $(MAKE) dataset
-	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2.yaml --set train.steps=$(CD_STEPS) --set train.eval_every=100
+	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2.yaml --set train.steps=$(CD_STEPS) --set train.eval_every=100 \
+		--set train.ckpt_every=100 --set train.keep_checkpoints=20
 	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame2.yaml --set train.steps=$(DMD_STEPS)
 	$(PY) -m trainer ode --config assets/configs/adventure_ode_frame2.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
 		--set ode.samples=$(ODE_SAMPLES)
@@ -93,13 +94,18 @@ variants: setup
 	$(PY) -m trainer ode --config assets/configs/adventure_ode_chunk4.yaml --set train.steps=$(ODE_STEPS) --set train.eval_every=100 \
 		--set ode.samples=$(ODE_SAMPLES)
 	$(PY) -m trainer dmd --config assets/configs/adventure_cf_chunk4.yaml --set train.steps=$(DMD_STEPS)
-	for v in cfpp_frame2 cfpp_frame1 ode_dmd_frame2 cf_chunk4; do \
+	for v in cfpp_frame2 cfpp_frame1 ode_frame2 ode_dmd_frame2 cf_chunk4; do \
 		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 \
 			--command "make variants CD_STEPS=$(CD_STEPS) ODE_STEPS=$(ODE_STEPS) ODE_SAMPLES=$(ODE_SAMPLES) DMD_STEPS=$(DMD_STEPS)" || exit 1; \
 	done
 
 compare: setup
 	$(PY) -m benchmarks.compare --out benchmarks/results/compare.json
+
+# Stage 2 at equal flow-map error: every checkpoint of the causal CD run of `make variants` against
+# the shipped causal ODE student; `make compare` (or its --render-only) adds it to docs/RESULTS.md.
+stage2: setup
+	$(PY) -m benchmarks.stage2 --out benchmarks/results/stage2.json
 
 clean-venv:
 	rm -rf $(VENV)
