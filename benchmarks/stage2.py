@@ -49,9 +49,36 @@ def _cd_nfe(run: Path, meta_cfg: dict[str, Any]) -> dict[int, int]:
     return out
 
 
+def _card_walls(run: Path, card_path: str) -> dict[int, float]:
+    """Wall times per evaluation step from a model card's Stage 2 curve, when the card's CD run is
+    this run reproduced: every evaluation in the card equals the run's within 1% (same seed, data
+    and schedule; float rounding differs between CPUs, and two such runs of the default CD were
+    0.4% apart by step 300). Wall time depends on the machine; the card's was measured where the
+    ODE student's was. Empty when they differ."""
+    card_file = Path(card_path)
+    if not card_file.is_file():
+        return {}
+    qc = ((yaml.safe_load(card_file.read_text()) or {}).get("stage2") or {}).get("quality_vs_cost") or []
+    logged: dict[int, dict[str, float]] = {}
+    mfile = run / "metrics.jsonl"
+    for line in mfile.read_text().splitlines() if mfile.is_file() else []:
+        rec = json.loads(line)
+        ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval/")}
+        if ev:
+            logged[int(rec["step"])] = ev
+    walls = {}
+    for pt in qc:
+        ev = logged.get(int(pt["step"]))
+        keys = [k for k in pt if k.startswith("x0_mse")]
+        if ev is None or not keys or any(ev.get(k) is None or abs(ev[k] - pt[k]) > 1e-2 * abs(pt[k]) for k in keys):
+            return {}
+        walls[int(pt["step"])] = round(float(pt["wall_s"]), 1)
+    return walls
+
+
 @torch.no_grad()
 def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None, windows: int, solve_steps: int,
-                    cfg_scale: float | None, seed: int) -> dict[str, Any]:
+                    cfg_scale: float | None, seed: int, cd_card: str | None = None) -> dict[str, Any]:
     from model.transformer import TransformerConfig
     from trainer.config import from_dict
     from trainer.models import load_world_model
@@ -105,6 +132,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
             gt.append(float((pred - x0).pow(2).mean()))
         return {"flow_mse_1step": float(np.mean(fm)), "x0_mse_1step": float(np.mean(gt))}
 
+    card_wall = _card_walls(cd_run, cd_card) if cd_card else {}
     nfe_at = _cd_nfe(cd_run, cd_cfg)
     per_step = (max(nfe_at.values()) / max(nfe_at)) if nfe_at else 0.0
     curve = [{"step": 0, "teacher_nfe": 0, "wall_s": 0.0, **measure(teacher)}]
@@ -114,6 +142,10 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
         step = int(meta["step"])
         curve.append({"step": step, "teacher_nfe": nfe_at.get(step, round(step * per_step)),
                       "wall_s": round(float(meta.get("wall_s_total", 0.0)), 1), **measure(net)})
+        if step in card_wall:
+            curve[-1]["card_wall_s"] = card_wall[step]
+    if card_wall:
+        curve[0]["card_wall_s"] = 0.0
     out: dict[str, Any] = {"protocol": {"windows": int(len(data.eval_windows)), "frames": int(cd_cfg["frames"]),
                                         "solve_steps": solve_steps, "cfg": cfg_scale, "shift": shift, "seed": seed,
                                         "reference_wall_s": round(ref_wall, 1), "teacher": str(teacher_path),
@@ -135,6 +167,8 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
                 m["nfe_ratio"] = hit["teacher_nfe"] / float(ode["teacher_nfe"])
             if ode["wall_s"]:
                 m["wall_ratio"] = hit["wall_s"] / float(ode["wall_s"])
+                if "card_wall_s" in hit:  # the same run timed on the machine that timed the ODE student
+                    m["card_wall_ratio"] = hit["card_wall_s"] / float(ode["wall_s"])
         out["matched"] = m
     return out
 
@@ -145,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cd-run", default="runs/adventure_cd_frame", help="a causal CD run folder (every checkpoint)")
     p.add_argument("--ode", default="assets/checkpoints/adventure_ode_frame2.safetensors",
                    help="the causal ODE student (a shipped file with its card, or '' for none)")
+    p.add_argument("--cd-card", default="assets/checkpoints/adventure_cfpp_frame2.yaml",
+                   help="a card whose Stage 2 curve timed this CD run elsewhere ('' for none): used beside the "
+                        "run's own wall times when its evaluations match the run's (within 1%)")
     p.add_argument("--teacher", default="", help="default: the CD run's teacher")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--solve-steps", type=int, default=48)
@@ -156,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.ode and not Path(a.ode).exists():
         print(f"error: --ode {a.ode!r} does not exist", file=sys.stderr)
         return 2
-    rep = flow_map_report(a.teacher or None, Path(a.cd_run), a.ode or None, a.windows, a.solve_steps, a.cfg, a.seed)
+    rep = flow_map_report(a.teacher or None, Path(a.cd_run), a.ode or None, a.windows, a.solve_steps, a.cfg, a.seed,
+                          a.cd_card or None)
     rep["command"] = "python -m benchmarks.stage2 " + " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep, indent=1))
     for pt in rep["causal_cd"]["curve"]:
         print(f"cd step {pt['step']:>5}: flow-map MSE {pt['flow_mse_1step']:.4f}  x0 MSE {pt['x0_mse_1step']:.4f}  "
-              f"teacher forwards {pt['teacher_nfe']}  wall {pt['wall_s']} s")
+              f"teacher forwards {pt['teacher_nfe']}  wall {pt['wall_s']} s"
+              + (f" (card: {pt['card_wall_s']} s)" if "card_wall_s" in pt else ""))
     if "causal_ode" in rep:
         o = rep["causal_ode"]
         print(f"ode student: flow-map MSE {o['flow_mse_1step']:.4f}  x0 MSE {o['x0_mse_1step']:.4f}  "

@@ -204,6 +204,19 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert m2["ode"] == fm["causal_ode"]["flow_mse_1step"] and fm["causal_ode"]["teacher_nfe"] == 48
     hit = next((p for p in curve if p["flow_mse_1step"] <= m2["ode"]), None)
     assert m2["reached"] == (hit is not None) and (hit is None or m2["cd_step"] == hit["step"])
+    assert all("card_wall_s" not in p for p in curve)  # the default card timed another run
+    # a card that timed this very run elsewhere (its evaluations equal the run's) lends its wall times
+    cd_recs = [json.loads(ln) for ln in (tmp_path / "cd" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in cd_recs if "eval/x0_mse_2step" in r]
+    qc_same = [{**{k[5:]: v for k, v in r.items() if k.startswith("eval/")}, "step": r["step"],
+                "wall_s": 10.0 * r["step"]} for r in evals]
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump({"stage2": {"quality_vs_cost": qc_same}}))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.stage2", "--out", str(s2), "--cd-run", str(tmp_path / "cd"),
+                        "--ode", str(ship / "ode_frame2.safetensors"), "--windows", "4", "--solve-steps", "4",
+                        "--threads", "1", "--cd-card", str(tmp_path / "same.yaml")], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p.get("card_wall_s") for p in json.loads(s2.read_text())["causal_cd"]["curve"]] == [0.0, 30.0, 60.0]
     # DMD from a shipped Stage 2 student: its card's Stage 2 cost goes into the DMD card
     abl_cfg = write_config(tmp_path / "abl.yaml", "adventure_cfpp_frame2.yaml", run_dir=str(tmp_path / "abl"),
                            generator=str(ship / "ode_frame2.safetensors"), teacher=str(tmp_path / "teacher"),
