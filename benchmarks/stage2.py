@@ -29,7 +29,6 @@ import torch
 import yaml
 
 from model import flow
-from model.distill import teacher_cfg_euler_step
 
 
 def _cd_checkpoints(run: Path) -> list[Path]:
@@ -37,16 +36,11 @@ def _cd_checkpoints(run: Path) -> list[Path]:
     return sorted(p for p in ck.glob("step_*") if (p / "meta.json").is_file()) if ck.is_dir() else []
 
 
-def _cd_nfe(run: Path, meta_cfg: dict[str, Any]) -> dict[int, int]:
+def _cd_nfe(run: Path) -> dict[int, int]:
     """Teacher forwards at each logged step of a CD run (they grow by batch x (1 or 2) a step)."""
-    out: dict[int, int] = {}
     mfile = run / "metrics.jsonl"
-    if mfile.is_file():
-        for line in mfile.read_text().splitlines():
-            rec = json.loads(line)
-            if "teacher_nfe" in rec:
-                out[int(rec["step"])] = int(rec["teacher_nfe"])
-    return out
+    recs = [json.loads(line) for line in mfile.read_text().splitlines()] if mfile.is_file() else []
+    return {int(r["step"]): int(r["teacher_nfe"]) for r in recs if "teacher_nfe" in r}
 
 
 def _card_walls(run: Path, card_path: str) -> dict[int, float]:
@@ -55,17 +49,13 @@ def _card_walls(run: Path, card_path: str) -> dict[int, float]:
     and schedule; float rounding differs between CPUs, and two such runs of the default CD were
     0.4% apart by step 300). Wall time depends on the machine; the card's was measured where the
     ODE student's was. Empty when they differ."""
+    from trainer.export import _eval_curve
+
     card_file = Path(card_path)
-    if not card_file.is_file():
+    if not card_file.is_file() or not (run / "metrics.jsonl").is_file():
         return {}
     qc = ((yaml.safe_load(card_file.read_text()) or {}).get("stage2") or {}).get("quality_vs_cost") or []
-    logged: dict[int, dict[str, float]] = {}
-    mfile = run / "metrics.jsonl"
-    for line in mfile.read_text().splitlines() if mfile.is_file() else []:
-        rec = json.loads(line)
-        ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval/")}
-        if ev:
-            logged[int(rec["step"])] = ev
+    logged = {int(e["step"]): e for e in _eval_curve(run)}
     walls = {}
     for pt in qc:
         ev = logged.get(int(pt["step"]))
@@ -84,6 +74,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     from trainer.models import load_world_model
     from trainer.stages.autoencoder import DataConfig
     from trainer.stages.cd import _TeacherForcing
+    from trainer.stages.ode import solve_teacher_ode
     from trainer.stages.teacher import ClipData
 
     cks = _cd_checkpoints(cd_run)
@@ -109,17 +100,9 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     t0 = time.time()
     for i in range(0, len(data.eval_windows), 16):
         x0, a = data.clips(data.eval_windows[i:i + 16], torch.device("cpu"))
-        B, F = x0.shape[:2]
-        zeros = torch.zeros(B, F)
-        null = torch.full_like(a, mcfg.null_action)
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
-        x = eps.clone()
-        for j in range(solve_steps):
-            s, s2 = torch.full((B, F), float(grid[j])), torch.full((B, F), float(grid[j + 1]))
-            v_c = tf(x0, x, s, a, zeros).float()
-            v_u = tf(x0, x, s, null, zeros).float() if cfg_scale != 1.0 else None
-            x = teacher_cfg_euler_step(x, v_c, v_u, s, s2, cfg_scale)
-        batches.append((x0, a, zeros, eps, x))
+        end, _, _ = solve_teacher_ode(tf, x0, a, eps, grid, cfg_scale, mcfg.null_action)
+        batches.append((x0, a, torch.zeros(x0.shape[:2]), eps, end))
     ref_wall = time.time() - t0
 
     def measure(net: torch.nn.Module) -> dict[str, float]:
@@ -133,7 +116,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
         return {"flow_mse_1step": float(np.mean(fm)), "x0_mse_1step": float(np.mean(gt))}
 
     card_wall = _card_walls(cd_run, cd_card) if cd_card else {}
-    nfe_at = _cd_nfe(cd_run, cd_cfg)
+    nfe_at = _cd_nfe(cd_run)
     per_step = (max(nfe_at.values()) / max(nfe_at)) if nfe_at else 0.0
     curve = [{"step": 0, "teacher_nfe": 0, "wall_s": 0.0, **measure(teacher)}]
     for ck in cks:

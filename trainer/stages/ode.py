@@ -64,6 +64,28 @@ class ODEExperiment:
 
 
 @torch.no_grad()
+def solve_teacher_ode(teacher: nn.Module, x0: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor,
+                      grid: torch.Tensor, cfg_scale: float, null_action: int, keep: Any = ()
+                      ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """The teacher's PF-ODE from ``noise`` over ``grid`` (Euler, action CFG), every frame at once and
+    teacher-forced on the clean clip ``x0``: (endpoint, states at the step indices in ``keep``,
+    teacher forwards)."""
+    B, F = x0.shape[:2]
+    zeros = torch.zeros(B, F, device=x0.device)
+    null = torch.full_like(actions, null_action)
+    x, saved, nfe = noise, [], 0
+    for j in range(len(grid) - 1):
+        if j in keep:
+            saved.append(x.clone())
+        s, s2 = torch.full((B, F), float(grid[j])), torch.full((B, F), float(grid[j + 1]))
+        v_c = teacher(x0, x, s, actions, zeros).float()
+        v_u = teacher(x0, x, s, null, zeros).float() if cfg_scale != 1.0 else None
+        nfe += B * (1 if v_u is None else 2)
+        x = teacher_cfg_euler_step(x, v_c, v_u, s, s2, cfg_scale)
+    return x, saved, nfe
+
+
+@torch.no_grad()
 def generate_trajectories(teacher: nn.Module, data: ClipData, cfg: ODEConfig, shift: float, null_action: int,
                           out: Path, seed: int) -> dict[str, Any]:
     """Solve and store ``cfg.samples`` teacher trajectories; returns (and writes) the cost record."""
@@ -82,19 +104,9 @@ def generate_trajectories(teacher: nn.Module, data: ClipData, cfg: ODEConfig, sh
     for i in tqdm(range(0, len(rows), cfg.batch), desc="teacher ODE trajectories", dynamic_ncols=True,
                   disable=os.environ.get("DREAMSTEP_NO_BAR") == "1"):
         x0, a = data.clips(rows[i:i + cfg.batch], torch.device("cpu"))
-        B, F = x0.shape[:2]
-        zeros = torch.zeros(B, F)
-        null = torch.full_like(a, null_action)
-        x = torch.randn(x0.shape, generator=gen)
-        saved = []
-        for j in range(cfg.solve_steps):
-            if j in keep:
-                saved.append(x.clone())
-            s, s2 = torch.full((B, F), float(grid[j])), torch.full((B, F), float(grid[j + 1]))
-            v_c = teacher(x0, x, s, a, zeros).float()
-            v_u = teacher(x0, x, s, null, zeros).float() if cfg.cfg != 1.0 else None
-            nfe += B * (1 if v_u is None else 2)
-            x = teacher_cfg_euler_step(x, v_c, v_u, s, s2, cfg.cfg)
+        x, saved, n = solve_teacher_ode(teacher, x0, a, torch.randn(x0.shape, generator=gen), grid, cfg.cfg,
+                                        null_action, keep)
+        nfe += n
         states.append(torch.stack(saved, 1).half().numpy())  # (B, K, F, C, h, w)
         ends.append(x.half().numpy())
     out.mkdir(parents=True, exist_ok=True)
