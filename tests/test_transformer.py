@@ -178,3 +178,40 @@ def test_chunk_student_initialises_from_a_frame_teacher():
     assert all(torch.equal(t_state[k], s_state[k]) for k in t_state if k != "time_bias")
     with pytest.raises(ValueError, match="window"):
         FrameTransformer(TransformerConfig(**{**base, "window": 6})).load_from(teacher)
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_teacher_context_once_equals_teacher_forcing(block):
+    """The ODE solve computes the clean half's keys/values once and runs only the noisy half."""
+    model = tiny(block_frames=block, window=16)
+    x0, xt, sigma, actions = clip(F=6)
+    ctx = model.teacher_context(x0, actions)
+    assert torch.allclose(model.forward_noisy(xt, sigma, actions, ctx), model.forward_teacher(x0, xt, sigma, actions),
+                          atol=1e-10)
+    # the context is reusable: a second noisy state with the same context
+    assert torch.allclose(model.forward_noisy(xt * 0.5, sigma, actions, ctx),
+                          model.forward_teacher(x0, xt * 0.5, sigma, actions), atol=1e-10)
+    with pytest.raises(ValueError, match="exceed the window"):
+        tiny(window=4).teacher_context(x0, actions)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_solve_teacher_ode_with_context_equals_full_forwards(cfg_scale):
+    from model import flow
+    from trainer.stages.ode import solve_teacher_ode
+
+    model = tiny()
+    x0, xt, _, actions = clip(F=5)
+    actions = actions.clamp(max=4)
+    grid = flow.sigma_grid(7, 3.0).double()
+
+    class Plain(torch.nn.Module):  # no .net: solve_teacher_ode takes the full-forward path
+        def forward(self, c, n, s, a, cs):
+            return model.forward_teacher(c, n, s.double(), a, cs.double())
+
+    fast, saved_f, nfe_f = solve_teacher_ode(model, x0, actions, xt, grid, cfg_scale, 5, keep=(0, 3))
+    full, saved_s, nfe_s = solve_teacher_ode(Plain(), x0, actions, xt, grid, cfg_scale, 5, keep=(0, 3))
+    assert torch.allclose(fast, full, atol=1e-9)
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(saved_f, saved_s, strict=True))
+    per_step = 2 if cfg_scale != 1.0 else 1
+    assert nfe_s == 2 * 6 * per_step and nfe_f == nfe_s + 2 * per_step
