@@ -163,12 +163,18 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
                 past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingView | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x: (B, N, D) tokens; cond: (B, N, D) the condition of each token's frame."""
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
-        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1), bias, past_kv, ring)
-        x = x + g1 * h
+        """x: (B, F*L, D) tokens, frame-major; cond: (B, F, D) the condition of each frame.
+
+        The modulation is computed once per frame and broadcast over the frame's L tokens (a
+        third of a block's matmul work if it were computed per token)."""
+        B, N, D = x.shape
+        Fn = cond.shape[1]
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)  # (B, F, 1, D)
+        x = x.view(B, Fn, N // Fn, D)
+        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1).reshape(B, N, D), bias, past_kv, ring)
+        x = x + g1 * h.view_as(x)
         x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
-        return x, kv
+        return x.reshape(B, N, D), kv
 
 
 # ---------------------------------------------------------------------------- cache
@@ -179,8 +185,9 @@ class KVCache:
     the most recent ones a future frame can still see.
     """
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: TransformerConfig, rolling: bool = True) -> None:
         self.cfg = cfg
+        self.rolling = rolling  # False: keep every frame (a fixed context; the mask still applies the window)
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * cfg.depth
         self.times = torch.zeros(0, dtype=torch.long)
 
@@ -197,6 +204,8 @@ class KVCache:
 
     def _evict(self) -> None:
         """Drop frames no future frame can see (older than the window, and not sink frames)."""
+        if not self.rolling:
+            return
         latest = int(self.times.max())
         # the next frame to generate is at least latest + 1 and sees dist < window
         keep = (self.times < self.cfg.sink) | (self.times > latest + 1 - self.cfg.window)
@@ -422,7 +431,7 @@ class FrameTransformer(nn.Module):
         B, Fn = x.shape[:2]
         L = self.cfg.tokens_per_frame
         tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
-        cond = self._cond(sigma, actions).repeat_interleave(L, dim=1)
+        cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
         times = times.to(x.device)
         clean = clean.to(x.device)
         rings: list[RingView] | None = None
@@ -454,9 +463,9 @@ class FrameTransformer(nn.Module):
                 tok = clean.repeat_interleave(L).nonzero().squeeze(1)
                 cache.append([(k.detach().index_select(2, tok), v.detach().index_select(2, tok))
                               for k, v in new_kv], times[clean].cpu())
-        shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
-        out = self.patch_out(modulate(self.final_norm(h), shift, scale))
-        return self._untokens(rearrange(out, "b (f l) d -> b f l d", f=Fn))
+        shift, scale = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        h = rearrange(h, "b (f l) d -> b f l d", f=Fn)
+        return self._untokens(self.patch_out(modulate(self.final_norm(h), shift, scale)))
 
     def forward_teacher(self, x_clean: torch.Tensor, x_noisy: torch.Tensor, sigma: torch.Tensor,
                         actions: torch.Tensor, clean_sigma: torch.Tensor | None = None) -> torch.Tensor:
@@ -480,10 +489,7 @@ class FrameTransformer(nn.Module):
         teacher-forced ODE solve then runs only the noisy half (:meth:`forward_noisy`), about
         half the work of :meth:`forward_teacher`, with the same result."""
         Fn = x_clean.shape[1]
-        if Fn > self.cfg.window:
-            raise ValueError(f"teacher_context: {Fn} frames exceed the window of {self.cfg.window}; the rolling "
-                             f"cache would drop context the early frames see (use forward_teacher)")
-        cache = KVCache(self.cfg)
+        cache = KVCache(self.cfg, rolling=False)  # every frame stays: each noisy frame's mask picks its own
         times = torch.arange(Fn, device=x_clean.device)
         self.forward(x_clean, torch.zeros(x_clean.shape[:2], device=x_clean.device), actions, times,
                      torch.ones(Fn, dtype=torch.bool, device=x_clean.device), cache=cache, write_cache=True)

@@ -77,7 +77,7 @@ def solve_teacher_ode(teacher: nn.Module, x0: torch.Tensor, actions: torch.Tenso
     zeros = torch.zeros(B, F, device=x0.device)
     null = torch.full_like(actions, null_action)
     net = getattr(teacher, "net", teacher)
-    if isinstance(net, FrameTransformer) and F <= net.cfg.window:
+    if isinstance(net, FrameTransformer):
         # the clean half of [clean || noisy] does not change along the solve: its keys/values once
         ctx_c = net.teacher_context(x0, actions)
         ctx_u = net.teacher_context(x0, null) if cfg_scale != 1.0 else None
@@ -88,7 +88,7 @@ def solve_teacher_ode(teacher: nn.Module, x0: torch.Tensor, actions: torch.Tenso
         def v_of(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
             return teacher(x0, x, s, actions if conditional else null, zeros)
     x, saved, nfe = noise, [], 0
-    if isinstance(net, FrameTransformer) and F <= net.cfg.window:  # the context passes count as forwards
+    if isinstance(net, FrameTransformer):  # the context passes count as forwards
         nfe += B * (1 if cfg_scale == 1.0 else 2)
     for j in range(len(grid) - 1):
         if j in keep:
