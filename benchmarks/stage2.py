@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stage2", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--cd-run", default="runs/adventure_cd_frame", help="a causal CD run folder (every checkpoint)")
-    p.add_argument("--ode", default="assets/checkpoints/adventure_ode_frame2.safetensors",
-                   help="the causal ODE student (a shipped file with its card, or '' for none)")
+    p.add_argument("--ode", default="runs/exports/adventure_ode_frame2.safetensors",
+                   help="the causal ODE student (an exported file with its card, as `make variants` writes it; "
+                        "'' for none)")
     p.add_argument("--cd-card", default="assets/checkpoints/adventure_cfpp_frame2.yaml",
                    help="a card whose Stage 2 curve timed this CD run elsewhere ('' for none): used beside the "
                         "run's own wall times when its evaluations match the run's (within 1%)")
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.ode and not Path(a.ode).exists():
-        print(f"error: --ode {a.ode!r} does not exist", file=sys.stderr)
+        print(f"error: --ode {a.ode!r} does not exist: `make variants` trains and exports the causal ODE student "
+              f"there (or pass --ode '' to measure the CD run alone)", file=sys.stderr)
         return 2
     rep = flow_map_report(a.teacher or None, Path(a.cd_run), a.ode or None, a.windows, a.solve_steps, a.cfg, a.seed,
                           a.cd_card or None)
