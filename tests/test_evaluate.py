@@ -141,6 +141,7 @@ def test_evaluate_command_end_to_end(tmp_path):
         assert key in rep, key
     assert len(rep["psnr_at"]) == 4 and rep["sampler"]["steps"] == 2
     assert 0.0 <= rep["action_accuracy"] <= 1.0 and np.isfinite(rep["frechet_late"])
+    assert 0.0 <= rep["idm_ae_accuracy"] <= 1.0 and "action accuracy on AE reconstructions" in out.with_suffix(".md").read_text()
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
     assert rep["provenance"]["weights_sha1"] and "trainer.evaluate" in rep["provenance"]["command"]
     assert out.with_suffix(".md").read_text().startswith("# Evaluation")
