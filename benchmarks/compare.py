@@ -262,6 +262,20 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         else:
             lines.append(f"Causal CD does not reach the ODE student's flow-map error in its run (best "
                          f"{fm['cd_best']:.4g}).")
+        budget = 0.35 * float(ode["teacher_nfe"])
+        within = [p for p in f["causal_cd"]["curve"] if p["teacher_nfe"] <= budget]
+        if within:
+            last = within[-1]
+            lines.append(f"At the claim's budget, 0.35 x the ODE student's teacher forwards ({budget:.0f}), the "
+                         f"last CD checkpoint within it (step {last['step']}, {last['teacher_nfe']} forwards) has "
+                         f"flow-map MSE {last['flow_mse_1step']:.4g} against the ODE student's "
+                         f"{ode['flow_mse_1step']:.4g}.")
+        sched = [(p["step"], p["schedule_steps"]) for p in f["causal_cd"]["curve"] if "schedule_steps" in p]
+        for (a, sa), (_, sb) in zip(sched, sched[1:], strict=False):
+            if sb != sa:
+                lines.append(f"Schedule: the CD run trained to step {a} under a cosine learning-rate schedule of "
+                             f"{sa} steps and was then resumed with {sb} steps, so the decay restarts there; the "
+                             f"later points are a continuation, not a run planned for {sb} steps.")
         lines.append("")
     return "\n".join(lines)
 

@@ -124,7 +124,10 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
         net, _, _ = load_world_model(ck)
         step = int(meta["step"])
         curve.append({"step": step, "teacher_nfe": nfe_at.get(step, round(step * per_step)),
-                      "wall_s": round(float(meta.get("wall_s_total", 0.0)), 1), **measure(net)})
+                      "wall_s": round(float(meta.get("wall_s_total", 0.0)), 1),
+                      # the run's train.steps when this checkpoint was written (its cosine schedule's
+                      # length: a run resumed with more steps restarts the decay from there)
+                      "schedule_steps": int(meta["config"]["train"]["steps"]), **measure(net)})
         if step in card_wall:
             curve[-1]["card_wall_s"] = card_wall[step]
     if card_wall:

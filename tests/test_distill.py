@@ -198,6 +198,7 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     fm = json.loads(s2.read_text())
     curve = fm["causal_cd"]["curve"]
     assert [p["step"] for p in curve] == [0, 3, 6] and [p["teacher_nfe"] for p in curve] == [0, 24, 48]
+    assert [p.get("schedule_steps") for p in curve] == [None, 6, 6]  # the CD run's train.steps at each checkpoint
     assert fm["protocol"]["cfg"] == 2.0 and fm["protocol"]["solve_steps"] == 4  # the ODE card's guidance
     assert all(p["flow_mse_1step"] > 0 and np.isfinite(p["x0_mse_1step"]) for p in curve)
     assert curve[1]["flow_mse_1step"] != curve[0]["flow_mse_1step"]  # the student moved off the teacher
@@ -239,7 +240,8 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                         f"cf_chunk4={tmp_path / 'nothing.safetensors'}", "--variant",
                         f"cfpp_frame1={tmp_path / 'nothing.safetensors'}", "--episodes", "2", "--timing-frames", "4",
                         "--long-episodes", "0", "--teacher-steps", "2", "--threads", "1", "--md",
-                        str(tmp_path / "RESULTS.md"), "--strip", str(tmp_path / "strip.png")], cwd=ROOT, env=env, capture_output=True, text=True)
+                        str(tmp_path / "RESULTS.md"), "--strip", str(tmp_path / "strip.png"), "--stage2", str(s2)],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
     assert set(rep["variants"]) == {"teacher", "cfpp_frame2", "ode_frame2"} and {"cf_chunk4", "cfpp_frame1"} <= set(rep["missing_variants"])
@@ -253,7 +255,9 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert v["sampler"] == {"kind": "consistency", "steps": 2, "cfg": 1.0, "first_frame_steps": 4}
     assert rep["variants"]["teacher"]["sampler"]["kind"] == "euler"
     assert v["first_frame_ms"] > 0 and v["stage2_teacher_nfe"] == 48
-    assert "benchmarks.compare" in (tmp_path / "RESULTS.md").read_text()
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "benchmarks.compare" in md and "Stage 2 cost at equal flow-map error" in md
+    assert "At the claim's budget, 0.35 x the ODE student's teacher forwards (21)" in md  # 0.35 x 60: step 0 only
     from PIL import Image
 
     with Image.open(tmp_path / "strip.png") as im:  # 7 columns; 2 episodes x (real + 3 variants) rows, x2
