@@ -64,7 +64,8 @@ external: setup
 
 dataset-doom-heldout: setup
 	$(PY) -m world.record --world $(EXTERNAL_WORLD) --setting frame_skip=2 --policy explorer --episodes 80 \
-		--steps 150 --seed 1000000 --out data/datasets/vizdoombasic-heldout-v0
+		--steps 150 --seed 1000000 --out data/datasets/vizdoombasic-heldout-v0 \
+		$(if $(wildcard data/datasets/vizdoombasic-heldout-v0),--resume)
 
 external-report: dataset-doom-heldout
 	mkdir -p docs/media
