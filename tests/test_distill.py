@@ -258,6 +258,12 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "benchmarks.compare" in md and "Stage 2 cost at equal flow-map error" in md
     assert "At the claim's budget, 0.35 x the ODE student's teacher forwards (21)" in md  # 0.35 x 60: step 0 only
+    assert "Schedule:" not in md  # one schedule throughout
+    from benchmarks.compare import render_markdown
+
+    rep["stage2_flow_map"]["causal_cd"]["curve"][2]["schedule_steps"] = 12  # as if resumed to 12 steps after 3
+    assert "trained to step 3 under a cosine learning-rate schedule of 6 steps and was then resumed with 12" in \
+        render_markdown(rep, rep["command"])
     from PIL import Image
 
     with Image.open(tmp_path / "strip.png") as im:  # 7 columns; 2 episodes x (real + 3 variants) rows, x2

@@ -202,3 +202,24 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert (ship / "tiny_teacher.safetensors").read_bytes() == w_before
     r = run("trainer.export", "--card", str(ship / "missing.yaml"))
     assert r.returncode == 2 and "missing.yaml" in r.stderr
+
+
+@pytest.mark.parametrize("ae_kind", ["exact", "blank"])
+def test_idm_ae_accuracy_reads_the_autoencoder_reconstructions(monkeypatch, ae_kind):
+    """idm_ae_accuracy is the IDM on reconstructions of the real transitions: with an exact
+    autoencoder it equals the IDM on the real ones, with one that erases the frames it falls."""
+    import trainer.evaluate as E
+
+    rng = np.random.default_rng(0)
+    M_, T, C, A = 3, 8, 2, 5
+    frames = rng.integers(0, 256, (M_, T, 16, 16, 3), dtype=np.uint8)
+    effective = rng.integers(1, A, (M_, T))
+    frames[..., 0, 0, 0] = effective  # the stub IDM reads the action from the new frame's first pixel
+    real = E.Rollouts(frames=frames, actions=effective.copy(), effective=effective,
+                      player=np.full((M_, T, 2), np.nan), content=None, seeds=[1, 2, 3], policies=["p"] * M_)
+    monkeypatch.setattr(E, "_idm_predict", lambda idm, prev, cur: cur.reshape(-1, *cur.shape[-3:])[:, 0, 0, 0] % A)
+    monkeypatch.setattr(E, "reconstruct", (lambda ae, f: f.copy()) if ae_kind == "exact" else (lambda ae, f: np.zeros_like(f)))
+    gen = rng.integers(0, 256, (M_, T - C, 16, 16, 3), dtype=np.uint8)
+    r = E.fidelity(real, gen, C, ae=None, idm=object(), world="gym:stub", num_actions=A)
+    assert r["idm_real_accuracy"] == 1.0
+    assert r["idm_ae_accuracy"] == (1.0 if ae_kind == "exact" else 0.0)  # a blank frame reads action 0, never taken

@@ -73,6 +73,14 @@ def test_autoencoder_loss_falls(tmp_path, dataset):
     acc = [r["pixel_acc"] for r in recs if "pixel_acc" in r]
     assert acc[0] < 0.1 and max(acc[-3:]) > 0.3, acc
     assert latest_checkpoint(tmp_path / "ae").name == "step_00000040"
+    # a finished run is left alone when run again, even with a smaller train.steps: no second final
+    # evaluation in its log, its final checkpoint keeps the config it was trained under
+    log_before = (tmp_path / "ae" / "metrics.jsonl").read_text()
+    meta_file = tmp_path / "ae" / "checkpoints" / "step_00000040" / "meta.json"
+    meta_before = meta_file.read_text()
+    r = run_trainer("autoencoder", tiny_ae_config(tmp_path, dataset, "ae", steps=20, precision="fp32", lr=0.01))
+    assert "nothing to do" in r.stdout
+    assert (tmp_path / "ae" / "metrics.jsonl").read_text() == log_before and meta_file.read_text() == meta_before
 
 
 def test_resume_after_kill_continues_the_same_curve(tmp_path, dataset):

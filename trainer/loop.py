@@ -198,6 +198,14 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         stage.load_data_state(state["data"])
         set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
         step = int(state["step"])
+        if _meta.get("final") and step >= cfg.steps:
+            # a finished run is left as it is: no second final evaluation, and its last checkpoint keeps
+            # the config it was trained under (a smaller train.steps must not overwrite it)
+            if info.is_main:
+                print(f"[{stage.name}] {ckpt} is the final checkpoint of a finished run (step {step}, "
+                      f"train.steps={cfg.steps}): nothing to do")
+            return {"stage": stage.name, "steps": step, "checkpoint": str(ckpt),
+                    "wall_s_total": float(_meta.get("wall_s_total", 0.0)), "already_complete": True}
         if info.is_main:
             print(f"[{stage.name}] resumed from {ckpt} at step {step}"
                   f"{' (sharded state)' if sharded else ''}")

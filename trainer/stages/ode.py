@@ -74,29 +74,31 @@ def solve_teacher_ode(teacher: nn.Module, x0: torch.Tensor, actions: torch.Tenso
     a forward) and each step runs only the noisy frames: about half the work of a full
     teacher-forcing forward per step, the same velocities."""
     B, F = x0.shape[:2]
-    zeros = torch.zeros(B, F, device=x0.device)
     null = torch.full_like(actions, null_action)
+    passes = 1 if cfg_scale == 1.0 else 2
     net = getattr(teacher, "net", teacher)
+    x, saved, nfe = noise, [], 0
     if isinstance(net, FrameTransformer):
         # the clean half of [clean || noisy] does not change along the solve: its keys/values once
+        # (these context passes count as forwards)
         ctx_c = net.teacher_context(x0, actions)
-        ctx_u = net.teacher_context(x0, null) if cfg_scale != 1.0 else None
+        ctx_u = net.teacher_context(x0, null) if passes == 2 else None
+        nfe += B * passes
 
         def v_of(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
             return net.forward_noisy(x, s, actions if conditional else null, ctx_c if conditional else ctx_u)
-    else:
+    else:  # any other teacher-forcing module: the whole [clean || noisy] forward every step
+        zeros = torch.zeros(B, F, device=x0.device)
+
         def v_of(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
             return teacher(x0, x, s, actions if conditional else null, zeros)
-    x, saved, nfe = noise, [], 0
-    if isinstance(net, FrameTransformer):  # the context passes count as forwards
-        nfe += B * (1 if cfg_scale == 1.0 else 2)
     for j in range(len(grid) - 1):
         if j in keep:
             saved.append(x.clone())
         s, s2 = torch.full((B, F), float(grid[j])), torch.full((B, F), float(grid[j + 1]))
         v_c = v_of(x, s, True).float()
-        v_u = v_of(x, s, False).float() if cfg_scale != 1.0 else None
-        nfe += B * (1 if v_u is None else 2)
+        v_u = v_of(x, s, False).float() if passes == 2 else None
+        nfe += B * passes
         x = teacher_cfg_euler_step(x, v_c, v_u, s, s2, cfg_scale)
     return x, saved, nfe
 
