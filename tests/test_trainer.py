@@ -81,6 +81,15 @@ def test_autoencoder_loss_falls(tmp_path, dataset):
     r = run_trainer("autoencoder", tiny_ae_config(tmp_path, dataset, "ae", steps=20, precision="fp32", lr=0.01))
     assert "nothing to do" in r.stdout
     assert (tmp_path / "ae" / "metrics.jsonl").read_text() == log_before and meta_file.read_text() == meta_before
+    # a new run can start from a trained autoencoder's weights (e.g. the shipped one, to train it further)
+    from trainer.stages.autoencoder import AutoencoderStage
+
+    cont = load_config(AutoencoderExperiment, cfg, {"init": str(tmp_path / "ae"), "run_dir": str(tmp_path / "ae2")})
+    trained = load_weights(latest_checkpoint(tmp_path / "ae"))  # this tiny config keeps no EMA
+    assert all(torch.equal(v, trained[k]) for k, v in AutoencoderStage(cont).net.state_dict().items())
+    other = load_config(AutoencoderExperiment, cfg, {"init": str(tmp_path / "ae"), "model.latent_channels": 4})
+    with pytest.raises(CheckpointError, match="does not fit the model config"):
+        AutoencoderStage(other)
 
 
 def test_resume_after_kill_continues_the_same_curve(tmp_path, dataset):

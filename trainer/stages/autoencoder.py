@@ -48,6 +48,9 @@ class AutoencoderExperiment:
     loss: AELossConfig = field(default_factory=AELossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_frames: int = 512
+    # start from these weights (a run, checkpoint or shipped .safetensors with the same model config),
+    # e.g. to continue training a shipped autoencoder in a new session; ignored when the run resumes
+    init: str = ""
 
 
 def image_grad_loss(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -127,6 +130,12 @@ class AutoencoderStage:
             colors, covered = measure_palette(self.frames, cfg.model.palette_size)
             self.net.set_palette(torch.from_numpy(colors))
             print(f"[autoencoder] palette of {cfg.model.palette_size} colours covers {100 * covered:.2f}% of pixels")
+        if cfg.init:
+            from trainer.checkpoint import load_into, load_weights, resolve_full
+
+            weights, _ = resolve_full(cfg.init)
+            load_into(self.net, load_weights(weights), str(weights))
+            print(f"[autoencoder] initialised from {weights}")
 
     # -- Stage protocol
     def model(self) -> nn.Module:
