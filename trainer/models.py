@@ -23,6 +23,15 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return state
 
 
+def init_from(net: torch.nn.Module, path: str | Path, what: str) -> Path:
+    """Load the weights of a run, checkpoint or shipped file into a new stage's ``net`` (``init``:
+    continue training from trained weights); the model config must match. Returns the weights file."""
+    weights, _ = resolve_full(path)
+    load_into(net, _strip(load_weights(weights), "net."), str(weights))
+    print(f"[{what}] initialised from {weights}")
+    return weights
+
+
 def load_world_model(path: str | Path, device: str | torch.device = "cpu"
                      ) -> tuple[FrameTransformer, dict[str, Any], str]:
     """The frame transformer at ``path`` (eval, frozen, fp32), its full config and weights id."""

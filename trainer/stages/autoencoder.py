@@ -131,11 +131,9 @@ class AutoencoderStage:
             self.net.set_palette(torch.from_numpy(colors))
             print(f"[autoencoder] palette of {cfg.model.palette_size} colours covers {100 * covered:.2f}% of pixels")
         if cfg.init:
-            from trainer.checkpoint import load_into, load_weights, resolve_full
+            from trainer.models import init_from
 
-            weights, _ = resolve_full(cfg.init)
-            load_into(self.net, load_weights(weights), str(weights))
-            print(f"[autoencoder] initialised from {weights}")
+            init_from(self.net, cfg.init, "autoencoder")
 
     # -- Stage protocol
     def model(self) -> nn.Module:

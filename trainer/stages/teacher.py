@@ -152,12 +152,9 @@ class TeacherStage:
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.net = FrameTransformer(cfg.model)
         if cfg.init:
-            from trainer.checkpoint import load_into, load_weights, resolve_full
-            from trainer.models import _strip
+            from trainer.models import init_from
 
-            weights, _ = resolve_full(cfg.init)
-            load_into(self.net, _strip(load_weights(weights), "net."), str(weights))
-            print(f"[teacher] initialised from {weights}")
+            init_from(self.net, cfg.init, "teacher")
         self.wrapped = _TeacherForcing(self.net)
 
     def model(self) -> nn.Module:
