@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     info = init_distributed(args.device)
+    clean = False
     try:
         import torch
 
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         # so that their checkpoints load like a teacher's (evaluation, the dream, export)
         config.update(getattr(stage, "config_extra", lambda: {})())
         train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh)
+        clean = True
     finally:
-        shutdown(info)
+        shutdown(info, clean)  # after an error, no barrier: the other ranks may never reach it
     return 0
 
 

@@ -64,8 +64,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, clean: bool = True) -> None:
+    """Tear the process group down. After a clean run every rank first waits for the others:
+    a rank that destroys its gloo group and exits while a peer still talks to it can make the
+    peer's gloo thread abort the process ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
