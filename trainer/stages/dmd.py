@@ -186,7 +186,7 @@ class DMDStage:
             fl.backward()
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
             self.fake_opt.step()
-            fake_losses.append(float(fl))
+            fake_losses.append(float(fl.detach()))
         # generator: distribution matching gradient on a noised generated clip
         s = dmd_sigma(B, self.shift, self.cfg.dmd.sigma_min, self.cfg.dmd.sigma_max, self.gen).to(dev)
         sigma = s[:, None].expand(B, F)
