@@ -70,7 +70,7 @@ def shutdown(info: DistInfo, clean: bool = True) -> None:
     peer's gloo thread abort the process ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
         if clean:
-            dist.barrier()
+            barrier(info)
         dist.destroy_process_group()
 
 
