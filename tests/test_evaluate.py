@@ -223,3 +223,28 @@ def test_idm_ae_accuracy_reads_the_autoencoder_reconstructions(monkeypatch, ae_k
     r = E.fidelity(real, gen, C, ae=None, idm=object(), world="gym:stub", num_actions=A)
     assert r["idm_real_accuracy"] == 1.0
     assert r["idm_ae_accuracy"] == (1.0 if ae_kind == "exact" else 0.0)  # a blank frame reads action 0, never taken
+
+
+def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
+    """action_accuracy_switch/_hold: a dream that follows a held key but not a new press scores
+    1 on held keys and 0 on changes; the overall accuracy is their share-weighted mean."""
+    import trainer.evaluate as E
+
+    M_, T, C, A = 2, 10, 2, 4
+    actions = np.array([[1, 1, 1, 2, 2, 2, 3, 3, 1, 1], [2, 2, 2, 2, 1, 1, 1, 1, 1, 3]])
+    frames = np.zeros((M_, T, 16, 16, 3), np.uint8)
+    frames[..., 0, 0, 0] = actions  # the stub IDM reads the action from the new frame's first pixel
+    real = E.Rollouts(frames=frames, actions=actions, effective=actions.copy(), player=np.full((M_, T, 2), np.nan),
+                      content=None, seeds=[1, 2], policies=["p"] * M_)
+    monkeypatch.setattr(E, "_idm_predict", lambda idm, prev, cur: cur.reshape(-1, *cur.shape[-3:])[:, 0, 0, 0] % A)
+    monkeypatch.setattr(E, "reconstruct", lambda ae, f: f.copy())
+    gen = frames[:, C:].copy()
+    gen[..., 0, 0, 0] = actions[:, C - 1:T - 1]  # the dream repeats the previous key: wrong only where it changed
+    r = E.fidelity(real, gen, C, ae=None, idm=object(), world="gym:stub", num_actions=A)
+    switch = actions[:, C:] != actions[:, C - 1:-1]
+    assert r["switch_share"] == pytest.approx(switch.mean()) and 0 < r["switch_share"] < 1
+    assert r["action_accuracy_hold"] == 1.0 and r["action_accuracy_switch"] == 0.0
+    assert r["idm_real_accuracy_hold"] == r["idm_real_accuracy_switch"] == 1.0
+    assert r["action_accuracy"] == pytest.approx(1 - r["switch_share"])
+    assert E._pair(r, "action_accuracy_switch", "action_accuracy_hold") == "0.00 / 1.00"
+    assert E._pair({}, "action_accuracy_switch", "action_accuracy_hold") is None  # an older report

@@ -345,8 +345,18 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         conf = np.zeros((num_actions, num_actions), np.int64)
         np.add.at(conf, (true, pred_g), 1)
         r["action_confusion"] = conf.tolist()
+        # where the actions are lost: transitions whose key press changed vs those that held it
+        # (in a game with momentum, a held key is mostly visible in the context's motion already)
+        switch = (real.actions[:, C:C + Hn] != real.actions[:, C - 1:C + Hn - 1]).reshape(-1)
+        r["switch_share"] = float(switch.mean())
+        for name, sel in (("switch", switch), ("hold", ~switch)):
+            r[f"action_accuracy_{name}"] = float((pred_g == true)[sel].mean()) if sel.any() else None
+            r[f"idm_real_accuracy_{name}"] = float((pred_r == true)[sel].mean()) if sel.any() else None
     else:
         r["action_accuracy"] = r["idm_real_accuracy"] = r["idm_ae_accuracy"] = r["action_confusion"] = None
+        for k in ("switch_share", "action_accuracy_switch", "action_accuracy_hold", "idm_real_accuracy_switch",
+                  "idm_real_accuracy_hold"):
+            r[k] = None
     return r
 
 
@@ -517,6 +527,13 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def _pair(report: dict[str, Any], a: str, b: str) -> str | None:
+    """'x / y' of two report fields (older reports lack them: None)."""
+    if report.get(a) is None and report.get(b) is None:
+        return None
+    return f"{_fmt(report.get(a))} / {_fmt(report.get(b))}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     s = report["sampler"]
     rows = [
@@ -529,6 +546,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("sharpness ratio 1-16", report["sharpness_ratio_16"], None, report["ae_sharpness_ratio"]),
         ("action accuracy (IDM)", report["action_accuracy"], None, report["idm_real_accuracy"]),
         ("action accuracy on AE reconstructions", report.get("idm_ae_accuracy"), None, report["idm_real_accuracy"]),
+        ("action accuracy, key changed / held", _pair(report, "action_accuracy_switch", "action_accuracy_hold"),
+         None, _pair(report, "idm_real_accuracy_switch", "idm_real_accuracy_hold")),
         ("gap closed at step 1", report["gap_closed_1"], None, None),
         ("Fréchet early / late", f"{_fmt(report['frechet_early'])} / {_fmt(report['frechet_late'])}", None, None),
         ("revisit PSNR (dB)", report["revisit_psnr"], report["copy_last_revisit_psnr"], None),
