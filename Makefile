@@ -71,7 +71,7 @@ external-report: dataset-doom-heldout
 	mkdir -p docs/media
 	$(PY) -m trainer.evaluate --checkpoint assets/checkpoints/doom_basic_dream.safetensors --world $(EXTERNAL_WORLD) \
 		--idm assets/checkpoints/doom_basic_idm.safetensors --rollouts data/datasets/vizdoombasic-heldout-v0 \
-		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 16 --long-episodes 4 --long-horizon 64 \
+		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 48 --long-episodes 4 --long-horizon 64 \
 		--strip docs/media/external_strip.png --out benchmarks/results/external.json
 
 # The few-step variants of ALGORITHMS section 5 distilled from the shipped teacher on this CPU
