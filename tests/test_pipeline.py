@@ -41,6 +41,13 @@ def finished(tmp_path_factory) -> Path:
 def test_pipeline_ends_with_a_playable_checkpoint_and_skips_finished_stages(finished, tmp_path):
     assert (finished / "dream.safetensors").is_file() and (finished / "dream.yaml").is_file()
     assert (finished / "report.json").is_file()
+    # the card lists the recorded stage commands it was built from, upstream first (pasteable)
+    import yaml
+
+    card = yaml.safe_load((finished / "dream.yaml").read_text())
+    stages = [c.split()[3] for c in card["commands"]]
+    assert stages == ["autoencoder", "teacher", "cd", "dmd"], card["commands"]
+    assert all(c.startswith("python -m trainer ") and "--config" in c for c in card["commands"])
     r = pipeline(finished)
     assert r.returncode == 0
     for stage in ("record", "autoencoder", "teacher", "cd", "dmd", "heads", "evaluate", "export"):

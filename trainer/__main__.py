@@ -7,7 +7,11 @@ NCCL on GPU). A run resumes from its latest checkpoint unless ``--fresh`` is giv
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+import time
+from pathlib import Path
 
 from trainer.config import ConfigError, load_config, parse_overrides, to_dict
 from trainer.distributed import init_distributed, shutdown
@@ -35,6 +39,20 @@ def build(stage: str, config: str, overrides: dict):
     return load_config(getattr(mod, exp_name), config, overrides), getattr(mod, stage_name)
 
 
+COMMANDS_FILE = "commands.jsonl"
+
+
+def record_command(run_dir: str, argv: list[str], fresh: bool = False) -> None:
+    """Append this invocation to ``RUN_DIR/commands.jsonl`` (one line per start or resume), so that
+    ``trainer.export`` can write the exact, pasteable commands of a run and its upstream runs."""
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    rec = {"command": shlex.join(["python", "-m", "trainer", *argv]),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fresh": fresh}
+    with open(path / COMMANDS_FILE, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0])
     p.add_argument("stage", help=f"one of {list(STAGES)}")
@@ -43,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     try:
         cfg, stage_cls = build(args.stage, args.config, parse_overrides(args.overrides))
@@ -54,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     info = init_distributed(args.device)
+    if info.is_main:
+        record_command(cfg.run_dir, argv, args.fresh)
     clean = False
     try:
         import torch

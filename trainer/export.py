@@ -50,6 +50,45 @@ def _eval_curve(run: Path) -> list[dict[str, Any]]:
     return out
 
 
+# config keys that name the runs a stage was built from (autoencoder, weights, teacher, generator, ODE data)
+UPSTREAM_KEYS = ("autoencoder", "init", "teacher", "generator", "trajectories")
+
+
+def run_commands(run: Path) -> list[str]:
+    """The distinct commands recorded in ``RUN/commands.jsonl`` since the run's last fresh start."""
+    f = run / "commands.jsonl"
+    if not f.is_file():
+        return []
+    recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    starts = [i for i, r in enumerate(recs) if r.get("fresh")]
+    out: list[str] = []
+    for r in recs[starts[-1] if starts else 0:]:
+        if r["command"] not in out:
+            out.append(r["command"])
+    return out
+
+
+def command_lineage(run: Path, config: dict[str, Any]) -> list[str]:
+    """The recorded commands of the runs this one was built from (upstream first), then its own:
+    a pasteable recipe for the whole chain (runs without a record, e.g. shipped files, are skipped)."""
+    seen: set[Path] = set()
+
+    def walk(path: Path, cfg: dict[str, Any]) -> list[str]:
+        key = path.resolve()
+        if key in seen:
+            return []
+        seen.add(key)
+        out: list[str] = []
+        for k in UPSTREAM_KEYS:
+            up = Path(str(cfg.get(k) or ""))
+            if str(up) not in ("", ".") and up.is_dir():
+                conf = up / "config.json"
+                out += walk(up, json.loads(conf.read_text()) if conf.is_file() else {})
+        return out + [c for c in run_commands(path) if c not in out]
+
+    return walk(run, config)
+
+
 def _loss_curve(run: Path, every: int) -> list[list[float]]:
     out = []
     f = run / "metrics.jsonl"
@@ -210,7 +249,8 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),
         # a copy of the tree whose .git is not the code's (e.g. on a lent GPU machine) passes the commit in
         "git_commit": os.environ.get("DREAMSTEP_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "command": command,
+        "command": command or " && ".join(run_commands(run)) or None,
+        "commands": command_lineage(run, config),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": json.loads(json.dumps(config.get("data"))),  # a copy: no YAML anchors
         "config": config,
