@@ -21,7 +21,7 @@ from model.transformer import FrameTransformer, KVCache, RingKVCache
 class SamplerConfig:
     kind: str = "euler"      # "euler" (multi-step ODE, CFG) or "consistency" (few-step)
     steps: int = 48
-    cfg: float = 1.0         # action guidance scale (euler only)
+    cfg: float = 1.0         # action guidance scale (consistency: on each step's x0, off at 1.0)
     shift: float = 3.0
     first_frame_steps: int = 0  # consistency: steps for the first generated frame (0 = same)
 
@@ -126,6 +126,8 @@ class Session:
             steps = sampler.steps
             if self.generated == 0 and sampler.first_frame_steps:
                 steps = sampler.first_frame_steps
+            if sampler.cfg != 1.0:  # guidance on each step's prediction (x0 is affine in v at one sigma)
+                v = _guided(v, torch.full_like(actions, self.cfg.null_action), sampler.cfg)
             x0 = flow.sample_consistency(v, noise, actions, flow.step_list(steps, sampler.shift), self.gen)
         if write:
             self.write(x0, actions, defer=fuse)
@@ -168,6 +170,15 @@ class Session:
             self.gen.set_state(snap["gen"])  # type: ignore[arg-type]
         pending = snap.get("pending")
         self.pending = None if pending is None else tuple(t.clone() for t in pending)  # type: ignore[assignment]
+
+
+def _guided(v, null: torch.Tensor, scale: float):
+    """The velocity function with action CFG: conditional and null-action calls in one batch."""
+    def vg(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        both = v(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([actions, null]))
+        return flow.cfg_velocity(both[:B], both[B:], scale)
+    return vg
 
 
 def _euler_cfg(v, noise: torch.Tensor, actions: torch.Tensor, null: torch.Tensor, sigmas: torch.Tensor,

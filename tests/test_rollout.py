@@ -51,6 +51,29 @@ def test_one_euler_step_equals_x0_prediction_of_the_full_forward():
     assert torch.allclose(out, noise - v, atol=1e-5)
 
 
+def test_guided_one_step_consistency_is_cfg_on_the_x0_predictions():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(1, 3, 3, 4, 4, generator=g)
+    acts = torch.tensor([[0, 1, 2, 3]])
+    null = torch.full_like(acts, model.cfg.null_action)
+    noise = torch.randn(1, 1, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    x_noisy = torch.cat([ctx, noise], 1)
+    sigma = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    clean = torch.cat([ctx, torch.zeros_like(noise)], 1)
+    with torch.no_grad():
+        x0_c = noise - model.forward_teacher(clean, x_noisy, sigma, acts)[:, 3:]
+        x0_u = noise - model.forward_teacher(clean, x_noisy, sigma, torch.cat([acts[:, :3], null[:, 3:]], 1))[:, 3:]
+    outs = {}
+    for scale in (1.0, 2.5):
+        s = Session(model, batch=1, generator=torch.Generator().manual_seed(5))
+        s.prime(ctx, acts[:, :3])
+        outs[scale] = s.generate(acts[:, 3:], SamplerConfig("consistency", steps=1, shift=1.0, cfg=scale))
+    assert torch.allclose(outs[1.0], x0_c, atol=1e-5)  # cfg 1: the plain conditional prediction
+    assert torch.allclose(outs[2.5], x0_u + 2.5 * (x0_c - x0_u), atol=1e-5)
+    assert not torch.allclose(outs[2.5], outs[1.0], atol=1e-3)
+
+
 @pytest.mark.parametrize("cache", ["ring", "dynamic"])
 def test_reset_rows_restarts_one_row_and_leaves_the_others_undisturbed(cache):
     model = tiny_model(window=4)

@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=HORIZON)
     p.add_argument("--sampler", choices=["euler", "consistency"], default="euler")
     p.add_argument("--steps", type=int, default=48)
-    p.add_argument("--cfg", type=float, default=1.0, help="action CFG scale (euler)")
+    p.add_argument("--cfg", type=float, default=1.0, help="action CFG scale (euler; consistency: on each step, 1 = off)")
     p.add_argument("--shift", type=float, default=None, help="default: the checkpoint's training shift")
     p.add_argument("--first-frame-steps", type=int, default=0)
     p.add_argument("--idm", help="IDM checkpoint (default: the shipped one, else runs/<world>_idm)")
