@@ -145,6 +145,9 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     nfe = [x["teacher_nfe"] for x in recs if "teacher_nfe" in x]
     assert nfe[-1] == 6 * 4 * 2  # one cond + one uncond teacher forward per sample with CFG
     assert any("eval/x0_mse_2step" in x for x in recs)
+    # the recorded config keeps the CD loss settings beside the resolved shift the world loads with
+    loss = json.loads((tmp_path / "cd" / "config.json").read_text())["loss"]
+    assert loss["cfg"] == 2.0 and loss["n_points"] == 8 and loss["shift"] == 3.0
     ck = latest_checkpoint(tmp_path / "cd")
     tgt = load_weights(ck, "target")
     student = load_weights(ck, "model")

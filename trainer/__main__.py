@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         config = to_dict(cfg)
         # distillation stages record the world model they make (model config, autoencoder, sampler),
         # so that their checkpoints load like a teacher's (evaluation, the dream, export)
-        config.update(getattr(stage, "config_extra", lambda: {})())
+        # (merged into the stage's own sections: a CD run's loss keeps its cfg and grid beside the shift)
+        for key, value in getattr(stage, "config_extra", lambda: {})().items():
+            mine = config.get(key)
+            config[key] = {**mine, **value} if isinstance(mine, dict) and isinstance(value, dict) else value
         train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh)
         clean = True
     finally:
