@@ -37,7 +37,7 @@ def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher
     if name == "teacher" or s.get("kind", "euler") == "euler":
         return SamplerConfig(kind="euler", steps=teacher_steps, cfg=teacher_cfg, shift=shift)
     return SamplerConfig(kind="consistency", steps=int(s.get("steps", 2)), shift=shift,
-                         first_frame_steps=int(s.get("first_frame_steps", 0)))
+                         cfg=float(s.get("cfg", 1.0)), first_frame_steps=int(s.get("first_frame_steps", 0)))
 
 
 def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int) -> tuple[float, list[float]]:

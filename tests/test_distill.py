@@ -176,7 +176,8 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     # ship the teacher and the CF++ student, then compare them in one run (tiny protocol)
     ship = tmp_path / "ship"
     for run_name, name, extra in (("ae", "ae", []), ("teacher", "teacher", []), ("dmd", "cfpp_frame2", []),
-                                  ("ode", "ode_frame2", [])):
+                                  ("ode", "ode_frame2", []),
+                                  ("dmd", "guided", ["--set", "sampler={kind: consistency, steps: 2, cfg: 1.5}"])):
         r = subprocess.run([sys.executable, "-m", "trainer.export", "--run", str(tmp_path / run_name), "--name", name,
                             "--out-dir", str(ship), *extra], cwd=ROOT, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -185,6 +186,8 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     card = yaml.safe_load((ship / "cfpp_frame2.yaml").read_text())
     assert card["stage2"]["method"] == "causal_cd" and card["stage2"]["teacher_nfe"] == 6 * 4 * 2
     assert card["stage2"]["bytes_stored"] == 0 and card["config"]["sampler"]["first_frame_steps"] == 4
+    # the guidance a student plays with is set at export, as a mapping
+    assert yaml.safe_load((ship / "guided.yaml").read_text())["config"]["sampler"]["cfg"] == 1.5
     # the CD student's quality against its Stage 2 cost (evaluations at steps 3 and 6)
     qc = card["stage2"]["quality_vs_cost"]
     assert [q["step"] for q in qc] == [3, 6] and [q["teacher_nfe"] for q in qc] == [24, 48]

@@ -85,6 +85,24 @@ def test_bad_dream_settings_are_clear(checkpoint, tmp_path):
         make_world("dream", checkpoint=checkpoint, stepz=2)
 
 
+def test_the_card_sampler_guidance_is_the_default(checkpoint, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    src = Path(checkpoint)
+    card = yaml.safe_load(src.with_suffix(".yaml").read_text())
+    card["config"]["sampler"] = {"kind": "consistency", "steps": 1, "cfg": 1.5}
+    shutil.copy(src, tmp_path / "g.safetensors")
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(card))
+    ck = str(tmp_path / "g.safetensors")
+    assert make_world("dream", checkpoint=ck).sampler.cfg == 1.5  # the card's sampler and its guidance
+    assert make_world("dream", checkpoint=ck, cfg=2.0).sampler.cfg == 2.0  # an explicit setting wins
+    assert make_world("dream", checkpoint=ck, sampler="euler").sampler.cfg == 1.0  # not the student's guidance
+    assert make_world("dream", checkpoint=checkpoint).sampler.cfg == 1.0  # a card without one: off
+    with pytest.raises(InvalidSettingError, match="cfg"):
+        make_world("dream", checkpoint=ck, cfg=-1.0)
+
+
 def _write_heads(d, ae_path: str, latent_channels: int, term_bias: float) -> str:
     from model.heads import HeadsConfig, RewardHeads
 

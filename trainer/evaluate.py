@@ -601,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=HORIZON)
     p.add_argument("--sampler", choices=["euler", "consistency"], default="euler")
     p.add_argument("--steps", type=int, default=48)
-    p.add_argument("--cfg", type=float, default=1.0, help="action CFG scale (euler; consistency: on each step, 1 = off)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="action CFG scale on each sampling step (1 = off); default: the card's sampler cfg when "
+                        "--sampler is the card's kind, else 1")
     p.add_argument("--shift", type=float, default=None, help="default: the checkpoint's training shift")
     p.add_argument("--first-frame-steps", type=int, default=0)
     p.add_argument("--idm", help="IDM checkpoint (default: the shipped one, else runs/<world>_idm)")
@@ -623,12 +625,14 @@ def main(argv: list[str] | None = None) -> int:
     from world.core import WorldError
 
     try:
-        shift = args.shift
-        if shift is None:
-            from trainer.models import resolve_full
+        from trainer.models import resolve_full
 
-            shift = float(resolve_full(args.checkpoint)[1].get("loss", {}).get("shift", 3.0))
-        sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg=args.cfg, shift=shift,
+        card = resolve_full(args.checkpoint)[1]
+        shift = args.shift if args.shift is not None else float(card.get("loss", {}).get("shift", 3.0))
+        card_sampler = card.get("sampler", {}) or {}
+        cfg = args.cfg if args.cfg is not None else (
+            float(card_sampler.get("cfg", 1.0)) if card_sampler.get("kind") == args.sampler else 1.0)
+        sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg=cfg, shift=shift,
                                 first_frame_steps=args.first_frame_steps)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,

@@ -168,6 +168,11 @@ def _curve(specs: list[str]) -> list[dict[str, Any]]:
     return sorted(curve, key=lambda r: r["step"] or 0)
 
 
+def _yaml_value(value: Any) -> Any:
+    """A --set value: a mapping or list written as YAML (e.g. the sampler the card plays with), else the string."""
+    return yaml.safe_load(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+
 def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_reports: list[str] | None = None,
              continued_from: str | None = None, notes: str | None = None, name: str | None = None,
              rewrite: dict[str, str] | None = None) -> Path:
@@ -181,8 +186,7 @@ def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_
     if name:
         card["name"], card["weights"] = name, f"{name}.safetensors"
     for key, value in (rewrite or {}).items():  # "card.FIELD" sets a field of the card itself
-        if isinstance(value, str) and value[:1] in "{[":  # a mapping or list, written as YAML
-            value = yaml.safe_load(value)
+        value = _yaml_value(value)
         if key.startswith("card."):
             card[key[5:]] = value
         else:
@@ -237,7 +241,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         if learned:
             config["world_settings"] = learned  # the real world it learned, for clones without the data
     for key, value in (rewrite or {}).items():  # e.g. autoencoder -> the shipped autoencoder
-        config[key] = value
+        config[key] = _yaml_value(value)
     card: dict[str, Any] = {
         "name": name,
         "stage": meta.get("stage"),

@@ -36,7 +36,7 @@ class DreamSettings:
     checkpoint: str = str(DEFAULT_CHECKPOINT)
     sampler: str = "auto"        # "euler" (teacher), "consistency" (students) or "auto" (from the card)
     steps: int = 0               # sampling steps per frame; 0 = the checkpoint's default
-    cfg: float = 1.0             # action guidance (euler)
+    cfg: float = 0.0             # action guidance on each step; 0 = the card's sampler cfg (else 1 = off)
     context: int = 1             # real frames the dream starts from
     max_steps: int = 1000
     noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
@@ -51,6 +51,8 @@ class DreamSettings:
             raise InvalidSettingError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise InvalidSettingError("device 'cuda' was asked for but CUDA is not available here; use 'cpu'")
+        if self.cfg < 0:
+            raise InvalidSettingError(f"cfg must be >= 0 (0: the checkpoint's own, 1: off), got {self.cfg!r}")
         if self.steps < 0 or self.context < 1 or self.max_steps < 1:
             raise InvalidSettingError(
                 f"need steps >= 0, context >= 1, max_steps >= 1; got {self.steps}, {self.context}, {self.max_steps}")
@@ -87,7 +89,10 @@ class DreamWorld(World):
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
         first = int(self.config.get("sampler", {}).get("first_frame_steps", 0)) if kind == "consistency" else 0
-        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=s.cfg, shift=shift, first_frame_steps=first)
+        card_sampler = self.config.get("sampler", {}) or {}
+        # the card's guidance belongs to its own sampler kind (a student's cfg is not the teacher's)
+        cfg = s.cfg or (float(card_sampler.get("cfg", 1.0)) if card_sampler.get("kind", kind) == kind else 1.0)
+        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=cfg, shift=shift, first_frame_steps=first)
         self.real_world_name = self.config.get("world", "adventure")
         self.real_settings = _recorded_settings(self.config, self.real_world_name)
         from world import make_world
