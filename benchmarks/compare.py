@@ -31,13 +31,14 @@ DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chun
 
 def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher_cfg: float):
     from model.rollout import SamplerConfig
+    from trainer.models import card_guidance
 
     shift = float(card_cfg.get("loss", {}).get("shift", 3.0))
     s = card_cfg.get("sampler") or {}
     if name == "teacher" or s.get("kind", "euler") == "euler":
         return SamplerConfig(kind="euler", steps=teacher_steps, cfg=teacher_cfg, shift=shift)
     return SamplerConfig(kind="consistency", steps=int(s.get("steps", 2)), shift=shift,
-                         cfg=float(s.get("cfg", 1.0)), first_frame_steps=int(s.get("first_frame_steps", 0)))
+                         cfg=card_guidance(card_cfg, "consistency"), first_frame_steps=int(s.get("first_frame_steps", 0)))
 
 
 def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int) -> tuple[float, list[float]]:

@@ -101,6 +101,11 @@ def test_the_card_sampler_guidance_is_the_default(checkpoint, tmp_path):
     assert make_world("dream", checkpoint=checkpoint).sampler.cfg == 1.0  # a card without one: off
     with pytest.raises(InvalidSettingError, match="cfg"):
         make_world("dream", checkpoint=ck, cfg=-1.0)
+    from trainer.models import card_guidance
+
+    # the same rule serves trainer.evaluate and benchmarks.compare
+    assert card_guidance(card["config"], "consistency") == 1.5 and card_guidance(card["config"], "euler") == 1.0
+    assert card_guidance({"sampler": {"cfg": 3.0}}, "euler") == 3.0 and card_guidance({}, "consistency") == 1.0
 
 
 def _write_heads(d, ae_path: str, latent_channels: int, term_bias: float) -> str:

@@ -625,13 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     from world.core import WorldError
 
     try:
-        from trainer.models import resolve_full
+        from trainer.models import card_guidance, resolve_full
 
         card = resolve_full(args.checkpoint)[1]
         shift = args.shift if args.shift is not None else float(card.get("loss", {}).get("shift", 3.0))
-        card_sampler = card.get("sampler", {}) or {}
-        cfg = args.cfg if args.cfg is not None else (
-            float(card_sampler.get("cfg", 1.0)) if card_sampler.get("kind") == args.sampler else 1.0)
+        cfg = args.cfg if args.cfg is not None else card_guidance(card, args.sampler)
         sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg=cfg, shift=shift,
                                 first_frame_steps=args.first_frame_steps)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,

@@ -78,3 +78,12 @@ def default_idm(world: str) -> Path | None:
         if cand.exists():
             return cand
     return None
+
+
+def card_guidance(config: dict[str, Any], kind: str) -> float:
+    """The action guidance a model card's sampler plays with, for a sampler of ``kind``: the card's
+    ``sampler.cfg`` when ``kind`` is the card's own sampler kind (a card without a sampler is a
+    teacher's: euler), else 1 (off); a student's guidance is not the teacher's."""
+    card_sampler = config.get("sampler") or {}
+    return float(card_sampler.get("cfg", 1.0)) if card_sampler.get("kind", "euler") == kind else 1.0
+

@@ -66,7 +66,7 @@ class DreamWorld(World):
         super().__init__()
         from model.rollout import SamplerConfig
         from trainer.latents import load_autoencoder
-        from trainer.models import load_world_model
+        from trainer.models import card_guidance, load_world_model
 
         self.settings = settings_from_kwargs(DreamSettings, settings, self.name)
         s = self.settings
@@ -89,9 +89,7 @@ class DreamWorld(World):
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
         first = int(self.config.get("sampler", {}).get("first_frame_steps", 0)) if kind == "consistency" else 0
-        card_sampler = self.config.get("sampler", {}) or {}
-        # the card's guidance belongs to its own sampler kind (a student's cfg is not the teacher's)
-        cfg = s.cfg or (float(card_sampler.get("cfg", 1.0)) if card_sampler.get("kind", kind) == kind else 1.0)
+        cfg = s.cfg or card_guidance(self.config, kind)
         self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=cfg, shift=shift, first_frame_steps=first)
         self.real_world_name = self.config.get("world", "adventure")
         self.real_settings = _recorded_settings(self.config, self.real_world_name)
