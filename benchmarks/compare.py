@@ -234,51 +234,92 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
                          f"({m.get('wall_ratio', float('nan')):.2f} x), nothing stored.")
         else:
             lines.append(f"Causal CD does not reach it in its run: best {m['cd_best']:.4g}, final {m['cd_final']:.4g}.")
-        if report.get("stage2_flow_map"):
+        if stage2_maps(report):
             lines.append("This quality rewards the conditional mean of the next frame, which neither method is "
                          "trained towards (the ODE student regresses sampled teacher endpoints); the flow-map "
                          "comparison below measures the map both learn.")
         lines.append("")
-    f = report.get("stage2_flow_map")
-    if f and f.get("matched"):
-        fm, ode, pr = f["matched"], f["causal_ode"], f["protocol"]
-        lines += ["## Stage 2 cost at equal flow-map error", "",
-                  f"From `{f['command']}`: on {pr['windows']} held-out windows, teacher-forced, the MSE between a "
-                  f"student's 1-step prediction from noise and the teacher's own {pr['solve_steps']}-step solution "
-                  f"from the same noise (CFG {pr['cfg']}), the map both Stage 2 methods learn. The causal ODE "
-                  f"student: {ode['flow_mse_1step']:.4g} after {ode['teacher_nfe']} teacher forwards, {ode['wall_s']} s "
-                  f"and {ode['bytes_stored']} bytes stored.", "",
-                  "| causal CD step | teacher forwards | wall (s) | wall where the ODE student was timed (s) | "
-                  "flow-map MSE | x0 MSE vs ground truth |", "|---|---|---|---|---|---|"]
-        for p in f["causal_cd"]["curve"]:
-            lines.append(f"| {p['step']} | {p['teacher_nfe']} | {p['wall_s']} | {p.get('card_wall_s', 'n/a')} | "
-                         f"{p['flow_mse_1step']:.4g} | {p['x0_mse_1step']:.4g} |")
-        lines.append("")
-        if fm["reached"]:
-            lines.append(f"Causal CD reaches the ODE student's flow-map error at step {fm['cd_step']}: "
-                         f"{fm.get('nfe_ratio', float('nan')):.2f} x its teacher forwards, "
-                         f"{fm.get('wall_ratio', float('nan')):.2f} x its wall time"
-                         + (f" ({fm['card_wall_ratio']:.2f} x timed on the ODE student's machine)"
-                            if "card_wall_ratio" in fm else "") + ", nothing stored.")
-        else:
-            lines.append(f"Causal CD does not reach the ODE student's flow-map error in its run (best "
-                         f"{fm['cd_best']:.4g}).")
-        budget = 0.35 * float(ode["teacher_nfe"])
-        within = [p for p in f["causal_cd"]["curve"] if p["teacher_nfe"] <= budget]
-        if within:
-            last = within[-1]
-            lines.append(f"At the claim's budget, 0.35 x the ODE student's teacher forwards ({budget:.0f}), the "
-                         f"last CD checkpoint within it (step {last['step']}, {last['teacher_nfe']} forwards) has "
-                         f"flow-map MSE {last['flow_mse_1step']:.4g} against the ODE student's "
-                         f"{ode['flow_mse_1step']:.4g}.")
-        sched = [(p["step"], p["schedule_steps"]) for p in f["causal_cd"]["curve"] if "schedule_steps" in p]
-        for (a, sa), (_, sb) in zip(sched, sched[1:], strict=False):
-            if sb != sa:
-                lines.append(f"Schedule: the CD run trained to step {a} under a cosine learning-rate schedule of "
-                             f"{sa} steps and was then resumed with {sb} steps, so the decay restarts there; the "
-                             f"later points are a continuation, not a run planned for {sb} steps.")
-        lines.append("")
+    maps = stage2_maps(report)
+    if maps:
+        lines += ["## Stage 2 cost at equal flow-map error", ""]
+        for f in maps:
+            lines += flow_map_section(f, len(maps) > 1)
     return "\n".join(lines)
+
+
+def stage2_maps(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flow-map reports of ``python -m benchmarks.stage2`` in a compare report (a list; the
+    older single-report key is read too)."""
+    maps = report.get("stage2_flow_maps")
+    if maps is None and report.get("stage2_flow_map"):
+        maps = [report["stage2_flow_map"]]
+    return [f for f in maps or [] if f.get("matched")]
+
+
+def flow_map_section(f: dict[str, Any], titled: bool) -> list[str]:
+    """Markdown for one causal CD run's flow-map curve against the causal ODE student."""
+    fm, ode, pr = f["matched"], f["causal_ode"], f["protocol"]
+    g = f["causal_cd"].get("grid") or {}
+    lines = []
+    if titled:
+        knobs = ", ".join(f"{k.replace('_', ' ')} {g[k]}" for k in ("points", "target_decay", "lr", "cfg")
+                          if g.get(k) is not None)
+        lines += [f"### Causal CD run `{f['causal_cd']['run']}`" + (f": {knobs}" if knobs else ""), ""]
+    lines += [f"From `{f['command']}`: on {pr['windows']} held-out windows, teacher-forced, the MSE between a "
+              f"student's 1-step prediction from noise and the teacher's own {pr['solve_steps']}-step solution "
+              f"from the same noise (CFG {pr['cfg']}), the map both Stage 2 methods learn. The causal ODE "
+              f"student: {ode['flow_mse_1step']:.4g} after {ode['teacher_nfe']} teacher forwards, {ode['wall_s']} s "
+              f"and {ode['bytes_stored']} bytes stored."]
+    if g.get("teacher_solution_flow_mse") is not None:
+        lines.append(f"The teacher's own Euler solution on this CD run's {g['points']}-point grid is at "
+                     f"{g['teacher_solution_flow_mse']:.4g} (the floor a CD student on that grid converges to, "
+                     f"up to its learning error).")
+    lines += ["", "| causal CD step | teacher forwards | wall (s) | wall where the ODE student was timed (s) | "
+              "flow-map MSE | x0 MSE vs ground truth |", "|---|---|---|---|---|---|"]
+    for p in f["causal_cd"]["curve"]:
+        lines.append(f"| {p['step']} | {p['teacher_nfe']} | {p['wall_s']} | {p.get('card_wall_s', 'n/a')} | "
+                     f"{p['flow_mse_1step']:.4g} | {p['x0_mse_1step']:.4g} |")
+    lines.append("")
+    if fm["reached"]:
+        lines.append(f"Causal CD reaches the ODE student's flow-map error at step {fm['cd_step']}: "
+                     f"{fm.get('nfe_ratio', float('nan')):.2f} x its teacher forwards, "
+                     f"{fm.get('wall_ratio', float('nan')):.2f} x its wall time"
+                     + (f" ({fm['card_wall_ratio']:.2f} x timed on the ODE student's machine)"
+                        if "card_wall_ratio" in fm else "") + ", nothing stored.")
+    else:
+        lines.append(f"Causal CD does not reach the ODE student's flow-map error in its run (best "
+                     f"{fm['cd_best']:.4g}).")
+    budget = 0.35 * float(ode["teacher_nfe"])
+    within = [p for p in f["causal_cd"]["curve"] if p["teacher_nfe"] <= budget]
+    if within:
+        last = within[-1]
+        lines.append(f"At the claim's budget, 0.35 x the ODE student's teacher forwards ({budget:.0f}), the "
+                     f"last CD checkpoint within it (step {last['step']}, {last['teacher_nfe']} forwards) has "
+                     f"flow-map MSE {last['flow_mse_1step']:.4g} against the ODE student's "
+                     f"{ode['flow_mse_1step']:.4g}.")
+    sched = [(p["step"], p["schedule_steps"]) for p in f["causal_cd"]["curve"] if "schedule_steps" in p]
+    for (a, sa), (_, sb) in zip(sched, sched[1:], strict=False):
+        if sb != sa:
+            lines.append(f"Schedule: the CD run trained to step {a} under a cosine learning-rate schedule of "
+                         f"{sa} steps and was then resumed with {sb} steps, so the decay restarts there; the "
+                         f"later points are a continuation, not a run planned for {sb} steps.")
+    lines.append("")
+    return lines
+
+
+def add_stage2(report: dict[str, Any], files: list[str] | None) -> None:
+    """Put the flow-map reports of ``python -m benchmarks.stage2`` (``files``; None: every
+    ``benchmarks/results/stage2*.json``) into ``report["stage2_flow_maps"]``."""
+    if files is None:
+        paths = sorted((ROOT / "benchmarks" / "results").glob("stage2*.json"))
+    else:
+        paths = [Path(f) for f in files if f]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SystemExit(f"error: --stage2 {missing[0]} does not exist (python -m benchmarks.stage2 --out FILE "
+                             f"writes it; --stage2 '' adds none)")
+    report.pop("stage2_flow_map", None)
+    report["stage2_flow_maps"] = [json.loads(p.read_text()) for p in paths]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-episodes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage2", default=str(ROOT / "benchmarks" / "results" / "stage2.json"),
-                   help="the flow-map Stage 2 comparison of python -m benchmarks.stage2, added when it exists")
+    p.add_argument("--stage2", action="append", default=None, metavar="FILE",
+                   help="a flow-map Stage 2 comparison of python -m benchmarks.stage2 (repeatable; default: every "
+                        "benchmarks/results/stage2*.json); '' for none")
     p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"))
     p.add_argument("--strip", default=str(ROOT / "docs" / "media" / "compare_strip.png"),
                    help="PNG of real frames above every variant's, 2 held-out episodes ('' for none)")
@@ -307,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --render-only needs an existing report, {out} does not exist", file=sys.stderr)
             return 2
         report = json.loads(out.read_text())
-        if a.stage2 and Path(a.stage2).is_file():
-            report["stage2_flow_map"] = json.loads(Path(a.stage2).read_text())
+        add_stage2(report, a.stage2)
         out.write_text(json.dumps(report, indent=1))
         Path(a.md).write_text(render_markdown(report, report["command"]))
         print(render_markdown(report, report["command"]))
@@ -332,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.strip:
         report["strip"] = {"path": a.strip, "rows": ["real", *present]}
     report["missing_variants"] = missing
-    if a.stage2 and Path(a.stage2).is_file():  # written by python -m benchmarks.stage2
-        report["stage2_flow_map"] = json.loads(Path(a.stage2).read_text())
+    add_stage2(report, a.stage2)
     command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     report["command"] = command
     out = Path(a.out)

@@ -13,6 +13,9 @@ Every checkpoint of a causal CD run is measured (its teacher forwards and wall t
 its log and checkpoint), step 0 being the teacher itself; the causal ODE student's cost comes
 from its model card (trajectory generation + regression, bytes stored). The result names the
 first CD checkpoint whose flow-map error is at or below the ODE student's, with the cost ratios.
+Beside the curve, the floor of the CD run's grid: the teacher's own Euler solution on the run's
+``n_points`` grid (with the run's guidance) against the reference, the map a CD student on that
+grid converges to, up to its learning error.
 """
 
 from __future__ import annotations
@@ -104,6 +107,15 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
         end, _, _ = solve_teacher_ode(tf, x0, a, eps, grid, cfg_scale, mcfg.null_action)
         batches.append((x0, a, torch.zeros(x0.shape[:2]), eps, end))
     ref_wall = time.time() - t0
+    # the floor of the CD run's own grid: the teacher's Euler solution on it (the map a causal CD
+    # student on that grid converges to, up to learning error) against the reference solution
+    loss_cfg = cd_cfg.get("loss") or {}
+    n_points = int(loss_cfg.get("n_points", 48))
+    grid_mse = []
+    for x0, a, _zeros, eps, end in batches:
+        sol, _, _ = solve_teacher_ode(tf, x0, a, eps, flow.sigma_grid(n_points, shift),
+                                      float(loss_cfg.get("cfg", cfg_scale)), mcfg.null_action)
+        grid_mse.append(float((sol - end).pow(2).mean()))
 
     def measure(net: torch.nn.Module) -> dict[str, float]:
         w = _TeacherForcing(net).eval()
@@ -136,7 +148,10 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
                                         "solve_steps": solve_steps, "cfg": cfg_scale, "shift": shift, "seed": seed,
                                         "reference_wall_s": round(ref_wall, 1), "teacher": str(teacher_path),
                                         "teacher_id": teacher_id},
-                           "causal_cd": {"run": str(cd_run), "curve": curve}}
+                           "causal_cd": {"run": str(cd_run), "curve": curve,
+                                         "grid": {"points": n_points, "target_decay": loss_cfg.get("target_decay"),
+                                                  "cfg": loss_cfg.get("cfg"), "lr": cd_cfg["train"].get("lr"),
+                                                  "teacher_solution_flow_mse": float(np.mean(grid_mse))}}}
     if ode_path:
         ode_net, _, ode_id = load_world_model(ode_path)
         s2 = card.get("stage2") or {}
@@ -191,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cd step {pt['step']:>5}: flow-map MSE {pt['flow_mse_1step']:.4f}  x0 MSE {pt['x0_mse_1step']:.4f}  "
               f"teacher forwards {pt['teacher_nfe']}  wall {pt['wall_s']} s"
               + (f" (card: {pt['card_wall_s']} s)" if "card_wall_s" in pt else ""))
+    g = rep["causal_cd"]["grid"]
+    print(f"the teacher's own Euler solution on the CD grid ({g['points']} points): flow-map MSE "
+          f"{g['teacher_solution_flow_mse']:.4f}")
     if "causal_ode" in rep:
         o = rep["causal_ode"]
         print(f"ode student: flow-map MSE {o['flow_mse_1step']:.4f}  x0 MSE {o['x0_mse_1step']:.4f}  "

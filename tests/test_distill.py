@@ -208,6 +208,11 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert fm["protocol"]["cfg"] == 2.0 and fm["protocol"]["solve_steps"] == 4  # the ODE card's guidance
     assert all(p["flow_mse_1step"] > 0 and np.isfinite(p["x0_mse_1step"]) for p in curve)
     assert curve[1]["flow_mse_1step"] != curve[0]["flow_mse_1step"]  # the student moved off the teacher
+    cd_loss = json.loads(sorted((tmp_path / "cd" / "checkpoints").glob("step_*"))[-1].joinpath("meta.json")
+                         .read_text())["config"]["loss"]
+    grid = fm["causal_cd"]["grid"]  # the floor of the run's grid: the teacher's Euler solution on it
+    assert grid["points"] == cd_loss["n_points"] and grid["target_decay"] == cd_loss["target_decay"]
+    assert np.isfinite(grid["teacher_solution_flow_mse"]) and grid["teacher_solution_flow_mse"] >= 0
     m2 = fm["matched"]
     assert m2["ode"] == fm["causal_ode"]["flow_mse_1step"] and fm["causal_ode"]["teacher_nfe"] == 60
     hit = next((p for p in curve if p["flow_mse_1step"] <= m2["ode"]), None)
@@ -267,9 +272,27 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert "Schedule:" not in md  # one schedule throughout
     from benchmarks.compare import render_markdown
 
-    rep["stage2_flow_map"]["causal_cd"]["curve"][2]["schedule_steps"] = 12  # as if resumed to 12 steps after 3
+    rep["stage2_flow_maps"][0]["causal_cd"]["curve"][2]["schedule_steps"] = 12  # as if resumed to 12 steps after 3
     assert "trained to step 3 under a cosine learning-rate schedule of 6 steps and was then resumed with 12" in \
         render_markdown(rep, rep["command"])
+    assert "### Causal CD run" not in md and f"{grid['points']}-point grid is at" in md
+    # two CD runs (e.g. two grids) against the one ODE student: a section each, named by run and grid
+    other = json.loads(s2.read_text())
+    other["causal_cd"]["run"] = "runs/other_cd"
+    other["causal_cd"]["grid"]["points"] = 8
+    s2b = tmp_path / "stage2_other.json"
+    s2b.write_text(json.dumps(other))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--render-only", "--md",
+                        str(tmp_path / "RESULTS.md"), "--stage2", str(s2), "--stage2", str(s2b)],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md2 = (tmp_path / "RESULTS.md").read_text()
+    assert md2.count("### Causal CD run") == 2 and "### Causal CD run `runs/other_cd`: points 8" in md2
+    assert md2.count("## Stage 2 cost at equal flow-map error") == 1
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--render-only", "--md",
+                        str(tmp_path / "RESULTS.md"), "--stage2", str(tmp_path / "none.json")],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "none.json does not exist" in r.stderr
     from PIL import Image
 
     with Image.open(tmp_path / "strip.png") as im:  # 7 columns; 2 episodes x (real + 3 variants) rows, x2
