@@ -3,7 +3,12 @@ run on one machine: the fidelity fields of ``trainer.evaluate`` (same held-out s
 noise for all), first-frame latency and steady-state frame time (decode included, batch 1,
 variants interleaved after warm-up, medians with min/max), and each distilled variant's
 Stage 2 cost from its model card (teacher forwards, wall time, bytes stored). Renders
-``docs/RESULTS.md`` from the JSON.
+``docs/RESULTS.md`` from the JSON, with the flow-map reports of ``python -m benchmarks.stage2``.
+
+``--timing-only --timing-batch B`` measures only the speed fields, with B streams generated at
+once (a vector env; at batch 1 a forward on a CPU costs about the same for 1 frame as for 3, so
+the first-frame comparison of frame-wise and chunk-wise students also depends on the batch);
+the Markdown adds such reports as a section.
 """
 
 from __future__ import annotations
@@ -41,25 +46,80 @@ def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher
                          cfg=card_guidance(card_cfg, "consistency"), first_frame_steps=int(s.get("first_frame_steps", 0)))
 
 
-def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int) -> tuple[float, list[float]]:
-    """(first-frame ms, per-frame ms of ``frames`` streamed frames), batch 1, decode included."""
+def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int, batch: int = 1
+                 ) -> tuple[float, list[float]]:
+    """(first-frame ms, per-frame ms of ``frames`` streamed frames), decode included; with
+    ``batch`` > 1 that many streams at once (a vector env), a frame being one for every stream."""
     from model.autoencoder import from_uint8, to_uint8
     from model.rollout import Session
 
     K = model.cfg.block_frames
-    sess = Session(model, 1, generator=torch.Generator().manual_seed(seed))
+    sess = Session(model, batch, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        z = ae.encode(from_uint8(torch.from_numpy(context)))[None]
-        sess.prime(z, torch.zeros(1, len(context), dtype=torch.long))
+        z = ae.encode(from_uint8(torch.from_numpy(context)))[None].expand(batch, -1, -1, -1, -1)
+        sess.prime(z, torch.zeros(batch, len(context), dtype=torch.long))
         times = []
         for i in range(0, frames, K):
-            acts = torch.randint(0, model.cfg.num_actions, (1, K), generator=torch.Generator().manual_seed(i))
+            acts = torch.randint(0, model.cfg.num_actions, (batch, K), generator=torch.Generator().manual_seed(i))
             t0 = time.perf_counter()
             x = sess.generate(acts, sampler)
-            to_uint8(ae.decode(x[0].float())).numpy()
+            to_uint8(ae.decode(x.flatten(0, 1).float())).numpy()
             dt = (time.perf_counter() - t0) * 1000 / K
             times.extend([dt] * K)
     return times[0] * K, times[K:]
+
+
+def timings(models: dict[str, tuple[Any, Any]], ae, ctx_frames: np.ndarray, frames: int, seed: int, batch: int = 1,
+            rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Speed of each (model, sampler): ``rounds`` interleaved rounds after a warm-up round;
+    first-frame and per-frame medians with min/max (ms), decode included."""
+    C = len(ctx_frames)
+    firsts: dict[str, list[float]] = {n: [] for n in models}
+    steady: dict[str, list[float]] = {n: [] for n in models}
+    for rnd in range(rounds + 1):
+        for name, (model, sampler) in models.items():
+            K = model.cfg.block_frames
+            ctx = ctx_frames[C - (C - C % K if K > 1 and C % K else C):]
+            f, s = time_variant(model, ae, sampler, ctx, frames if rnd else 2 * K, seed + rnd, batch)
+            if rnd:
+                firsts[name].append(f)
+                steady[name].extend(s)
+    out = {}
+    for name in models:
+        med = statistics.median(steady[name])
+        out[name] = {"first_frame_ms": statistics.median(firsts[name]), "first_frame_ms_min": min(firsts[name]),
+                     "first_frame_ms_max": max(firsts[name]), "frame_ms_median": med,
+                     "frame_ms_min": min(steady[name]), "frame_ms_max": max(steady[name]), "fps": 1000.0 / med}
+    return out
+
+
+def timing_only(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float, frames: int, seed: int,
+                batch: int) -> dict[str, Any]:
+    """Only the speed fields of :func:`compare`, at ``batch`` streams (first frame = the first frame
+    of every stream, frame time per batched frame), on the same context frames."""
+    from trainer.evaluate import EVAL_SEED_BASE, play_real
+    from trainer.latents import load_autoencoder
+    from trainer.models import load_world_model
+    from world.dataset import recorded_settings
+
+    models, ae, first_cfg = {}, None, None
+    for name, path in paths.items():
+        model, cfg, _mid = load_world_model(path)
+        models[name] = (model, sampler_for(name, cfg, teacher_steps, teacher_cfg))
+        first_cfg = first_cfg or cfg
+    assert first_cfg is not None
+    ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
+    world = first_cfg.get("world", "adventure")
+    settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
+    settings.update(first_cfg.get("world_settings") or {})
+    real = play_real(world, settings, 1, 4, EVAL_SEED_BASE)
+    speed = timings(models, ae, real.frames[0, :4], frames, seed, batch)
+    for name in speed:
+        speed[name]["checkpoint"] = str(paths[name])
+        speed[name]["sampler"] = {"kind": models[name][1].kind, "steps": models[name][1].steps,
+                                  "first_frame_steps": models[name][1].first_frame_steps}
+    return {"timing": speed, "protocol": {"batch": batch, "timing_frames": frames, "context": 4,
+                                          "threads": torch.get_num_threads(), "seed": seed, "autoencoder_id": ae_id}}
 
 
 def stage2_cost(card: dict[str, Any]) -> dict[str, Any]:
@@ -170,24 +230,9 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
         out[name] = rep
     if strip:
         write_variant_strip(real.frames[:, C - 1:], gens, strip)
-    # speed: interleaved rounds after a warm-up round
-    firsts: dict[str, list[float]] = {n: [] for n in loaded}
-    steady: dict[str, list[float]] = {n: [] for n in loaded}
-    ctx_frames = real.frames[0, :C]
-    for rnd in range(4):
-        for name, (model, _cfg, _mid, _card, sampler) in loaded.items():
-            K = model.cfg.block_frames
-            ctx = ctx_frames[C - (C - C % K if K > 1 and C % K else C):]
-            f, s = time_variant(model, ae, sampler, ctx, timing_frames if rnd else 2 * K, seed + rnd)
-            if rnd:
-                firsts[name].append(f)
-                steady[name].extend(s)
-    for name in loaded:
-        out[name]["first_frame_ms"] = statistics.median(firsts[name])
-        out[name]["first_frame_ms_min"], out[name]["first_frame_ms_max"] = min(firsts[name]), max(firsts[name])
-        out[name]["frame_ms_median"] = statistics.median(steady[name])
-        out[name]["frame_ms_min"], out[name]["frame_ms_max"] = min(steady[name]), max(steady[name])
-        out[name]["fps"] = 1000.0 / out[name]["frame_ms_median"]
+    for name, speed in timings({n: (v[0], v[4]) for n, v in loaded.items()}, ae, real.frames[0, :C], timing_frames,
+                               seed).items():
+        out[name].update(speed)
     return {"variants": out, "stage2_matched": matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")),
             "protocol": {"episodes": episodes, "context": C, "horizon": H,
                                           "long_episodes": long_episodes, "timing_frames": timing_frames,
@@ -222,6 +267,13 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         rel = Path(report["strip"]["path"]).name
         lines += [f"Frames (horizons 1, 2, 4, 8, 12, 16 after the last context frame), rows top to bottom: "
                   f"{', '.join(report['strip']['rows'])}; two held-out episodes:", "", f"![variants](media/{rel})", ""]
+    if "cfpp_frame2" in report["variants"] and "cf_chunk4" in report["variants"]:
+        r = report["variants"]["cfpp_frame2"]["first_frame_ms"] / report["variants"]["cf_chunk4"]["first_frame_ms"]
+        lines += [f"First frame of CF++ frame-2 against the CF chunk-wise baseline at one stream: {r:.2f} x.", ""]
+    if report.get("timings"):
+        lines += ["## First frame and frame time by number of streams", ""]
+        for t in report["timings"]:
+            lines += timing_section(t)
     m = report.get("stage2_matched")
     if m:
         lines += ["## Stage 2 cost at equal quality", "",
@@ -322,6 +374,41 @@ def add_stage2(report: dict[str, Any], files: list[str] | None) -> None:
     report["stage2_flow_maps"] = [json.loads(p.read_text()) for p in paths]
 
 
+def add_timing(report: dict[str, Any], files: list[str] | None) -> None:
+    """Put ``--timing-only`` reports (``files``; None: every ``benchmarks/results/compare_timing*.json``)
+    into ``report["timings"]``."""
+    if files is None:
+        paths = sorted((ROOT / "benchmarks" / "results").glob("compare_timing*.json"))
+    else:
+        paths = [Path(f) for f in files if f]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SystemExit(f"error: --timing {missing[0]} does not exist (python -m benchmarks.compare "
+                             f"--timing-only --out FILE writes it; --timing '' adds none)")
+    report["timings"] = [json.loads(p.read_text()) for p in paths]
+
+
+def timing_section(t: dict[str, Any]) -> list[str]:
+    """Markdown for one ``--timing-only`` report: first frame and frame time per variant."""
+    pr, v = t["protocol"], t["timing"]
+    names = list(v)
+    lines = [f"### {pr['batch']} stream{'s' if pr['batch'] > 1 else ''} at once", "",
+             f"From `{t['command']}` ({pr['threads']} threads, {pr['timing_frames']} frames, decode included; a "
+             f"frame is one for every stream).", "",
+             "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key in (("first frame (ms)", "first_frame_ms"), ("first frame min-max (ms)", None),
+                       ("frame time median (ms)", "frame_ms_median")):
+        if key is None:
+            cells = [f"{v[n]['first_frame_ms_min']:.4g}-{v[n]['first_frame_ms_max']:.4g}" for n in names]
+        else:
+            cells = [f"{v[n][key]:.4g}" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "cfpp_frame2" in v and "cf_chunk4" in v:
+        lines += ["", f"First frame of CF++ frame-2 against the CF chunk-wise baseline: "
+                      f"{v['cfpp_frame2']['first_frame_ms'] / v['cf_chunk4']['first_frame_ms']:.2f} x."]
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
@@ -341,8 +428,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strip", default=str(ROOT / "docs" / "media" / "compare_strip.png"),
                    help="PNG of real frames above every variant's, 2 held-out episodes ('' for none)")
     p.add_argument("--render-only", action="store_true",
-                   help="measure nothing: add --stage2 to the existing --out JSON and render the Markdown again")
+                   help="measure nothing: add --stage2 and --timing to the existing --out JSON and render the "
+                        "Markdown again")
+    p.add_argument("--timing-only", action="store_true",
+                   help="measure only first-frame and frame times (at --timing-batch streams) into --out; no "
+                        "Markdown (a later compare or --render-only adds it with --timing)")
+    p.add_argument("--timing-batch", type=int, default=1, help="streams generated at once by --timing-only")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help=f"measure only these variants (repeatable; names: {', '.join(VARIANTS)})")
+    p.add_argument("--timing", action="append", default=None, metavar="FILE",
+                   help="a --timing-only report to render (repeatable; default: every "
+                        "benchmarks/results/compare_timing*.json); '' for none")
     a = p.parse_args(argv)
+    if a.timing_batch < 1:
+        print(f"error: --timing-batch must be >= 1, got {a.timing_batch}", file=sys.stderr)
+        return 2
+    bad = [n for n in a.only or [] if n not in VARIANTS]
+    if bad:
+        print(f"error: --only {bad[0]!r} is not a variant; valid: {list(VARIANTS)}", file=sys.stderr)
+        return 2
     if a.render_only:
         out = Path(a.out)
         if not out.is_file():
@@ -350,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report = json.loads(out.read_text())
         add_stage2(report, a.stage2)
+        add_timing(report, a.timing)
         out.write_text(json.dumps(report, indent=1))
         Path(a.md).write_text(render_markdown(report, report["command"]))
         print(render_markdown(report, report["command"]))
@@ -363,18 +468,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --variant wants NAME=CHECKPOINT with NAME in {list(VARIANTS)}, got {item!r}", file=sys.stderr)
             return 2
         paths[name] = Path(path)
+    if a.only:
+        paths = {n: p for n, p in paths.items() if n in a.only}
     present = {n: p for n, p in paths.items() if Path(p).exists()}
     missing = sorted(set(paths) - set(present))
     if not present:
         print(f"error: none of the variants' checkpoints exist ({[str(p) for p in paths.values()]})", file=sys.stderr)
         return 2
+    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    if a.timing_only:
+        rep = timing_only(present, a.teacher_steps, a.teacher_cfg, a.timing_frames, a.seed, a.timing_batch)
+        rep["command"], rep["missing_variants"] = command, missing
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rep, indent=1))
+        print("\n".join(timing_section(rep)))
+        return 0
     report = compare(present, a.episodes, a.teacher_steps, a.teacher_cfg, a.timing_frames, a.long_episodes, a.seed,
                      a.strip or None)
     if a.strip:
         report["strip"] = {"path": a.strip, "rows": ["real", *present]}
     report["missing_variants"] = missing
     add_stage2(report, a.stage2)
-    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    add_timing(report, a.timing)
     report["command"] = command
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

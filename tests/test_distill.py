@@ -289,6 +289,27 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     md2 = (tmp_path / "RESULTS.md").read_text()
     assert md2.count("### Causal CD run") == 2 and "### Causal CD run `runs/other_cd`: points 8" in md2
     assert md2.count("## Stage 2 cost at equal flow-map error") == 1
+    # speed alone, several streams at once (a vector env), rendered beside the batch-1 table
+    tb = tmp_path / "timing_b2.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(tb), "--timing-only",
+                        "--timing-batch", "2", "--only", "cfpp_frame2", "--only", "teacher", "--variant",
+                        f"teacher={ship / 'teacher.safetensors'}", "--variant",
+                        f"cfpp_frame2={ship / 'cfpp_frame2.safetensors'}", "--timing-frames", "3", "--teacher-steps",
+                        "2", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tr = json.loads(tb.read_text())
+    assert set(tr["timing"]) == {"teacher", "cfpp_frame2"} and tr["protocol"]["batch"] == 2
+    assert all(t["first_frame_ms_min"] <= t["first_frame_ms"] <= t["first_frame_ms_max"] and t["frame_ms_median"] > 0
+               for t in tr["timing"].values())
+    assert tr["timing"]["cfpp_frame2"]["sampler"] == {"kind": "consistency", "steps": 2, "first_frame_steps": 4}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--render-only", "--md",
+                        str(tmp_path / "RESULTS.md"), "--timing", str(tb)], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "### 2 streams at once" in (tmp_path / "RESULTS.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(tb), "--timing-only", "--only",
+                        "cfpp_frame3"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "'cfpp_frame3' is not a variant" in r.stderr
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--render-only", "--md",
                         str(tmp_path / "RESULTS.md"), "--stage2", str(tmp_path / "none.json")],
                        cwd=ROOT, env=env, capture_output=True, text=True)
