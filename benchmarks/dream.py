@@ -6,6 +6,8 @@
 Measured, decode included, medians with min/max over repeats:
 - ``fps_1step``, ``fps_2step``: single-stream frames per second of the few-step sampler
   (``DreamWorld.step``: sample, write the frame to the KV cache, decode, reward heads);
+- ``sampler_cfg``: the action guidance the dream sampled with (its card's; above 1 a step batches
+  a conditional and a null-action forward);
 - ``first_frame_ms``: from ``reset`` (real start frame encoded, cache primed) to the first
   dreamed frame, with the checkpoint's first-frame steps;
 - ``action_to_display_ms``: from an action to the frame ready for the window (a step plus the
@@ -79,8 +81,10 @@ def single_stream(checkpoint: str, steps: int, frames: int, repeats: int, seed: 
             if r.terminated or r.truncated:
                 w.reset(seed=seed + rep)
         fps.append(frames / (time.perf_counter() - t0))
+    sampler = w.sampler
     w.close()
-    return {"fps": _stats(fps, 1), "first_frame_ms": _stats(first), "action_to_display_ms": _stats(a2d)}
+    return {"fps": _stats(fps, 1), "first_frame_ms": _stats(first), "action_to_display_ms": _stats(a2d),
+            "sampler": {"steps": sampler.steps, "first_frame_steps": sampler.first_frame_steps, "cfg": sampler.cfg}}
 
 
 def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats: int,
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         s = single_stream(ckpt, steps, a.frames, a.repeats)
         rep[f"fps_{steps}step"] = s["fps"]["median"]
         rep[f"fps_{steps}step_minmax"] = [s["fps"]["min"], s["fps"]["max"]]
+        # the card's action guidance (cfg != 1 runs a conditional and a null-action forward per step)
+        rep["sampler_cfg"] = s["sampler"]["cfg"]
         if steps == 2:
             rep["first_frame_ms"] = s["first_frame_ms"]["median"]
             rep["first_frame_ms_minmax"] = [s["first_frame_ms"]["min"], s["first_frame_ms"]["max"]]

@@ -217,6 +217,7 @@ def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
     for key in ("fps_1step", "fps_2step", "first_frame_ms", "action_to_display_ms", "batch_speedup"):
         assert rep[key] > 0, key
     assert set(rep["env_steps_per_s"]) == {"1", "4"}
+    assert rep["sampler_cfg"] == 1.0  # the tiny card has no guidance
     # the work per env step is the same at any batch (one batched forward); the ceiling is measured
     b1, b4 = rep["env_steps_per_s"]["1"], rep["env_steps_per_s"]["4"]
     assert b1["gflop_per_env_step"] > 0 and abs(b4["gflop_per_env_step"] / b1["gflop_per_env_step"] - 1) < 0.05
