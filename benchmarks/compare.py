@@ -359,33 +359,32 @@ def flow_map_section(f: dict[str, Any], titled: bool) -> list[str]:
     return lines
 
 
-def add_stage2(report: dict[str, Any], files: list[str] | None) -> None:
-    """Put the flow-map reports of ``python -m benchmarks.stage2`` (``files``; None: every
-    ``benchmarks/results/stage2*.json``) into ``report["stage2_flow_maps"]``."""
+def _reports(files: list[str] | None, pattern: str, flag: str, writer: str) -> list[dict[str, Any]]:
+    """The JSON reports named by a repeatable flag (``files``; None: every ``benchmarks/results/``
+    file matching ``pattern``); a named file that is missing is a clear error."""
     if files is None:
-        paths = sorted((ROOT / "benchmarks" / "results").glob("stage2*.json"))
+        paths = sorted((ROOT / "benchmarks" / "results").glob(pattern))
     else:
         paths = [Path(f) for f in files if f]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise SystemExit(f"error: --stage2 {missing[0]} does not exist (python -m benchmarks.stage2 --out FILE "
-                             f"writes it; --stage2 '' adds none)")
+            raise SystemExit(f"error: {flag} {missing[0]} does not exist ({writer} writes it; {flag} '' adds none)")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def add_stage2(report: dict[str, Any], files: list[str] | None) -> None:
+    """Put the flow-map reports of ``python -m benchmarks.stage2`` (``files``; None: every
+    ``benchmarks/results/stage2*.json``) into ``report["stage2_flow_maps"]``."""
+    maps = _reports(files, "stage2*.json", "--stage2", "python -m benchmarks.stage2 --out FILE")
     report.pop("stage2_flow_map", None)
-    report["stage2_flow_maps"] = [json.loads(p.read_text()) for p in paths]
+    report["stage2_flow_maps"] = maps
 
 
 def add_timing(report: dict[str, Any], files: list[str] | None) -> None:
     """Put ``--timing-only`` reports (``files``; None: every ``benchmarks/results/compare_timing*.json``)
     into ``report["timings"]``."""
-    if files is None:
-        paths = sorted((ROOT / "benchmarks" / "results").glob("compare_timing*.json"))
-    else:
-        paths = [Path(f) for f in files if f]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise SystemExit(f"error: --timing {missing[0]} does not exist (python -m benchmarks.compare "
-                             f"--timing-only --out FILE writes it; --timing '' adds none)")
-    report["timings"] = [json.loads(p.read_text()) for p in paths]
+    report["timings"] = _reports(files, "compare_timing*.json", "--timing",
+                                 "python -m benchmarks.compare --timing-only --out FILE")
 
 
 def timing_section(t: dict[str, Any]) -> list[str]:
