@@ -28,6 +28,7 @@ import yaml
 from trainer.models import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTEXT = 4  # real frames every variant starts from
 VARIANTS = ("teacher", "cf_chunk4", "cfpp_frame2", "cfpp_frame1", "ode_frame2")
 DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chunk4",
                  "cfpp_frame2": "adventure_cfpp_frame2", "cfpp_frame1": "adventure_cfpp_frame1",
@@ -93,32 +94,45 @@ def timings(models: dict[str, tuple[Any, Any]], ae, ctx_frames: np.ndarray, fram
     return out
 
 
+def load_variants(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float):
+    """Each variant as (model, config, model id, card, sampler), with the one autoencoder that
+    decodes them all, the world and its recorded settings."""
+    from trainer.latents import load_autoencoder
+    from trainer.models import load_world_model
+    from world.dataset import recorded_settings
+
+    loaded = {}
+    for name, path in paths.items():
+        model, cfg, mid = load_world_model(path)
+        card = yaml.safe_load(Path(path).with_suffix(".yaml").read_text()) if str(path).endswith(".safetensors") else {}
+        loaded[name] = (model, cfg, mid, card, sampler_for(name, cfg, teacher_steps, teacher_cfg))
+    first_cfg = next(iter(loaded.values()))[1]
+    for name, (_m, cfg, *_rest) in loaded.items():  # one autoencoder decodes every variant
+        if Path(str(cfg["autoencoder"])).name != Path(str(first_cfg["autoencoder"])).name:
+            raise SystemExit(f"error: variant {name} ({paths[name]}) uses autoencoder {cfg['autoencoder']}, the "
+                             f"others {first_cfg['autoencoder']}; compare variants of one world model family "
+                             f"(override or drop it with --variant {name}=...)")
+    ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
+    world = first_cfg.get("world", "adventure")
+    settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
+    settings.update(first_cfg.get("world_settings") or {})
+    return loaded, ae, ae_id, world, settings
+
+
 def timing_only(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float, frames: int, seed: int,
                 batch: int) -> dict[str, Any]:
     """Only the speed fields of :func:`compare`, at ``batch`` streams (first frame = the first frame
     of every stream, frame time per batched frame), on the same context frames."""
     from trainer.evaluate import EVAL_SEED_BASE, play_real
-    from trainer.latents import load_autoencoder
-    from trainer.models import load_world_model
-    from world.dataset import recorded_settings
 
-    models, ae, first_cfg = {}, None, None
-    for name, path in paths.items():
-        model, cfg, _mid = load_world_model(path)
-        models[name] = (model, sampler_for(name, cfg, teacher_steps, teacher_cfg))
-        first_cfg = first_cfg or cfg
-    assert first_cfg is not None
-    ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
-    world = first_cfg.get("world", "adventure")
-    settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
-    settings.update(first_cfg.get("world_settings") or {})
-    real = play_real(world, settings, 1, 4, EVAL_SEED_BASE)
-    speed = timings(models, ae, real.frames[0, :4], frames, seed, batch)
-    for name in speed:
+    loaded, ae, ae_id, world, settings = load_variants(paths, teacher_steps, teacher_cfg)
+    real = play_real(world, settings, 1, CONTEXT, EVAL_SEED_BASE)
+    speed = timings({n: (v[0], v[4]) for n, v in loaded.items()}, ae, real.frames[0, :CONTEXT], frames, seed, batch)
+    for name, (*_rest, sampler) in loaded.items():
         speed[name]["checkpoint"] = str(paths[name])
-        speed[name]["sampler"] = {"kind": models[name][1].kind, "steps": models[name][1].steps,
-                                  "first_frame_steps": models[name][1].first_frame_steps}
-    return {"timing": speed, "protocol": {"batch": batch, "timing_frames": frames, "context": 4,
+        speed[name]["sampler"] = {"kind": sampler.kind, "steps": sampler.steps,
+                                  "first_frame_steps": sampler.first_frame_steps}
+    return {"timing": speed, "protocol": {"batch": batch, "timing_frames": frames, "context": CONTEXT,
                                           "threads": torch.get_num_threads(), "seed": seed, "autoencoder_id": ae_id}}
 
 
@@ -176,28 +190,12 @@ def write_variant_strip(real: np.ndarray, gens: dict[str, np.ndarray], path: str
 def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_cfg: float, timing_frames: int,
             long_episodes: int, seed: int, strip: str | None = None) -> dict[str, Any]:
     from trainer.evaluate import EVAL_SEED_BASE, fidelity, generate, play_real
-    from trainer.latents import load_autoencoder
-    from trainer.models import default_idm, load_idm, load_world_model
-    from world.dataset import recorded_settings
+    from trainer.models import default_idm, load_idm
 
-    loaded = {}
-    for name, path in paths.items():
-        model, cfg, mid = load_world_model(path)
-        card = yaml.safe_load(Path(path).with_suffix(".yaml").read_text()) if str(path).endswith(".safetensors") else {}
-        loaded[name] = (model, cfg, mid, card, sampler_for(name, cfg, teacher_steps, teacher_cfg))
-    first_cfg = next(iter(loaded.values()))[1]
-    for name, (_m, cfg, *_rest) in loaded.items():  # one autoencoder decodes every variant
-        if Path(str(cfg["autoencoder"])).name != Path(str(first_cfg["autoencoder"])).name:
-            raise SystemExit(f"error: variant {name} ({paths[name]}) uses autoencoder {cfg['autoencoder']}, the "
-                             f"others {first_cfg['autoencoder']}; compare variants of one world model family "
-                             f"(override or drop it with --variant {name}=...)")
-    ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
-    world = first_cfg.get("world", "adventure")
-    settings = recorded_settings((first_cfg.get("data") or {}).get("dataset"), world)
-    settings.update(first_cfg.get("world_settings") or {})
+    loaded, ae, ae_id, world, settings = load_variants(paths, teacher_steps, teacher_cfg)
     idm_src = default_idm(world)
     idm = load_idm(idm_src)[0] if idm_src else None
-    C, H = 4, 16
+    C, H = CONTEXT, 16
     real = play_real(world, settings, episodes, C + H, EVAL_SEED_BASE)
     long_real = play_real(world, settings, long_episodes, C + 256, EVAL_SEED_BASE + 10_000) if long_episodes else None
     from trainer import metrics as M
@@ -267,9 +265,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         rel = Path(report["strip"]["path"]).name
         lines += [f"Frames (horizons 1, 2, 4, 8, 12, 16 after the last context frame), rows top to bottom: "
                   f"{', '.join(report['strip']['rows'])}; two held-out episodes:", "", f"![variants](media/{rel})", ""]
-    if "cfpp_frame2" in report["variants"] and "cf_chunk4" in report["variants"]:
-        r = report["variants"]["cfpp_frame2"]["first_frame_ms"] / report["variants"]["cf_chunk4"]["first_frame_ms"]
-        lines += [f"First frame of CF++ frame-2 against the CF chunk-wise baseline at one stream: {r:.2f} x.", ""]
+    lines += first_frame_ratio(report["variants"])
     if report.get("timings"):
         lines += ["## First frame and frame time by number of streams", ""]
         for t in report["timings"]:
@@ -300,12 +296,8 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
 
 
 def stage2_maps(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The flow-map reports of ``python -m benchmarks.stage2`` in a compare report (a list; the
-    older single-report key is read too)."""
-    maps = report.get("stage2_flow_maps")
-    if maps is None and report.get("stage2_flow_map"):
-        maps = [report["stage2_flow_map"]]
-    return [f for f in maps or [] if f.get("matched")]
+    """The flow-map reports of ``python -m benchmarks.stage2`` in a compare report."""
+    return [f for f in report.get("stage2_flow_maps") or [] if f.get("matched")]
 
 
 def flow_map_section(f: dict[str, Any], titled: bool) -> list[str]:
@@ -375,9 +367,8 @@ def _reports(files: list[str] | None, pattern: str, flag: str, writer: str) -> l
 def add_stage2(report: dict[str, Any], files: list[str] | None) -> None:
     """Put the flow-map reports of ``python -m benchmarks.stage2`` (``files``; None: every
     ``benchmarks/results/stage2*.json``) into ``report["stage2_flow_maps"]``."""
-    maps = _reports(files, "stage2*.json", "--stage2", "python -m benchmarks.stage2 --out FILE")
-    report.pop("stage2_flow_map", None)
-    report["stage2_flow_maps"] = maps
+    report.pop("stage2_flow_map", None)  # the single report of older compare JSONs
+    report["stage2_flow_maps"] = _reports(files, "stage2*.json", "--stage2", "python -m benchmarks.stage2 --out FILE")
 
 
 def add_timing(report: dict[str, Any], files: list[str] | None) -> None:
@@ -402,10 +393,16 @@ def timing_section(t: dict[str, Any]) -> list[str]:
         else:
             cells = [f"{v[n][key]:.4g}" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if "cfpp_frame2" in v and "cf_chunk4" in v:
-        lines += ["", f"First frame of CF++ frame-2 against the CF chunk-wise baseline: "
-                      f"{v['cfpp_frame2']['first_frame_ms'] / v['cf_chunk4']['first_frame_ms']:.2f} x."]
-    return lines + [""]
+    return lines + [""] + first_frame_ratio(v, pr["batch"])
+
+
+def first_frame_ratio(v: dict[str, Any], batch: int = 1) -> list[str]:
+    """The issue's first-frame comparison (CF++ frame-2 over the CF chunk-wise baseline) as a line."""
+    if "cfpp_frame2" not in v or "cf_chunk4" not in v:
+        return []
+    r = v["cfpp_frame2"]["first_frame_ms"] / v["cf_chunk4"]["first_frame_ms"]
+    return [f"First frame of CF++ frame-2 against the CF chunk-wise baseline with {batch} stream"
+            f"{'s' if batch > 1 else ''} at once: {r:.2f} x.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,10 +111,10 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     # student on that grid converges to, up to learning error) against the reference solution
     loss_cfg = cd_cfg.get("loss") or {}
     n_points = int(loss_cfg.get("n_points", 48))
+    cd_grid, cd_guidance = flow.sigma_grid(n_points, shift), float(loss_cfg.get("cfg", cfg_scale))
     grid_mse = []
     for x0, a, _zeros, eps, end in batches:
-        sol, _, _ = solve_teacher_ode(tf, x0, a, eps, flow.sigma_grid(n_points, shift),
-                                      float(loss_cfg.get("cfg", cfg_scale)), mcfg.null_action)
+        sol, _, _ = solve_teacher_ode(tf, x0, a, eps, cd_grid, cd_guidance, mcfg.null_action)
         grid_mse.append(float((sol - end).pow(2).mean()))
 
     def measure(net: torch.nn.Module) -> dict[str, float]:
@@ -150,7 +150,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
                                         "teacher_id": teacher_id},
                            "causal_cd": {"run": str(cd_run), "curve": curve,
                                          "grid": {"points": n_points, "target_decay": loss_cfg.get("target_decay"),
-                                                  "cfg": loss_cfg.get("cfg"), "lr": cd_cfg["train"].get("lr"),
+                                                  "cfg": cd_guidance, "lr": cd_cfg["train"].get("lr"),
                                                   "teacher_solution_flow_mse": float(np.mean(grid_mse))}}}
     if ode_path:
         ode_net, _, ode_id = load_world_model(ode_path)

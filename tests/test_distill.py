@@ -212,7 +212,14 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                          .read_text())["config"]["loss"]
     grid = fm["causal_cd"]["grid"]  # the floor of the run's grid: the teacher's Euler solution on it
     assert grid["points"] == cd_loss["n_points"] and grid["target_decay"] == cd_loss["target_decay"]
-    assert np.isfinite(grid["teacher_solution_flow_mse"]) and grid["teacher_solution_flow_mse"] >= 0
+    assert np.isfinite(grid["teacher_solution_flow_mse"]) and grid["teacher_solution_flow_mse"] > 0
+    # the reference solved on the CD run's own grid and guidance: the floor is exactly zero
+    s2g = tmp_path / "stage2_own_grid.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.stage2", "--out", str(s2g), "--cd-run", str(tmp_path / "cd"),
+                        "--ode", "", "--windows", "4", "--solve-steps", str(cd_loss["n_points"] - 1), "--cfg",
+                        str(cd_loss["cfg"]), "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(s2g.read_text())["causal_cd"]["grid"]["teacher_solution_flow_mse"] == 0.0
     m2 = fm["matched"]
     assert m2["ode"] == fm["causal_ode"]["flow_mse_1step"] and fm["causal_ode"]["teacher_nfe"] == 60
     hit = next((p for p in curve if p["flow_mse_1step"] <= m2["ode"]), None)
@@ -302,6 +309,16 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert all(t["first_frame_ms_min"] <= t["first_frame_ms"] <= t["first_frame_ms_max"] and t["frame_ms_median"] > 0
                for t in tr["timing"].values())
     assert tr["timing"]["cfpp_frame2"]["sampler"] == {"kind": "consistency", "steps": 2, "first_frame_steps": 4}
+    from benchmarks.compare import load_variants, time_variant
+
+    loaded, ae, *_ = load_variants({"cfpp_frame2": ship / "cfpp_frame2.safetensors"}, 2, 1.0)
+    model, *_rest, sampler = loaded["cfpp_frame2"]
+    decoded: list[int] = []
+    decode = ae.decode
+    ae.decode = lambda z: (decoded.append(z.shape[0]), decode(z))[1]
+    size = ae.cfg.image_size
+    time_variant(model, ae, sampler, np.zeros((4, size, size, 3), np.uint8), 2, 0, batch=3)
+    assert decoded == [3, 3]  # every stream's frame is generated and decoded, frame after frame
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(out), "--render-only", "--md",
                         str(tmp_path / "RESULTS.md"), "--timing", str(tb)], cwd=ROOT, env=env, capture_output=True,
                        text=True)
