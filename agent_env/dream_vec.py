@@ -54,6 +54,8 @@ class DreamVectorEnv(VectorEnv):
         self.max_episode_steps = max_episode_steps
         # one DreamWorld holds the model, autoencoder, sampler, heads and the real game's settings
         self.dream = DreamWorld(max_steps=max_episode_steps, **dream_settings)
+        if self.dream.settings.warmup and num_envs > 1:  # the kernels of this batch size's shapes
+            self.dream.warm_up(num_envs)
         from world import make_world
 
         self._reals = [make_world(self.dream.real_world_name, **self.dream.real_settings) for _ in range(num_envs)]

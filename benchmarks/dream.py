@@ -1,7 +1,10 @@
 """Speed and endurance of the dream on this machine's CPU cores.
 
     python -m benchmarks.dream --out benchmarks/results/dream.json [--checkpoint CKPT]
-        [--session-frames 10000]
+        [--session-frames 10000] [--precision auto|fp32|bf16]
+
+The dream runs in ``--precision`` (default auto: bf16 weights cast once at load where this machine
+runs bf16 measurably faster, :mod:`model.precision`); the report records the precision that ran.
 
 Measured, decode included, medians with min/max over repeats:
 - ``fps_1step``, ``fps_2step``: single-stream frames per second of the few-step sampler
@@ -13,8 +16,8 @@ Measured, decode included, medians with min/max over repeats:
 - ``action_to_display_ms``: from an action to the frame ready for the window (a step plus the
   upscale to the 512-pixel view);
 - ``env_steps_per_s`` for batch sizes 1, 8 and 64 (``DreamVectorEnv``, one batched forward),
-  with each batch's floating-point work per env step and achieved GFLOP/s (torch's flop
-  counter), beside ``matmul_gflops`` (this machine's fp32 matrix-multiply rate) and
+  with each batch's floating-point work per env step (``model.flops``, from the configs) and achieved GFLOP/s,
+  beside ``matmul_gflops`` (this machine's matrix-multiply rate in the precision that ran) and
   ``batch_speedup_ceiling`` (that rate over batch 1's: the most batching can give here).
 With ``--session-frames N``: one N-frame session under a random policy with its resident
 memory after warm-up and at the end, NaN/inf checks, and the Fréchet distance (IDM features)
@@ -97,12 +100,11 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
     na = int(envs.single_action_space.n)
     for _ in range(3):
         envs.step(rng.integers(0, na, batch))
-    from torch.utils.flop_counter import FlopCounterMode
+    from model import flops as FL
 
-    counter = FlopCounterMode(display=False)  # the floating-point work of one batched step
-    with counter:
-        envs.step(rng.integers(0, na, batch))
-    flops = counter.get_total_flops()
+    # the floating-point work of one batched step, from the model configs (model.flops)
+    d = envs.dream
+    flops = FL.dream_step(d.model.cfg, d.ae.cfg, batch, d.sampler.steps, d.sampler.cfg != 1.0)
     rates = []
     n = max(2, env_steps // batch)
     for _ in range(repeats):
@@ -114,14 +116,15 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
     out = _stats(rates, 1)
     out["gflop_per_env_step"] = round(flops / batch / 1e9, 3)
     out["gflops"] = round(out["median"] * flops / batch / 1e9, 1)  # achieved (matmul, conv, attention)
+    out["precision"] = d.precision
     return out
 
 
-def matmul_gflops(repeats: int = 5) -> dict[str, float]:
-    """The machine's fp32 matrix-multiply rate at the benchmark's thread count, on the shape of
+def matmul_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """The machine's matrix-multiply rate in ``dtype`` at the benchmark's thread count, on the shape of
     the world model's largest layers at batch 64 (12,288 tokens x 256 -> 1,024): the ceiling that
     batched stepping can approach."""
-    a, b = torch.randn(12288, 256), torch.randn(256, 1024)
+    a, b = torch.randn(12288, 256, dtype=dtype), torch.randn(256, 1024, dtype=dtype)
     torch.mm(a, b)
     rates = []
     for _ in range(repeats):
@@ -132,13 +135,13 @@ def matmul_gflops(repeats: int = 5) -> dict[str, float]:
     return _stats(rates, 1)
 
 
-def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0) -> dict[str, Any]:
+def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **settings: Any) -> dict[str, Any]:
     from trainer import metrics as M
     from trainer.evaluate import _features
     from trainer.models import default_idm, load_idm
     from world import make_world
 
-    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1)
+    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1, **settings)
     rng = np.random.default_rng(seed)
     w.reset(seed=seed)
     keep = 256
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8,64")
     p.add_argument("--session-frames", type=int, default=0, help="also run one session this long (0: skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the dream's compute precision (auto: bf16 where measurably faster here)")
     a = p.parse_args(argv)
     from world.dream import DEFAULT_CHECKPOINT
 
@@ -197,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    rep: dict[str, Any] = {"checkpoint": ckpt, "command": "python -m benchmarks.dream " + " ".join(argv or sys.argv[1:])}
+    from model.precision import probe, resolve
+
+    rep: dict[str, Any] = {"checkpoint": ckpt, "command": "python -m benchmarks.dream " + " ".join(argv or sys.argv[1:]),
+                           "precision": resolve(a.precision), "precision_asked": a.precision, "probe": probe().as_dict()}
     for steps in (1, 2):
-        s = single_stream(ckpt, steps, a.frames, a.repeats)
+        s = single_stream(ckpt, steps, a.frames, a.repeats, precision=a.precision)
         rep[f"fps_{steps}step"] = s["fps"]["median"]
         rep[f"fps_{steps}step_minmax"] = [s["fps"]["min"], s["fps"]["max"]]
         if steps == 2:
@@ -212,20 +220,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{steps}-step: {s}", flush=True)
     rep["env_steps_per_s"] = {}
     for b in [int(x) for x in a.batches.split(",")]:
-        r = vector_rate(ckpt, 2, b, a.env_steps, max(2, a.repeats // 2))
+        r = vector_rate(ckpt, 2, b, a.env_steps, max(2, a.repeats // 2), precision=a.precision)
         rep["env_steps_per_s"][str(b)] = r
         print(f"batch {b}: {r} env steps/s (2-step)", flush=True)
     bs = sorted(rep["env_steps_per_s"], key=int)
     if len(bs) > 1:
         rep["batch_speedup"] = round(rep["env_steps_per_s"][bs[-1]]["median"] / rep["env_steps_per_s"][bs[0]]["median"], 2)
     # how far batching can go here: the fp32 matmul ceiling over what batch 1 already achieves
-    rep["matmul_gflops"] = matmul_gflops()
+    rep["matmul_gflops"] = matmul_gflops(dtype=torch.bfloat16 if rep["precision"] == "bf16" else torch.float32)
     rep["batch_speedup_ceiling"] = round(rep["matmul_gflops"]["max"] / rep["env_steps_per_s"][bs[0]]["gflops"], 2)
-    print(f"fp32 matmul {rep['matmul_gflops']} GFLOP/s; batch {bs[0]} achieves "
+    print(f"{rep['precision']} matmul {rep['matmul_gflops']} GFLOP/s; batch {bs[0]} achieves "
           f"{rep['env_steps_per_s'][bs[0]]['gflops']}: batching can give at most {rep['batch_speedup_ceiling']}x",
           flush=True)
     if a.session_frames:
-        rep["long_session"] = long_session(ckpt, 2, a.session_frames)
+        rep["long_session"] = long_session(ckpt, 2, a.session_frames, precision=a.precision)
         print(f"long session: {rep['long_session']}", flush=True)
     write_report(rep, a.out, {"cpu_count": torch.get_num_threads(), "processor": platform.processor()})
     return 0

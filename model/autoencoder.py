@@ -116,7 +116,9 @@ class Autoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents (N, C, 8, 8) -> images (N, 3, 64, 64) in [-1, 1] (rgb: unclamped;
         palette: each pixel the colour of its most likely palette entry)."""
-        z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        # de-normalised in fp32, then in the decoder's own precision (a decoder cast to bf16 for play)
+        z = z.float() * self.latent_std[:, None, None].float() + self.latent_mean[:, None, None].float()
+        z = z.to(self.decoder.net[0].weight.dtype) if not torch.is_autocast_enabled(z.device.type) else z
         if self.cfg.output == "rgb":
             return self.decoder(z)
         # The last 1x1 conv as a matmul with the palette axis last (a contiguous arg-max), then
@@ -130,7 +132,7 @@ class Autoencoder(nn.Module):
         logits = torch.addmm(b.to(h.dtype), h.flatten(2).transpose(1, 2).reshape(N * H * W, f), w.t().to(h.dtype))
         idx = logits.view(N, H, W, 4, 4, K).argmax(-1)        # (N, H, W, i, j)
         idx = idx.permute(0, 1, 3, 2, 4).reshape(N, 4 * H, 4 * W)
-        return self.palette.to(h.dtype)[idx].movedim(-1, 1)
+        return self.palette[idx].movedim(-1, 1)  # the palette's exact (fp32) colours
 
     def to_image(self, out: torch.Tensor) -> torch.Tensor:
         """Decoder output -> image: identity for rgb, arg-max palette colours for palette."""

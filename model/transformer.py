@@ -430,6 +430,7 @@ class FrameTransformer(nn.Module):
         """
         B, Fn = x.shape[:2]
         L = self.cfg.tokens_per_frame
+        x = x.to(self.pos.dtype)  # a model cast to bf16 for inference computes in bf16 (no-op in fp32)
         tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
         cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
         times = times.to(x.device)

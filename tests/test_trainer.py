@@ -160,7 +160,14 @@ def test_teacher_loss_falls(tmp_path, dataset):
     late = sum(ls[s] for s in (50, 55, 60)) / 3
     assert late < 0.9 * early, (early, late)
     assert "heldout_loss" in r.stdout
+    # the precision that ran (auto resolved on this machine) is recorded in the run and its checkpoints
+    from model.precision import resolve
+
+    ran = json.loads((tmp_path / "teacher" / "config.json").read_text())["precision"]
+    assert ran["asked"] == "auto" and ran["ran"] == resolve("auto") and "reason" in ran["probe"]
+    assert f"precision {ran['ran']}" in r.stdout
     ck = latest_checkpoint(tmp_path / "teacher")
+    assert json.loads((ck / "meta.json").read_text())["config"]["precision"]["ran"] == ran["ran"]
     assert (ck / "ema.safetensors").is_file()
     assert any(k.endswith("time_bias") for k in load_weights(ck))
     assert torch.isfinite(torch.tensor(list(ls.values()))).all()

@@ -1,7 +1,8 @@
 """The training loop every stage shares: resume, steps, logging, checkpoints, DDP.
 
 A stage supplies the model(s), a batch function and a loss; the loop owns everything
-else: precision (bf16 autocast on CPU and CUDA, fp32 master weights), the optimizer and
+else: precision (``auto``: bf16 autocast where this machine runs it measurably faster, see
+:mod:`model.precision`; fp32 master weights and optimizer state), the optimizer and
 its schedule, gradient clipping, EMA, a tqdm bar with loss and rate, a JSONL metrics log
 (and TensorBoard when installed), atomic checkpoints every N steps or M minutes with
 exact resume, and a one-line summary at the end.
@@ -57,7 +58,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema_decay: float = 0.0          # 0 disables the EMA copy
-    precision: str = "bf16"         # bf16 autocast (fp32 master weights) or fp32
+    precision: str = "auto"         # auto (bf16 where measurably faster here), bf16 autocast (fp32 master weights) or fp32
     threads: int = 0                # torch threads per process; 0 = leave torch's default
     seed: int = 0
     log_every: int = 10
@@ -76,8 +77,8 @@ class TrainConfig:
         if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
             raise ValueError(f"train.compile_mode must be default, reduce-overhead, max-autotune or "
                              f"max-autotune-no-cudagraphs, got {self.compile_mode!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
 
@@ -139,7 +140,10 @@ class MetricsLog:
 
 
 def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 autocast when ``precision`` (auto, bf16 or fp32) resolves to bf16 on ``device``."""
+    from model.precision import resolve
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
 
 
 def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
@@ -148,6 +152,13 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from model.precision import probe, resolve
+
+    # the precision that runs (auto resolved on this machine), recorded in the run's config.json and in
+    # every checkpoint; a run resumed on another machine may resolve differently (same results format)
+    precision = resolve(cfg.precision, info.device)
+    config_dict = {**config_dict, "precision": {"asked": cfg.precision, "ran": precision,
+                                                "probe": probe(info.device).as_dict()}}
     torch.manual_seed(cfg.seed + info.rank)
     par = Parallel(info, cfg.parallel)
     model = stage.model().to(info.device)
@@ -217,6 +228,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2))
+        print(f"[{stage.name}] precision {precision} (train.precision={cfg.precision}; {probe(info.device).reason})")
     per_rank = cfg.batch_size // info.world_size
     if per_rank * info.world_size != cfg.batch_size:
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes "
@@ -290,7 +302,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         batch = stage.next_batch(per_rank, info)
-        with autocast(info.device, cfg.precision):
+        with autocast(info.device, precision):
             loss, metrics = stage.loss(train_module, batch, step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{stage.name}] loss became {loss.item()} at step {step}; "

@@ -14,6 +14,7 @@ reward is 0 and episodes end only by ``max_steps`` (truncation).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,9 @@ class DreamSettings:
     noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
     heads: str = "auto"          # reward/termination heads: "auto" (the world's shipped ones), a path, or ""
     threads: int = 0             # torch threads (0 = leave as is)
-    device: str = "cpu"          # "cpu", "cuda" or "auto" (CUDA when available); CUDA runs bf16 autocast
+    device: str = "cpu"          # "cpu", "cuda" or "auto" (CUDA when available)
+    precision: str = "auto"      # "auto" (bf16 where measurably faster here), "fp32" or "bf16" (model.precision)
+    warmup: bool = True          # run a few throwaway frames at load so the first played frames are not slow
 
     def __post_init__(self) -> None:
         if self.sampler not in ("auto", "euler", "consistency"):
@@ -51,6 +54,8 @@ class DreamSettings:
             raise InvalidSettingError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise InvalidSettingError("device 'cuda' was asked for but CUDA is not available here; use 'cpu'")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InvalidSettingError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.cfg < 0:
             raise InvalidSettingError(f"cfg must be >= 0 (0: the checkpoint's own, 1: off), got {self.cfg!r}")
         if self.steps < 0 or self.context < 1 or self.max_steps < 1:
@@ -85,6 +90,14 @@ class DreamWorld(World):
                                    ("cpu" if s.device == "auto" else s.device))
         self.model.to(self.device)
         self.ae.to(self.device)
+        from model.precision import DTYPES, cast_for_inference, resolve
+
+        # bf16: the world model's and the decoder's weights are cast once here (the encoder stays
+        # fp32: the latents the models were trained on); the sampler's state stays fp32
+        self.precision = resolve(s.precision, self.device)
+        if self.precision != "fp32":
+            cast_for_inference(self.model, DTYPES[self.precision])
+            cast_for_inference(self.ae.decoder, DTYPES[self.precision])
         kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
         steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
         shift = float(self.config.get("loss", {}).get("shift", 3.0))
@@ -108,6 +121,8 @@ class DreamWorld(World):
         self._session = None
         self._frame: np.ndarray | None = None
         self._z: torch.Tensor | None = None
+        if s.warmup:
+            self.warm_up(1)
 
     def _load_heads(self, setting: str):
         """Heads trained on this model's latents: the card's, else the world's shipped ones ("auto"),
@@ -152,19 +167,34 @@ class DreamWorld(World):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"checkpoint": self.settings.checkpoint, "model_id": self.model_id,
+        d.update({"checkpoint": self.settings.checkpoint, "model_id": self.model_id, "precision": self.precision,
                   "sampler": dataclasses.asdict(self.sampler), "real_world": self.real_world_name})
         return d
 
     # ----------------------------------------------------------------- on the model's device
     def autocast(self):
-        """bf16 autocast on CUDA (fp32 weights); nothing on CPU (fp32 measured faster there)."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """No autocast: the weights were cast to the dream's precision once, at load (autocast under
+        no_grad would re-cast every weight on every call). Kept as the callers' context."""
+        return contextlib.nullcontext()
 
     def session(self, batch: int, generator: torch.Generator):
         from model.rollout import Session
 
         return Session(self.model, batch, device=self.device, generator=generator)
+
+    @torch.no_grad()
+    def warm_up(self, batch: int = 1, frames: int = 3) -> None:
+        """Run a throwaway ``batch``-row session of a few frames (prime, the first frame's steps, fused
+        steps, decode) so that every kernel of the streaming step's fixed shapes is made now, at load,
+        not while the first played frames are waited for (oneDNN builds a kernel per new shape)."""
+        c = self.model.cfg
+        sess = self.session(batch, torch.Generator().manual_seed(0))
+        sess.prime(torch.zeros(batch, 1, c.latent_channels, c.latent_size, c.latent_size, device=self.device),
+                   torch.zeros(batch, 1, dtype=torch.long))
+        acts = torch.zeros(batch, 1, dtype=torch.long)
+        for _ in range(frames):
+            z = sess.generate(acts, self.sampler, fuse=True)
+            self.decode(z[:, 0].float())
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:

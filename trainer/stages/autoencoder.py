@@ -19,7 +19,7 @@ import torch.nn as nn
 from model.autoencoder import Autoencoder, AutoencoderConfig, from_uint8, to_uint8
 from trainer.data import EpochSampler, load_episodes, split_episodes
 from trainer.distributed import DistInfo
-from trainer.loop import TrainConfig
+from trainer.loop import TrainConfig, autocast
 from trainer.metrics import psnr_batch, sharpness_ratio
 
 
@@ -198,7 +198,7 @@ def _count_episodes(dataset: str) -> int:
 
 
 @torch.no_grad()
-def reconstruct(ae: nn.Module, frames: np.ndarray, precision: str = "bf16", batch: int = 128) -> np.ndarray:
+def reconstruct(ae: nn.Module, frames: np.ndarray, precision: str = "auto", batch: int = 128) -> np.ndarray:
     """Encode and decode uint8 frames (N, H, W, 3) -> uint8 reconstructions."""
     was_training = ae.training
     ae.eval()
@@ -206,14 +206,14 @@ def reconstruct(ae: nn.Module, frames: np.ndarray, precision: str = "bf16", batc
     out = []
     for i in range(0, len(frames), batch):
         x = from_uint8(torch.from_numpy(frames[i:i + batch])).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(dev, precision):
             y = ae.reconstruct(x)
         out.append(to_uint8(y.float()).cpu().numpy())
     ae.train(was_training)
     return np.concatenate(out)
 
 
-def evaluate_autoencoder(ae: nn.Module, frames: np.ndarray, world: str, precision: str = "bf16") -> dict[str, float]:
+def evaluate_autoencoder(ae: nn.Module, frames: np.ndarray, world: str, precision: str = "auto") -> dict[str, float]:
     rec = reconstruct(ae, frames, precision)
     res = {"psnr": float(psnr_batch(rec, frames).mean()), "sharpness_ratio": sharpness_ratio(rec, frames)}
     if world == "adventure":

@@ -27,10 +27,11 @@ import torch.nn as nn
 
 from model import flow
 from model.distill import cd_timestep_pair, consistency_loss, ema_update, teacher_cfg_euler_step
+from model.precision import frozen_for_autocast
 from model.transformer import FrameTransformer, TransformerConfig
 from trainer.config import from_dict
 from trainer.distributed import DistInfo
-from trainer.loop import TrainConfig
+from trainer.loop import TrainConfig, autocast
 from trainer.stages.autoencoder import DataConfig
 from trainer.stages.teacher import ClipData, _TeacherForcing
 
@@ -147,6 +148,7 @@ class CDStage:
         B, F = x0.shape[:2]
         dev = x0.device
         self.teacher.to(dev)
+        frozen_for_autocast(self.teacher)  # bf16 training: the frozen teacher cast once, not per call
         self.target.to(dev)
         _, s_n, s_next = cd_timestep_pair(B, self.cfg.loss.n_points, self.shift, self.gen)
         sigma = s_n.to(dev)[:, None].expand(B, F)
@@ -215,7 +217,7 @@ def few_step_eval(model: nn.Module, data: ClipData, steps_list: tuple[int, ...],
 
             def v(x: torch.Tensor, sigma: torch.Tensor, acts: torch.Tensor, clean: torch.Tensor = x0,
                   zs: torch.Tensor = zeros) -> torch.Tensor:
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                with autocast(dev, precision):
                     return model(clean, x, sigma, acts, zs).float()
 
             noise = torch.randn(x0.shape, generator=gen).to(dev)

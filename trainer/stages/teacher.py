@@ -24,7 +24,7 @@ from model.transformer import FrameTransformer, TransformerConfig
 from trainer.data import EpochSampler, split_episodes, window_index
 from trainer.distributed import DistInfo
 from trainer.latents import LatentCache, load_autoencoder
-from trainer.loop import TrainConfig
+from trainer.loop import TrainConfig, autocast
 from trainer.stages.autoencoder import DataConfig
 
 
@@ -188,7 +188,7 @@ class TeacherStage:
         dev = next(model.parameters()).device
         for i in range(0, len(self.eval_windows), 16):
             x0, a = self._clips(self.eval_windows[i:i + 16], dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+            with autocast(dev, self.cfg.train.precision):
                 loss, m = teacher_forcing_loss(model, x0, a, TeacherLossConfig(
                     shift=self.cfg.loss.shift, action_dropout=0.0, change_weight=self.cfg.loss.change_weight),
                     self.cfg.model.null_action, gen)
