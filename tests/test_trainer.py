@@ -144,6 +144,75 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_weights(tmp_path / "missing.safetensors")
 
 
+def test_fresh_keeps_the_earlier_run_aside_and_trains_the_new_one(tmp_path, dataset):
+    # an earlier, longer run in the folder ...
+    first = tiny_ae_config(tmp_path, dataset, "again", steps=24, ckpt_every=8, precision="fp32", threads=1)
+    run_trainer("autoencoder", first)
+    assert latest_checkpoint(tmp_path / "again").name == "step_00000024"
+    # ... then a shorter one with --fresh in the same folder: its checkpoints must survive pruning
+    second = tiny_ae_config(tmp_path, dataset, "again", steps=8, ckpt_every=4, precision="fp32", threads=1,
+                            keep_checkpoints=2)
+    r = run_trainer("autoencoder", second, "--fresh")
+    assert "moved to" in r.stdout
+    run = tmp_path / "again"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000008"]
+    assert latest_checkpoint(run).name == "step_00000008"
+    moved = list((run / "replaced").glob("*/checkpoints/step_00000024"))
+    assert len(moved) == 1  # the earlier run is kept, not deleted
+    assert max(losses(run)) == 8  # the new run's own metrics
+    # a rerun without --fresh sees the new run, complete
+    again = run_trainer("autoencoder", second)
+    assert "nothing to do" in again.stdout and "step_00000008" in again.stdout
+
+
+def test_a_train_state_that_could_run_code_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from trainer.checkpoint import load_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ck = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ck.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(ck / "model.safetensors"))
+    (ck / "meta.json").write_text(json.dumps({"step": 1, "config": {}}))
+    torch.save({"step": 1, "data": Payload()}, ck / "train_state.pt")
+    with pytest.raises(CheckpointError, match="refused to load .*train_state.pt"):
+        load_checkpoint(ck)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "metadata", "episode"])
+def test_a_missing_or_damaged_dataset_is_one_clear_line(tmp_path, dataset, damage):
+    import shutil
+
+    data = tmp_path / "broken-v0"
+    if damage != "missing":
+        shutil.copytree(dataset, data)
+    if damage == "metadata":
+        (data / "data" / "metadata.json").write_text("{ not json")
+    if damage == "episode":  # garble the middle of every stored episode file
+        files = [p for p in (data / "data").rglob("*") if p.is_file() and p.name != "metadata.json"
+                 and p.stat().st_size > 256]
+        assert files
+        for p in files:
+            b = bytearray(p.read_bytes())
+            b[len(b) // 4: len(b) // 4 + 64] = bytes(64)
+            p.write_bytes(bytes(b))
+    cfg = write_config(tmp_path / "teacher.yaml", "adventure_teacher.yaml", run_dir=str(tmp_path / "t"),
+                       latent_cache_dir=str(tmp_path / "lat"), data={"dataset": str(data), "holdout_episodes": 1})
+    r = run_trainer("teacher", cfg, "--set", "train.steps=1", check=False)
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: [teacher]")
+    assert str(data) in r.stderr
+    want = {"missing": "no dataset at", "metadata": "not valid JSON", "episode": "could not be read"}[damage]
+    assert want in r.stderr, r.stderr
+
+
 def test_teacher_loss_falls(tmp_path, dataset):
     ae_cfg = tiny_ae_config(tmp_path, dataset, "ae_for_teacher", steps=8)
     run_trainer("autoencoder", ae_cfg)

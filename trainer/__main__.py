@@ -54,6 +54,25 @@ def record_command(run_dir: str, argv: list[str], fresh: bool = False) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user can fix (bad data, a damaged or foreign checkpoint,
+    a full or read-only disk), or None for a bug (its traceback is shown)."""
+    import errno
+
+    from trainer.checkpoint import CheckpointError
+    from trainer.data import DataError
+    from world.core import WorldError
+    from world.dataset import DatasetError
+
+    if isinstance(e, (DataError, DatasetError, CheckpointError, ConfigError, WorldError)):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+        where = f" ({e.filename})" if e.filename else ""
+        return (f"{e.strerror}{where}; free some space or make the run folder writable, then run the same "
+                f"command again: it resumes from the last complete checkpoint")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0])
     p.add_argument("stage", help=f"one of {list(STAGES)}")
@@ -61,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: the run folder's earlier checkpoints and metrics are moved to RUN_DIR/replaced/")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     try:
@@ -74,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     info = init_distributed(args.device)
+    if info.is_main and args.fresh:
+        from trainer.checkpoint import archive_run
+
+        moved = archive_run(cfg.run_dir)  # the earlier run is kept aside, never pruned or resumed
+        if moved is not None:
+            print(f"[{cfg.stage}] --fresh: the earlier run in {cfg.run_dir} (checkpoints, metrics, config) was "
+                  f"moved to {moved}; delete that folder when you no longer need it")
     if info.is_main:
         record_command(cfg.run_dir, argv, args.fresh)
     clean = False
@@ -98,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             config[key] = {**mine, **value} if isinstance(mine, dict) and isinstance(value, dict) else value
         train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh)
         clean = True
+    except Exception as e:  # noqa: BLE001 - user errors get one line; bugs keep their traceback
+        message = user_error(e)
+        if message is None or os.environ.get("DREAMSTEP_DEBUG") == "1":
+            raise
+        print(f"error: [{cfg.stage}] {message}", file=sys.stderr)
+        return 2
     finally:
         shutdown(info, clean)  # after an error, no barrier: the other ranks may never reach it
     if info.enabled:

@@ -72,23 +72,43 @@ def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) ->
         from minari import MinariDataset
     except ImportError as e:
         raise DataError("reading datasets needs minari: pip install 'dreamstep[minari]'") from e
-    ds = MinariDataset(str(data))
-    ids = list(range(ds.total_episodes)) if episodes is None else episodes
-    meta = {}
+    dataset_metadata(path)  # a damaged metadata.json is named before minari reads it
     out = []
-    for ep in ds.iterate_episodes(ids):
-        meta_seed = None
-        try:
-            meta = next(iter(ds.storage.get_episode_metadata([ep.id])))
-            meta_seed = meta.get("seed")
-        except Exception:  # noqa: BLE001 - the seed is informative only
-            pass
-        out.append(episode_from_minari(ep, meta_seed))
+    current = None
+    try:
+        ds = MinariDataset(str(data))
+        ids = list(range(ds.total_episodes)) if episodes is None else episodes
+        for ep in ds.iterate_episodes(ids):
+            current = ep.id
+            meta_seed = None
+            try:
+                meta = next(iter(ds.storage.get_episode_metadata([ep.id])))
+                meta_seed = meta.get("seed")
+            except Exception:  # noqa: BLE001 - the seed is informative only
+                pass
+            out.append(episode_from_minari(ep, meta_seed))
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - minari/arrow/zstd errors name no file: say which dataset
+        where = f"the episode after {current}" if current is not None else "its first episode"
+        raise DataError(
+            f"dataset {path} could not be read at {where}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; "
+            f"the files are damaged: record the dataset again (python -m world.record ... --out {path}, "
+            f"into a new folder)") from e
     return out
 
 
 def dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(dataset_dir) / "data" / "metadata.json").read_text())
+    """The top ``metadata.json`` of a dataset folder; a missing or damaged one is a :class:`DataError`."""
+    path = Path(dataset_dir) / "data" / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DataError(f"no dataset at {dataset_dir} (expected {path}); record one with `python -m world.record "
+                        f"--world adventure --policy explorer --out {dataset_dir}` or `make dataset`") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"dataset {dataset_dir} is damaged: {path} is not valid JSON ({e}); record the dataset "
+                        f"again into a new folder") from e
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:

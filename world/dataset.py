@@ -100,7 +100,12 @@ def _require_dataset(root: Path) -> Path:
 
 def read_metadata(root: str | Path) -> dict[str, Any]:
     """The raw top metadata (``DIR/data/metadata.json``) of a dataset folder."""
-    return json.loads(_require_dataset(Path(root)).read_text())
+    meta = _require_dataset(Path(root))
+    try:
+        return json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"dataset {str(root)!r} is damaged: {meta} is not valid JSON ({e}); record the "
+                           f"dataset again into a new folder") from e
 
 
 def recorded_settings(root: str | Path | None, world: str) -> dict[str, Any]:

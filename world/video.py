@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +28,10 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
 
     ``scale`` upscales each frame by pixel repetition first (small game frames stay sharp);
     ``crf`` is x264's quality (0 lossless, 12 visually lossless, 23 default).
+
+    The video is written to a temporary file beside ``path``, checked (ffmpeg's exit, an index
+    that players need), and only then renamed over ``path``: a full disk, a killed process or a
+    failed encode raises :class:`VideoError` and leaves any earlier file at ``path`` as it was.
     """
     import imageio_ffmpeg
 
@@ -35,9 +42,15 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise VideoError(f"output file must end in .mp4, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VideoError(f"cannot create the folder {str(path.parent)!r} for the video: {e.strerror or e}; "
+                         f"choose another --out") from e
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     writer = None
     count, shape = 0, None
+    done = False
     try:
         for frame in frames:
             frame = np.asarray(frame)
@@ -47,7 +60,7 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
                 shape = frame.shape
                 h, w = shape[0] * scale, shape[1] * scale
                 writer = imageio_ffmpeg.write_frames(
-                    str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+                    str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
                     pix_fmt_out="yuv420p", macro_block_size=2, quality=None,
                     output_params=["-crf", str(crf)], ffmpeg_log_level="error")
                 writer.send(None)  # start ffmpeg
@@ -55,9 +68,54 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
                 raise VideoError(f"frame {count} has shape {frame.shape}, the first had {shape}")
             writer.send(np.ascontiguousarray(upscale_nearest(frame, scale)))
             count += 1
+        if count == 0:
+            raise VideoError("no frames to write")
+        writer.close()  # waits for ffmpeg; raises if it failed
+        writer = None
+        _check_playable(tmp, path)
+        os.replace(tmp, path)
+        done = True
+    except VideoError:
+        raise
+    except (OSError, RuntimeError) as e:
+        raise VideoError(_why(e, path)) from e
     finally:
         if writer is not None:
-            writer.close()
-    if count == 0:
-        raise VideoError("no frames to write")
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - already failing: the first error is the one reported
+                pass
+        if not done:
+            tmp.unlink(missing_ok=True)
     return count
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _why(e: BaseException, path: Path) -> str:
+    """A one-line reason for a failed video write that names the file and what to do."""
+    text = f"{e}"
+    free = _free_bytes(path.parent)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or (free is not None and free < 1 << 20):
+        return (f"could not write the video {str(path)!r}: No space left on device "
+                f"({0 if free is None else free // 1024} KiB free); free some space or choose another --out "
+                f"(any earlier file there is unchanged)")
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"could not write the video {str(path)!r}: {e.strerror}; choose a writable --out"
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    return f"could not write the video {str(path)!r}: {first} (any earlier file there is unchanged)"
+
+
+def _check_playable(tmp: Path, path: Path) -> None:
+    """An mp4 that players can open has its index (the ``moov`` box); a truncated write has not."""
+    try:
+        data = tmp.read_bytes()
+    except OSError as e:
+        raise VideoError(_why(e, path)) from e
+    if len(data) < 8 or b"moov" not in data:
+        raise VideoError(_why(OSError(f"ffmpeg wrote an unplayable file ({len(data)} bytes, no index)"), path))

@@ -1,0 +1,93 @@
+"""What a careless or unlucky user does: full disks, read-only folders, files from elsewhere."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from world.video import VideoError, write_mp4
+
+
+def _frames(n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _fake_writer(fail_at: int | None, body: bytes = b"x" * 64):
+    """Stands in for imageio_ffmpeg.write_frames: writes ``body`` per frame and raises ENOSPC at
+    frame ``fail_at`` (a full disk), or finishes with a file that has no mp4 index."""
+    def write_frames(path, size, **kw):
+        with open(path, "wb") as f:
+            n = 0
+            while True:
+                frame = yield
+                if frame is None:
+                    continue
+                n += 1
+                f.write(body)
+                if fail_at is not None and n == fail_at:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+    return write_frames
+
+
+def test_mp4_on_a_full_disk_fails_clearly_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    out = tmp_path / "video.mp4"
+    assert write_mp4(out, _frames()) == 6
+    good = out.read_bytes()
+    assert b"moov" in good
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", _fake_writer(fail_at=3))
+    with pytest.raises(VideoError, match="No space left on device.*unchanged"):
+        write_mp4(out, _frames())
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]  # no temporary file left
+
+
+def test_an_unplayable_mp4_is_not_reported_as_written(tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", _fake_writer(fail_at=None))
+    out = tmp_path / "new.mp4"
+    with pytest.raises(VideoError, match="unplayable"):
+        write_mp4(out, _frames())
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_record_export_on_a_full_disk_exits_nonzero_with_one_line(tmp_path, monkeypatch, capsys):
+    import imageio_ffmpeg
+
+    from tests.trainer_helpers import record_tiny_dataset
+    from world.record import main as record_main
+
+    data = record_tiny_dataset(tmp_path / "tiny-v0", episodes=1, steps=8)
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", _fake_writer(fail_at=2))
+    code = record_main(["export", "--dataset", str(data), "--episode", "0", "--out", str(tmp_path / "ep.mp4")])
+    err = capsys.readouterr().err
+    assert code != 0 and "No space left on device" in err and "Traceback" not in err
+    assert not (tmp_path / "ep.mp4").exists()
+
+
+def test_a_checkpoint_on_a_full_disk_says_so_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    import trainer.checkpoint as C
+
+    run = tmp_path / "run"
+    C.save_checkpoint(run, 1, {"model": {"w": torch.zeros(3)}}, {"step": 1}, {"config": {}})
+
+    def full(*a, **k):  # what torch/safetensors report when the disk fills mid-write
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(C, "save_file", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(C.CheckpointError, match="No space left on device.*resumes from step_00000001"):
+        C.save_checkpoint(run, 2, {"model": {"w": torch.ones(3)}}, {"step": 2}, {"config": {}})
+    assert C.latest_checkpoint(run).name == "step_00000001"
+    assert not list((run / "checkpoints").glob(".tmp_step_*"))  # the half-written one is gone
