@@ -91,3 +91,61 @@ def test_a_checkpoint_on_a_full_disk_says_so_and_keeps_the_earlier_ones(tmp_path
         C.save_checkpoint(run, 2, {"model": {"w": torch.ones(3)}}, {"step": 2}, {"config": {}})
     assert C.latest_checkpoint(run).name == "step_00000001"
     assert not list((run / "checkpoints").glob(".tmp_step_*"))  # the half-written one is gone
+
+
+def _copy_shipped(tmp_path, name: str):
+    import shutil
+
+    from tests.trainer_helpers import ROOT
+
+    for ext in (".safetensors", ".yaml"):
+        shutil.copy(ROOT / "assets" / "checkpoints" / f"{name}{ext}", tmp_path / f"{name}{ext}")
+    return tmp_path / f"{name}.safetensors"
+
+
+def test_flipped_bytes_in_the_weights_are_refused(tmp_path):
+    from trainer.checkpoint import CheckpointError, resolve_full
+
+    w = _copy_shipped(tmp_path, "adventure_heads")
+    resolve_full(w)  # intact: loads
+    data = bytearray(w.read_bytes())
+    data[-100] ^= 0xFF  # the tensor payload, the header untouched
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        resolve_full(w)
+
+
+def test_every_shipped_card_records_the_hash_of_its_weights():
+    from tests.trainer_helpers import ROOT
+    from trainer.checkpoint import check_content, read_card
+
+    for w in sorted((ROOT / "assets" / "checkpoints").glob("*.safetensors")):
+        card = read_card(w)
+        assert len(card.get("sha256", "")) == 64, w
+        check_content(w, card)
+
+
+@pytest.mark.parametrize("problem", ["yaml", "heads", "garbage"])
+def test_play_names_a_bad_checkpoint_in_one_line(tmp_path, problem):
+    import subprocess
+    import sys
+
+    from tests.trainer_helpers import ROOT
+
+    if problem == "heads":  # a model of the wrong kind
+        ckpt = _copy_shipped(tmp_path, "adventure_heads")
+        want = "'heads' checkpoint, not a world model"
+    else:
+        ckpt = _copy_shipped(tmp_path, "adventure_cfpp_frame2")
+        if problem == "yaml":
+            ckpt.with_suffix(".yaml").write_text("config: [\n  broken")
+            want = "not valid YAML at line 2"
+        else:
+            ckpt.write_bytes(b"garbage")
+            want = "does not match the sha256"
+    r = subprocess.run([sys.executable, "play.py", "--headless", "--checkpoint", str(ckpt), "--frames", "2",
+                        "--out", str(tmp_path / "x.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "SDL_VIDEODRIVER": "dummy"})
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and want in r.stderr, r.stderr[-1500:]
+    assert r.stderr.count("\n") == 1

@@ -258,13 +258,54 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:12]
 
 
+def content_hash(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a model card records it; loading checks it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_card(weights: Path) -> dict[str, Any]:
+    """The model card (``.yaml`` beside a ``.safetensors``) as a dict, with errors that name it."""
+    import yaml
+
+    card = weights.with_suffix(".yaml")
+    if not card.is_file():
+        raise CheckpointError(f"checkpoint {weights} has no model card {card} (it holds the config); export it with "
+                              f"python -m trainer.export, or give its run folder")
+    try:
+        data = yaml.safe_load(card.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise CheckpointError(f"model card {card} is not valid YAML{at} ({getattr(e, 'problem', e)}); fix it or "
+                              f"re-export the checkpoint") from e
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise CheckpointError(f"model card {card} has no 'config' section; it is not a dreamstep model card "
+                              f"(re-export the checkpoint with python -m trainer.export)")
+    return data
+
+
+def check_content(weights: Path, card: dict[str, Any]) -> None:
+    """A card that records its weights' sha256 must match them: flipped bytes in the tensor payload
+    (which safetensors' header check does not see) are refused, not played."""
+    want = card.get("sha256")
+    if want and content_hash(weights) != want:
+        raise CheckpointError(f"{weights} does not match the sha256 its model card records ({str(want)[:12]}...): "
+                              f"the file is corrupted or was replaced; restore it (git checkout, or copy it again) "
+                              f"or re-export it")
+
+
 def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """A run folder, checkpoint folder or shipped .safetensors -> (weights file, full config).
 
     Checkpoint folders give their EMA weights when they have them; a shipped file's config
     is in its model card (the .yaml beside it).
     """
-    import yaml
 
     p = Path(path)
     if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
@@ -282,8 +323,7 @@ def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
         weights = p / "ema.safetensors" if (p / "ema.safetensors").is_file() else p / "model.safetensors"
         return weights, cfg
     if p.suffix == ".safetensors" and p.is_file():
-        card = p.with_suffix(".yaml")
-        if not card.is_file():
-            raise CheckpointError(f"shipped checkpoint {p} has no model card {card} (it holds the config)")
-        return p, yaml.safe_load(card.read_text())["config"]
+        card = read_card(p)
+        check_content(p, card)
+        return p, card["config"]
     raise CheckpointError(f"checkpoint {p} not found: give a run folder, a checkpoint folder or a .safetensors file")

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from trainer.checkpoint import CheckpointError, latest_checkpoint, load_weights
+from trainer.checkpoint import CheckpointError, content_hash, latest_checkpoint, load_weights
 from trainer.models import SHIPPED, _strip
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -248,6 +248,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "weights": weights.name,
         "dtype": dtype,
         "parameters": int(sum(v.numel() for v in state.values())),
+        "sha256": content_hash(weights),  # checked at every load (trainer.checkpoint.check_content)
         "weights_from": f"{ckpt} ({use})",
         "steps": int(meta["step"]),
         "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),

@@ -12,7 +12,7 @@ from model.heads import HeadsConfig, RewardHeads
 from model.idm import IDMConfig, InverseDynamics
 from model.transformer import FrameTransformer, TransformerConfig
 from trainer.checkpoint import CheckpointError, file_hash, load_into, load_weights, resolve_full
-from trainer.config import from_dict
+from trainer.config import ConfigError, from_dict
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 
@@ -36,9 +36,16 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu"
                      ) -> tuple[FrameTransformer, dict[str, Any], str]:
     """The frame transformer at ``path`` (eval, frozen, fp32), its full config and weights id."""
     weights, cfg = resolve_full(path)
-    if "model" not in cfg or "autoencoder" not in cfg:
-        raise CheckpointError(f"{path} is not a world-model checkpoint (its config has no model/autoencoder)")
-    net = FrameTransformer(from_dict(TransformerConfig, cfg["model"], f"{weights} config"))
+    stage = cfg.get("stage")
+    if "model" not in cfg or "autoencoder" not in cfg or stage in ("heads", "idm", "autoencoder"):
+        what = f"a {stage!r} checkpoint" if stage else "not a world-model checkpoint"
+        raise CheckpointError(f"{path} is {what}, not a world model (teacher or distilled student); give a "
+                              f"world model, e.g. {SHIPPED / 'adventure_cfpp_frame2.safetensors'}")
+    try:
+        mcfg = from_dict(TransformerConfig, cfg["model"], f"{weights} config")
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a world model this code can build: {e}") from None
+    net = FrameTransformer(mcfg)
     state = {k: v.float() for k, v in _strip(load_weights(weights), "net.").items()}
     load_into(net, state, str(weights))
     net.eval().requires_grad_(False).to(device)

@@ -84,8 +84,13 @@ class DreamWorld(World):
             raise InvalidSettingError(
                 f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
                 f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
-        self.model, self.config, self.model_id = load_world_model(s.checkpoint)
-        self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
+        from trainer.checkpoint import CheckpointError
+
+        try:
+            self.model, self.config, self.model_id = load_world_model(s.checkpoint)
+            self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
+        except CheckpointError as e:  # one line for the user (play, gym.make, evaluate), no traceback chain
+            raise InvalidSettingError(f"cannot load the dream checkpoint: {e}") from None
         self.device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if s.device == "auto" else s.device))
         self.model.to(self.device)
@@ -115,7 +120,10 @@ class DreamWorld(World):
         self.tick_rate = self._real.tick_rate
         self.keymap_name = self._real.keymap_name
         self.name = f"dream:{self.real_world_name}"
-        self.heads = self._load_heads(s.heads)
+        try:
+            self.heads = self._load_heads(s.heads)
+        except CheckpointError as e:
+            raise InvalidSettingError(f"cannot load the reward/termination heads: {e}") from None
         if self.heads is not None:
             self.heads.to(self.device)
         self._session = None
