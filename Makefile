@@ -97,7 +97,7 @@ variants: setup
 	$(PY) -m trainer dmd --config assets/configs/adventure_cf_chunk4.yaml --set train.steps=$(DMD_STEPS)
 	for v in cfpp_frame2 cfpp_frame1 ode_frame2 ode_dmd_frame2 cf_chunk4; do \
 		dir=assets/checkpoints; [ $$v = ode_frame2 ] && dir=runs/exports; \
-		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 --out-dir $$dir \
+		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 --out-dir $$dir --force \
 			--command "make variants CD_STEPS=$(CD_STEPS) ODE_STEPS=$(ODE_STEPS) ODE_SAMPLES=$(ODE_SAMPLES) DMD_STEPS=$(DMD_STEPS)" || exit 1; \
 	done
 

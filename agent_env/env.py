@@ -73,11 +73,15 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
 
     def __init__(
         self,
-        world: WorldSpec,
+        world: WorldSpec | None = None,
         render_mode: str | None = None,
         render_size: int | None = None,
         **settings: Any,
     ) -> None:
+        if world is None:
+            raise ValueError("dreamstep/World-v0 needs the world to play: gym.make('dreamstep/World-v0', "
+                             "world='adventure') (or 'maze3d', 'gym:ALE/Breakout-v5', ...); the registered "
+                             "dreamstep/Adventure-v0 and dreamstep/Maze3D-v0 name theirs")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "

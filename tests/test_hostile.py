@@ -149,3 +149,101 @@ def test_play_names_a_bad_checkpoint_in_one_line(tmp_path, problem):
     assert r.returncode == 2, r.stderr[-1500:]
     assert "Traceback" not in r.stderr and want in r.stderr, r.stderr[-1500:]
     assert r.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- small items: one clear error each
+def test_empty_config_and_a_config_of_another_stage_are_named(tmp_path):
+    from tests.trainer_helpers import ROOT
+    from trainer.config import ConfigError, load_config
+    from trainer.stages.teacher import TeacherExperiment
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(TeacherExperiment, empty)
+    with pytest.raises(ConfigError, match="is a 'autoencoder' config, not a 'teacher' one"):
+        load_config(TeacherExperiment, ROOT / "assets" / "configs" / "adventure_ae.yaml")
+
+
+def test_a_model_card_given_as_the_checkpoint_means_its_weights(tmp_path):
+    from trainer.checkpoint import CheckpointError, resolve_full
+
+    w = _copy_shipped(tmp_path, "adventure_heads")
+    assert resolve_full(w.with_suffix(".yaml"))[0] == w
+    w.unlink()
+    with pytest.raises(CheckpointError, match="model card without its weights"):
+        resolve_full(w.with_suffix(".yaml"))
+
+
+def test_evaluate_rejects_empty_runs_and_defaults_to_the_cards_sampler(capsys):
+    from trainer.evaluate import card_sampler, main
+
+    for flag in ("--episodes", "--horizon"):
+        assert main(["--checkpoint", "x", "--out", "/tmp/never.json", flag, "0"]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    student = {"sampler": {"kind": "consistency", "steps": 2, "first_frame_steps": 4, "cfg": 1.5}, "loss": {"shift": 3}}
+    s = card_sampler(student)
+    assert (s.kind, s.steps, s.first_frame_steps, s.cfg, s.shift) == ("consistency", 2, 4, 1.5, 3.0)
+    t = card_sampler(student, kind="euler")  # another kind: not the student's guidance or steps
+    assert (t.kind, t.steps, t.cfg, t.first_frame_steps) == ("euler", 48, 1.0, 0)
+    assert card_sampler({}).kind == "euler"
+
+
+def test_evaluate_table_names_the_horizon_it_averaged():
+    from trainer.evaluate import render_markdown
+
+    rep = {k: 1.0 for k in ("psnr_mean_16", "copy_last_psnr_mean_16", "ae_ceiling_psnr", "ssim_mean_16",
+                            "changed_psnr_mean_16", "copy_last_changed_psnr_mean_16", "seen_psnr_mean_16",
+                            "copy_last_seen_psnr_mean_16", "player_found_16", "player_pos_err_16",
+                            "sharpness_ratio_16", "ae_sharpness_ratio", "action_accuracy", "idm_real_accuracy",
+                            "gap_closed_1", "frechet_early", "frechet_late", "revisit_psnr", "copy_last_revisit_psnr")}
+    rep.update(psnr_at=[1.0] * 4, sampler={"kind": "euler", "steps": 4, "cfg": 1.0, "shift": 3.0},
+               protocol={"episodes": 1, "world": "adventure", "context": 4, "horizon": 4, "eval_seeds": [1]},
+               provenance={"checkpoint": "c", "command": "x", "git_commit": "g"})
+    md = render_markdown(rep)
+    assert "PSNR mean 1-4" in md and "1-16" not in md
+
+
+def test_play_rejects_a_bad_script_key_headless_too(tmp_path):
+    from world.play_app import PlayError, parse_args
+
+    with pytest.raises(PlayError, match="unknown key name 'jump'"):
+        parse_args(["--headless", "--script-keys", "jump*3"])
+
+
+def test_export_names_stay_in_the_out_dir_and_are_not_overwritten(tmp_path):
+    from trainer.checkpoint import CheckpointError
+    from trainer.export import export
+
+    with pytest.raises(CheckpointError, match="plain file name"):
+        export(tmp_path / "run", "../../x", out_dir=tmp_path / "ship")
+    (tmp_path / "ship").mkdir()
+    (tmp_path / "ship" / "mine.safetensors").write_bytes(b"keep")
+    with pytest.raises(CheckpointError, match="already exist; pass --force"):
+        export(tmp_path / "run", "mine", out_dir=tmp_path / "ship")
+    assert (tmp_path / "ship" / "mine.safetensors").read_bytes() == b"keep"
+
+
+def test_env_settings_of_the_wrong_type_and_foreign_states_are_clear():
+    import gymnasium as gym
+
+    import agent_env  # noqa: F401 - registers the envs
+    from world import make_world
+    from world.core import InvalidSettingError, InvalidStateError
+
+    with pytest.raises(InvalidSettingError, match="setting 'steps' of world 'dream' must be int, got str 'two'"):
+        gym.make("dreamstep/AdventureDream-v0", steps="two")
+    w = make_world("adventure")
+    w.reset(seed=0)
+    with pytest.raises(InvalidStateError, match="has no 'map_seed'"):
+        w.set_state({})
+    with pytest.raises(ValueError, match="needs the world to play"):
+        gym.make("dreamstep/World-v0")
+
+
+def test_pipeline_checks_every_stages_options_before_the_first_stage(tmp_path):
+    from trainer.pipeline import main
+
+    out = tmp_path / "pipe"
+    assert main(["--world", "adventure", "--out", str(out), "--set", "teacher.train.stepz=3"]) == 2
+    assert not out.exists()  # nothing was recorded or trained first

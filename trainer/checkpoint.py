@@ -310,6 +310,11 @@ def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
     p = Path(path)
     if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
         p = REPO_ROOT / p  # cards name shipped files relative to the repository (assets/...)
+    if p.suffix in (".yaml", ".yml") and p.is_file():  # the model card given for its weights
+        if not p.with_suffix(".safetensors").is_file():
+            raise CheckpointError(f"{p} is a model card without its weights ({p.with_suffix('.safetensors').name} "
+                                  f"is not beside it); give the .safetensors file")
+        p = p.with_suffix(".safetensors")
     if p.is_dir() and (p / "checkpoints").is_dir():
         ckpt = latest_checkpoint(p)
         if ckpt is None:

@@ -83,9 +83,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; shipped configs are in assets/configs/")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        raise ConfigError(f"{path} is empty; a config names at least its stage, e.g. start from "
+                          f"assets/configs/adventure_teacher.yaml (or write 'base: <shipped config>')")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     if "base" in data:
@@ -107,6 +110,11 @@ def read_yaml_no_base(path: Path, child: Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     """Load ``cls`` from a YAML file (with ``base:``), then apply dotted ``overrides``."""
     data = read_yaml(path)
+    want = getattr(cls, "__dataclass_fields__", {}).get("stage")
+    if want is not None and "stage" in data and data["stage"] != want.default:
+        raise ConfigError(f"{path} is a {data['stage']!r} config, not a {want.default!r} one; run it with "
+                          f"python -m trainer {data['stage']}, or give a {want.default} config "
+                          f"(assets/configs/)")
     for dotted, value in (overrides or {}).items():
         node = data
         keys = dotted.split(".")

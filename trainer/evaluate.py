@@ -555,14 +555,15 @@ def _pair(report: dict[str, Any], a: str, b: str) -> str | None:
 
 def render_markdown(report: dict[str, Any]) -> str:
     s = report["sampler"]
+    span = f"1-{min(HORIZON, len(report['psnr_at']))}"  # the *_16 fields average the first 16 steps at most
     rows = [
-        ("PSNR mean 1-16 (dB)", report["psnr_mean_16"], report["copy_last_psnr_mean_16"], report["ae_ceiling_psnr"]),
-        ("SSIM mean 1-16", report["ssim_mean_16"], report.get("copy_last_ssim_mean_16"), None),
-        ("changed-region PSNR 1-16", report["changed_psnr_mean_16"], report["copy_last_changed_psnr_mean_16"], None),
-        ("seen-region PSNR 1-16", report["seen_psnr_mean_16"], report["copy_last_seen_psnr_mean_16"], None),
-        ("player found 1-16", report["player_found_16"], None, report.get("ae_player_found")),
-        ("player position error 1-16 (px)", report["player_pos_err_16"], None, None),
-        ("sharpness ratio 1-16", report["sharpness_ratio_16"], None, report["ae_sharpness_ratio"]),
+        (f"PSNR mean {span} (dB)", report["psnr_mean_16"], report["copy_last_psnr_mean_16"], report["ae_ceiling_psnr"]),
+        (f"SSIM mean {span}", report["ssim_mean_16"], report.get("copy_last_ssim_mean_16"), None),
+        (f"changed-region PSNR {span}", report["changed_psnr_mean_16"], report["copy_last_changed_psnr_mean_16"], None),
+        (f"seen-region PSNR {span}", report["seen_psnr_mean_16"], report["copy_last_seen_psnr_mean_16"], None),
+        (f"player found {span}", report["player_found_16"], None, report.get("ae_player_found")),
+        (f"player position error {span} (px)", report["player_pos_err_16"], None, None),
+        (f"sharpness ratio {span}", report["sharpness_ratio_16"], None, report["ae_sharpness_ratio"]),
         ("action accuracy (IDM)", report["action_accuracy"], None, report["idm_real_accuracy"]),
         ("action accuracy on AE reconstructions", report.get("idm_ae_accuracy"), None, report["idm_real_accuracy"]),
         ("action accuracy, key changed / held", _pair(report, "action_accuracy_switch", "action_accuracy_hold"),
@@ -609,6 +610,25 @@ def render_plot(report: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def card_sampler(card: dict[str, Any], kind: str | None = None, steps: int | None = None,
+                 first_frame_steps: int | None = None, cfg: float | None = None,
+                 shift: float | None = None) -> SamplerConfig:
+    """The sampler a model card plays with (a distilled student's few-step consistency sampler, a
+    teacher's 48-step Euler), each field overridable; guidance and first-frame steps come from the
+    card only when the sampler kind is the card's own."""
+    from trainer.models import card_guidance
+
+    own = card.get("sampler") or {}
+    kind = kind or own.get("kind", "euler")
+    mine = bool(own) and own.get("kind", "euler") == kind
+    steps = steps or (int(own.get("steps", 48)) if mine else 48)
+    if first_frame_steps is None:
+        first_frame_steps = int(own.get("first_frame_steps", 0)) if mine and kind == "consistency" else 0
+    return SamplerConfig(kind=kind, steps=steps, cfg=cfg if cfg is not None else card_guidance(card, kind),
+                         shift=shift if shift is not None else float(card.get("loss", {}).get("shift", 3.0)),
+                         first_frame_steps=first_frame_steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="world-model run folder, checkpoint folder or .safetensors")
@@ -618,13 +638,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actions", help="JSON action script (names or indices) used after the reset of every episode")
     p.add_argument("--context", type=int, default=4)
     p.add_argument("--horizon", type=int, default=HORIZON)
-    p.add_argument("--sampler", choices=["euler", "consistency"], default="euler")
-    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--sampler", choices=["euler", "consistency"], default=None,
+                   help="default: the card's sampler (a distilled student's consistency sampler; euler for a teacher)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="default: the card's steps for its own sampler kind, else 48 (euler)")
     p.add_argument("--cfg", type=float, default=None,
                    help="action CFG scale on each sampling step (1 = off); default: the card's sampler cfg when "
                         "--sampler is the card's kind, else 1")
     p.add_argument("--shift", type=float, default=None, help="default: the checkpoint's training shift")
-    p.add_argument("--first-frame-steps", type=int, default=0)
+    p.add_argument("--first-frame-steps", type=int, default=None, help="default: the card's (consistency)")
     p.add_argument("--idm", help="IDM checkpoint (default: the shipped one, else runs/<world>_idm)")
     p.add_argument("--long-episodes", type=int, default=4, help="long rollouts for the Fréchet drift (0: skip)")
     p.add_argument("--long-horizon", type=int, default=256)
@@ -645,13 +667,16 @@ def main(argv: list[str] | None = None) -> int:
     from world.core import WorldError
 
     try:
-        from trainer.models import card_guidance, resolve_full
+        from trainer.models import resolve_full
 
+        for name in ("episodes", "horizon", "context", "long_horizon"):
+            if getattr(args, name) < 1:
+                raise EvaluationError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        for name in ("long_episodes", "revisit_episodes"):
+            if getattr(args, name) < 0:
+                raise EvaluationError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
         card = resolve_full(args.checkpoint)[1]
-        shift = args.shift if args.shift is not None else float(card.get("loss", {}).get("shift", 3.0))
-        cfg = args.cfg if args.cfg is not None else card_guidance(card, args.sampler)
-        sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg=cfg, shift=shift,
-                                first_frame_steps=args.first_frame_steps)
+        sampler = card_sampler(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
                           args.revisit_episodes, args.precision, rollouts=args.rollouts, strip=args.strip)

@@ -217,7 +217,15 @@ def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_
 def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None = None,
            evaluations: list[str] | None = None, rewrite: dict[str, str] | None = None,
            notes: str | None = None, out_dir: Path = SHIPPED, curve_reports: list[str] | None = None,
-           weights_name: str | None = None, checkpoint: str | None = None) -> Path:
+           weights_name: str | None = None, checkpoint: str | None = None, force: bool = False) -> Path:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise CheckpointError(f"--name {name!r} must be a plain file name (letters, digits, '_', '-', '.'), with no "
+                              f"folder in it; the files go to --out-dir ({out_dir})")
+    if not force and ((out_dir / f"{name}.safetensors").exists() or (out_dir / f"{name}.yaml").exists()):
+        raise CheckpointError(f"{out_dir / name}.safetensors/.yaml already exist; pass --force to replace them, or "
+                              f"choose another --name")
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if ckpt is None or not (ckpt / "meta.json").is_file():
@@ -294,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", choices=["ema", "model"], help="which weights (default: the EMA if the run has one)")
     p.add_argument("--checkpoint", help="a checkpoint folder of the run (default: its latest)")
     p.add_argument("--notes")
+    p.add_argument("--force", action="store_true", help="replace an existing export of the same --name")
     p.add_argument("--out-dir", default=str(SHIPPED))
     p.add_argument("--card", help="annotate this existing model card instead of exporting (with --eval, "
                                    "--curve, --continued-from, --notes)")
@@ -314,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --run and --name are required (or --card to annotate a card)", file=sys.stderr)
             return 2
         w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve, a.weights,
-                   a.checkpoint)
+                   a.checkpoint, a.force)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -201,7 +201,21 @@ class Pipeline:
                    f"heads={self.out / 'heads'}", "--command",
                    f"python -m trainer.pipeline --world {self.world} --out {self.out}"])
 
+    def validate(self) -> None:
+        """Check every trained stage's options (preset and ``--set``) against its config now, before the
+        first stage runs: a typo in the teacher's options must not wait hours for the teacher to start."""
+        from trainer.__main__ import build
+        from trainer.config import ConfigError
+
+        for stage in TRAINED:
+            try:
+                build(stage, str(CONFIGS / TEMPLATES[stage]), {"run_dir": str(self.out / stage), **self.opts[stage]})
+            except ConfigError as e:
+                raise PipelineError(f"the {stage} stage's options (preset or --set {stage}.KEY=VALUE) do not fit its "
+                                    f"config: {e}") from None
+
     def run(self, until: str | None = None) -> Path:
+        self.validate()
         for stage in STAGES:
             getattr(self, stage)()
             if stage == until:

@@ -40,6 +40,10 @@ class InvalidSettingError(WorldError, ValueError):
     pass
 
 
+class InvalidStateError(WorldError, ValueError):
+    """``set_state`` was given something that is not one of this world's states."""
+
+
 class UnknownWorldError(WorldError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
@@ -65,7 +69,24 @@ def settings_from_kwargs(cls: type, kwargs: dict[str, Any], world: str) -> Any:
         raise InvalidSettingError(
             f"unknown setting(s) {unknown} for world {world!r}; valid settings: {sorted(fields)}"
         )
-    return cls(**kwargs)
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float and numeric:
+            value = float(value)
+        elif hint is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif hint is str and numeric:
+            value = str(value)
+        elif hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+            raise InvalidSettingError(f"setting {key!r} of world {world!r} must be {hint.__name__}, got "
+                                      f"{type(value).__name__} {value!r}")
+        checked[key] = value
+    return cls(**checked)
 
 
 class World(abc.ABC):
@@ -81,6 +102,26 @@ class World(abc.ABC):
     tick_rate: float = 15.0
     #: name of the keymap file in assets/keymaps (without .yaml)
     keymap_name: str = "default"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every world's ``set_state`` refuses a dict that is not one of its ``get_state()`` results
+        with one clear error (not a bare KeyError from deep inside)."""
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("set_state")
+        if impl is None or getattr(impl, "_checked", False):
+            return
+
+        def set_state(self: World, state: dict[str, Any], _impl: Any = impl) -> None:
+            if not isinstance(state, dict):
+                raise InvalidStateError(f"set_state wants the dict get_state() returned, got {type(state).__name__}")
+            try:
+                _impl(self, state)
+            except KeyError as e:
+                raise InvalidStateError(f"not a state of world {self.name!r}: it has no {e.args[0]!r}; pass a dict "
+                                        f"that get_state() of this world returned") from None
+        set_state._checked = True  # type: ignore[attr-defined]
+        set_state.__doc__ = impl.__doc__
+        cls.set_state = set_state  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self._steps = 0

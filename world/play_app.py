@@ -189,6 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> PlayConfig:
         if a.world not in (DEFAULT_WORLD, "dream"):
             raise PlayError(f"--checkpoint plays a dream; it does not go with --world {a.world!r}")
         a.world, settings["checkpoint"] = "dream", a.checkpoint
+    if a.script_keys is not None:
+        parse_script(a.script_keys)  # every key name checked now, in the window and headless alike
     return PlayConfig(world=a.world, settings=settings, policy=a.policy, seed=a.seed,
                       scale=a.scale, keymap=a.keymap, headless=a.headless, frames=a.frames,
                       out=a.out, shots_dir=a.shots_dir, record_dir=a.record_dir,
