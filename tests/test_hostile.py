@@ -247,3 +247,22 @@ def test_pipeline_checks_every_stages_options_before_the_first_stage(tmp_path):
     out = tmp_path / "pipe"
     assert main(["--world", "adventure", "--out", str(out), "--set", "teacher.train.stepz=3"]) == 2
     assert not out.exists()  # nothing was recorded or trained first
+
+
+def test_a_fresh_recording_gives_its_environment_back(tmp_path):
+    from minari import MinariDataset
+
+    from tests.trainer_helpers import record_tiny_dataset
+
+    data = record_tiny_dataset(tmp_path / "rec-v0", episodes=2, steps=10, seed=5)
+    ds = MinariDataset(str(data / "data"))
+    env = ds.recover_environment()
+    assert env.spec.id == "dreamstep/Adventure-v0"
+    ep = next(iter(ds.iterate_episodes([1])))
+    obs, _ = env.reset(options={"world_seed": 6})  # episode i was recorded from seed + i
+    assert np.array_equal(obs, ep.observations[0])
+    for t in range(3):  # the same game: the recorded actions give the recorded frames
+        obs, *_ = env.step(int(ep.actions[t]))
+        assert np.array_equal(obs, ep.observations[t + 1])
+    assert set(ds.storage.metadata["author"]) == {"dreamstep world.record"}
+    env.close()

@@ -165,6 +165,7 @@ def record(world_name: str, policy_name: str, episodes: int, steps: int, out: st
             recording={"world": world_name, "settings": world.settings_dict(),
                        "policy": policy.describe(), "seed": seed, "steps": steps},
             extra={"world": world_name, "world_description": world.describe(),
+                   **minari_provenance(world_name, world.settings_dict(), steps),
                    "policy": policy.describe(), "algorithm_name": f"dreamstep/{policy_name}",
                    "git_commit": git_commit(), "dreamstep_version": dreamstep_version(),
                    "action_convention": ACTION_CONVENTION,
@@ -272,6 +273,36 @@ def format_summary(stats: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- export
+def minari_provenance(world_name: str, settings: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Minari's ``env_spec`` (so that ``recover_environment()`` rebuilds the env that plays the recorded
+    game: the registered ``dreamstep/<Game>-v0`` of a built-in world, else the generic
+    ``dreamstep/World-v0`` with ``world=``, the world's settings as kwargs), ``author`` and, where the
+    code has a public remote, ``code_permalink``."""
+    from gymnasium.envs.registration import EnvSpec
+
+    from agent_env.env import BUILTIN_WORLDS, ENTRY_POINT, WORLD_ENV_ID, env_id_for
+
+    env_id = env_id_for(world_name) if world_name in BUILTIN_WORLDS else WORLD_ENV_ID
+    spec = EnvSpec(id=env_id, entry_point=ENTRY_POINT, max_episode_steps=steps,
+                   kwargs={"world": world_name, **json.loads(json.dumps(settings, default=str))})
+    out: dict[str, Any] = {"env_spec": spec.to_json(), "author": ["dreamstep world.record"]}
+    url = _git_remote()
+    if url:
+        commit = git_commit()
+        out["code_permalink"] = f"{url.removesuffix('.git')}/tree/{commit}" if commit else url
+    return out
+
+
+def _git_remote() -> str | None:
+    try:
+        r = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = r.stdout.strip()
+    return url if r.returncode == 0 and url.startswith("https://") else None
+
+
 def export(dataset: str | Path, episode: int, out: str | Path, scale: int = 4,
            fps: float | None = None) -> int:
     """Write one recorded episode to an mp4 file; returns the number of frames."""
