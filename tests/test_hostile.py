@@ -266,3 +266,63 @@ def test_a_fresh_recording_gives_its_environment_back(tmp_path):
         assert np.array_equal(obs, ep.observations[t + 1])
     assert set(ds.storage.metadata["author"]) == {"dreamstep world.record"}
     env.close()
+
+
+def test_an_unwritable_output_is_one_line_before_any_work(tmp_path):
+    """A file where the output folder should be (what a read-only folder does for a non-root user):
+    every command names the path and stops before it plays, records, exports or evaluates."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.trainer_helpers import ROOT
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
+    commands = {
+        "play": ["play.py", "--headless", "--frames", "2", "--out", str(blocker / "x.mp4")],
+        "play --trace": ["play.py", "--headless", "--frames", "2", "--out", str(tmp_path / "ok.mp4"),
+                         "--trace", str(blocker / "t.jsonl")],
+        "record": ["-m", "world.record", "--world", "adventure", "--episodes", "1", "--steps", "4",
+                   "--out", str(blocker / "tiny-v0")],
+        "record export": ["-m", "world.record", "export", "--dataset", str(tmp_path), "--episode", "0",
+                          "--out", str(blocker / "e.mp4")],
+        "trainer.export": ["-m", "trainer.export", "--run", str(tmp_path), "--name", "x", "--out-dir", str(blocker)],
+        "trainer.evaluate": ["-m", "trainer.evaluate", "--checkpoint", "assets/checkpoints/adventure_cfpp_frame2.safetensors",
+                             "--out", str(blocker / "r.json")],
+    }
+    for name, args in commands.items():
+        r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (name, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr and "cannot write" in r.stderr and "not-a-folder" in r.stderr, \
+            (name, r.stderr[-1500:])
+    assert not (tmp_path / "ok.mp4").exists()
+
+
+def test_one_path_rule_from_any_folder(tmp_path):
+    """Command-line paths are relative to the current folder; paths in configs, --set and model cards
+    to the repository (shipped files are found from anywhere)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.trainer_helpers import ROOT
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "DREAMSTEP_NO_BAR": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "play.py"), "--headless", "--frames", "2", "--checkpoint",
+                        "assets/checkpoints/adventure_cfpp_frame2.safetensors", "--out", "video.mp4"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert (elsewhere / "video.mp4").stat().st_size > 0  # --out: relative to the current folder
+    shutil.copy(ROOT / "assets" / "configs" / "adventure_teacher.yaml", elsewhere / "mine.yaml")
+    t = subprocess.run([sys.executable, "-m", "trainer", "teacher", "--config", "mine.yaml",
+                        "--set", f"run_dir={tmp_path / 'run'}", "--set", "data.dataset=data/datasets/none-v0"],
+                       cwd=elsewhere, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=300)
+    assert t.returncode == 2 and "none-v0" in t.stderr, t.stderr[-1500:]
+    assert str(ROOT / "data" / "datasets" / "none-v0") in t.stderr  # a config path: under the repository
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.yaml", "video.mp4"]  # no ./runs, ./data

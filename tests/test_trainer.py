@@ -315,3 +315,13 @@ def test_every_shipped_config_loads_strictly(path):
         stage = yaml.safe_load((path.parent / base).read_text())["stage"]
     cfg, _ = build(stage, str(path), {})
     assert cfg.stage == stage
+
+
+def test_resuming_with_a_changed_config_says_what_changed_and_records_it(tmp_path, dataset):
+    cfg = tiny_ae_config(tmp_path, dataset, "changed", steps=8, ckpt_every=4, precision="fp32", threads=1)
+    run_trainer("autoencoder", cfg)
+    r = run_trainer("autoencoder", cfg, "--set", "train.steps=12", "--set", "train.lr=0.001")
+    assert "resumed with a changed config" in r.stdout and "train.lr 0.003 -> 0.001" in r.stdout
+    rec = [json.loads(ln) for ln in (tmp_path / "changed" / "config_changes.jsonl").read_text().splitlines()]
+    assert rec[-1]["step"] == 8 and rec[-1]["changes"]["train.steps"] == [8, 12]
+    assert json.loads((tmp_path / "changed" / "config.json").read_text())["train"]["lr"] == 0.001

@@ -17,6 +17,8 @@ from pathlib import Path
 from trainer.config import ConfigError, load_config, parse_overrides, to_dict
 from trainer.distributed import init_distributed, shutdown
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 # stage name -> (module, experiment config class, stage class)
 STAGE_TABLE = {
     "autoencoder": ("trainer.stages.autoencoder", "AutoencoderExperiment", "AutoencoderStage"),
@@ -85,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     try:
-        cfg, stage_cls = build(args.stage, args.config, parse_overrides(args.overrides))
+        # one rule for paths: --config (a command-line path) is relative to the current folder; the paths
+        # inside a config and in --set (run_dir, datasets, checkpoints) are relative to the repository,
+        # as in the shipped configs and model cards, wherever the command is run from
+        cfg, stage_cls = build(args.stage, str(Path(args.config).resolve()), parse_overrides(args.overrides))
         if cfg.stage != args.stage:
             raise ConfigError(f"{args.config} is a {cfg.stage!r} config, not {args.stage!r}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    os.chdir(REPO_ROOT)
     from trainer.loop import train
 
     info = init_distributed(args.device)

@@ -100,12 +100,12 @@ def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) ->
 
 def dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
     """The top ``metadata.json`` of a dataset folder; a missing or damaged one is a :class:`DataError`."""
-    path = Path(dataset_dir) / "data" / "metadata.json"
+    path = Path(dataset_dir).resolve() / "data" / "metadata.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise DataError(f"no dataset at {dataset_dir} (expected {path}); record one with `python -m world.record "
-                        f"--world adventure --policy explorer --out {dataset_dir}` or `make dataset`") from e
+        raise DataError(f"no dataset at {path.parent.parent} (expected {path}); record one with `python -m "
+                        f"world.record --world adventure --policy explorer --out {dataset_dir}` or `make dataset`") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"dataset {dataset_dir} is damaged: {path} is not valid JSON ({e}); record the dataset "
                         f"again into a new folder") from e

@@ -675,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("long_episodes", "revisit_episodes"):
             if getattr(args, name) < 0:
                 raise EvaluationError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        from world.paths import ensure_writable
+
+        ensure_writable(args.out, "the report (--out)")  # before minutes of evaluation, not after
         card = resolve_full(args.checkpoint)[1]
         sampler = card_sampler(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,

@@ -223,6 +223,9 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise CheckpointError(f"--name {name!r} must be a plain file name (letters, digits, '_', '-', '.'), with no "
                               f"folder in it; the files go to --out-dir ({out_dir})")
+    from world.paths import ensure_writable
+
+    ensure_writable(out_dir / f"{name}.safetensors", "the exported weights (--out-dir)")
     if not force and ((out_dir / f"{name}.safetensors").exists() or (out_dir / f"{name}.yaml").exists()):
         raise CheckpointError(f"{out_dir / name}.safetensors/.yaml already exist; pass --force to replace them, or "
                               f"choose another --name")
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         w = export(a.run, a.name, a.dtype, a.command, a.eval, rewrite, a.notes, Path(a.out_dir), a.curve, a.weights,
                    a.checkpoint, a.force)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, OSError) as e:  # OutputError: an unwritable --out-dir
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {w} ({w.stat().st_size / 1e6:.1f} MB) and {w.with_suffix('.yaml')}")

@@ -146,6 +146,31 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def record_config_changes(run_dir: Path, stage: str, step: int, old: dict[str, Any], new: dict[str, Any]) -> dict:
+    """A run resumed with another config (a new lr, more steps, another machine's precision) says what
+    changed and appends it to ``RUN_DIR/config_changes.jsonl`` (config.json then holds the new one)."""
+    a, b = _flat(old), _flat(new)
+    changes = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k) and not k.startswith("precision.probe")}
+    if changes:
+        shown = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:8])
+        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+        print(f"[{stage}] resumed with a changed config: {shown}{more} (recorded in {run_dir / 'config_changes.jsonl'})")
+        with open(run_dir / "config_changes.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "changes": changes}, default=str) + "\n")
+    return changes
+
+
 def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
           config_dict: dict[str, Any], resume: bool = True) -> dict[str, Any]:
     """Run (or resume) a stage to ``cfg.steps``; returns the final metrics."""
@@ -220,6 +245,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         if info.is_main:
             print(f"[{stage.name}] resumed from {ckpt} at step {step}"
                   f"{' (sharded state)' if sharded else ''}")
+            record_config_changes(run_dir, stage.name, step, _meta.get("config") or {}, config_dict)
     if cfg.compile:
         train_module = torch.compile(train_module, mode=cfg.compile_mode, backend=cfg.compile_backend)
         if info.is_main:

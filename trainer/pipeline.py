@@ -166,7 +166,8 @@ class Pipeline:
     def heads(self) -> None:
         self._train("heads", {"world": self.world, "datasets": [str(self.dataset)],
                               "autoencoder": str(self.out / "autoencoder"),
-                              "latent_cache_dir": str(self.out / "latents"), **self._latent()})
+                              "latent_cache_dir": str(self.out / "latents"), "model.num_actions": self.num_actions,
+                              **self._latent()})
 
     def evaluate(self) -> None:
         report = self.out / "report.json"

@@ -40,6 +40,10 @@ class InvalidSettingError(WorldError, ValueError):
     pass
 
 
+class OutputError(WorldError, OSError):
+    """An output file or folder cannot be written (read-only, full, not a folder)."""
+
+
 class InvalidStateError(WorldError, ValueError):
     """``set_state`` was given something that is not one of this world's states."""
 

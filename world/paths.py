@@ -17,3 +17,29 @@ def shader_source(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"shader {name!r} not found at {path}; is the assets/ folder intact?")
     return path.read_text()
+
+
+def ensure_writable(path: str | Path, what: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written: its folder exists or can be made,
+    and a file can be created in it. Raises :class:`world.core.OutputError` naming the path and what
+    to do (a read-only folder, a full disk, a file where a folder should be)."""
+    import errno
+    import os
+
+    from world.core import OutputError
+
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".dreamstep-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        why = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOSPC: "no space left on device",
+               errno.ENOTDIR: "a file stands where a folder should be",
+               errno.EEXIST: "a file stands where a folder should be"}.get(e.errno or 0, e.strerror or str(e))
+        raise OutputError(f"cannot write {what} {str(path)!r}: {why} ({e.filename or folder}); "
+                          f"choose a writable folder") from None
+    return path

@@ -50,7 +50,7 @@ from world.dataset import ACTION_CONVENTION, DatasetError, DatasetWriter, write_
 from world.gl import GLUnavailableError, set_context
 from world.hud import HUD_FIELDS, Line, TextPanels, help_lines, hud_lines
 from world.keymap import Keymap, load_keymap
-from world.paths import KEYMAPS, shader_source
+from world.paths import KEYMAPS, ensure_writable, shader_source
 from world.policies import Policy, PolicyError, make_policy
 from world.record import (
     STATS,
@@ -191,6 +191,8 @@ def parse_args(argv: Sequence[str] | None = None) -> PlayConfig:
         a.world, settings["checkpoint"] = "dream", a.checkpoint
     if a.script_keys is not None:
         parse_script(a.script_keys)  # every key name checked now, in the window and headless alike
+    if a.trace:
+        ensure_writable(a.trace, "the --trace file")
     return PlayConfig(world=a.world, settings=settings, policy=a.policy, seed=a.seed,
                       scale=a.scale, keymap=a.keymap, headless=a.headless, frames=a.frames,
                       out=a.out, shots_dir=a.shots_dir, record_dir=a.record_dir,
@@ -1147,6 +1149,7 @@ def _scripted_name(policy: str) -> str:
 
 def run_headless(cfg: PlayConfig, reason: str | None) -> int:
     """Play ``cfg.frames`` frames with a scripted policy and write them to ``cfg.out`` (mp4)."""
+    ensure_writable(cfg.out, "the headless video (--out)")  # before the world is made and played
     world = create_world(cfg)
     with world:
         Bindings.from_keymap(resolve_keymap(world, cfg.keymap), world.action_names)  # validate

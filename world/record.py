@@ -46,7 +46,7 @@ from world.dataset import (
     read_metadata,
     write_json_atomic,
 )
-from world.paths import ROOT
+from world.paths import ROOT, ensure_writable
 from world.policies import ALL_POLICIES, Policy, make_policy
 from world.video import VideoError, write_mp4
 
@@ -151,6 +151,7 @@ def record(world_name: str, policy_name: str, episodes: int, steps: int, out: st
 
     out = Path(out)
     dataset_id(out)  # a bad name fails before any work
+    ensure_writable(out / STATS, "the dataset (--out)")  # makes only the (empty) folder itself
     if episodes < 1 or steps < 1:
         raise DatasetError(f"--episodes and --steps must be >= 1, got {episodes} and {steps}")
     if seed < 0:
@@ -361,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["export"]:
             a = _export_parser().parse_args(argv[1:])
+            ensure_writable(a.out, "the video (--out)")
             n = export(a.dataset, a.episode, a.out, scale=a.scale, fps=a.fps)
             print(f"exported episode {a.episode} of {a.dataset} ({n} frames, x{a.scale}) to {a.out}")
             return 0

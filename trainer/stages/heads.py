@@ -99,6 +99,10 @@ class HeadsStage:
         bases = list(np.cumsum([0] + [len(c.latents) for c in caches])[:-1])
         self.latents = np.concatenate([c.latents for c in caches])
         self.train_set, self.hold_set = _transitions(caches, cfg.holdout_episodes, bases)
+        top = max(int(self.train_set.action.max(initial=0)), int(self.hold_set.action.max(initial=0)))
+        if top >= cfg.model.num_actions:
+            raise DataError(f"heads: the datasets hold action {top}, but model.num_actions is {cfg.model.num_actions}; "
+                            f"set model.num_actions to the game's action count (at least {top + 1})")
         values = sorted(set(np.unique(self.train_set.reward).tolist()) | {0.0})
         cfg.model.reward_values = [float(v) for v in values]  # recorded in the checkpoint's config
         self.values = np.asarray(values, np.float32)
