@@ -18,6 +18,7 @@ from agent_env.env import (
     DREAM_ENV_ID,
     NAMESPACE,
     WORLD_ENV_ID,
+    NoDisplayError,
     WorldEnv,
     env_id_for,
     make_dream_env,
@@ -30,7 +31,7 @@ from agent_env.env import (
 register_builtin_envs()
 
 __all__ = [
-    "WorldEnv", "make_env", "register_world", "register_builtin_envs", "registered_env_ids",
+    "WorldEnv", "NoDisplayError", "make_env", "register_world", "register_builtin_envs", "registered_env_ids",
     "env_id_for", "NAMESPACE", "WORLD_ENV_ID", "DEFAULT_MAX_EPISODE_STEPS",
     "DREAM_ENV_ID", "make_dream_env", "DreamVectorEnv", "make_dream_vector_env",
 ]

@@ -21,6 +21,7 @@ a fork (llvmpipe then hangs on the first frame): pass
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +44,14 @@ DEFAULT_MAX_EPISODE_STEPS = 1000
 DEFAULT_WINDOW_SIZE = 512
 #: how a built-in world's name reads in its env id (others are capitalised)
 _GAME_NAMES = {"adventure": "Adventure", "maze3d": "Maze3D"}
+#: SDL's hint for drawing a plain window's surface through a GL renderer of its own
+_SDL_FB_ACCELERATION = "SDL_FRAMEBUFFER_ACCELERATION"
 
 WorldSpec = str | Callable[..., World]
+
+
+class NoDisplayError(RuntimeError):
+    """``render_mode="human"`` was asked for where no window can open."""
 
 
 class WorldEnv(gym.Env[np.ndarray, np.int64]):
@@ -55,7 +62,9 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
             ``"gym:ALE/Breakout-v5"``, ...) or a callable returning a World (e.g. a World
             subclass); it is called with ``settings``.
         render_mode: ``None``, ``"rgb_array"`` (``render()`` returns the current frame) or
-            ``"human"`` (a pygame window, updated on every reset and step at ``render_fps``).
+            ``"human"`` (a pygame window, updated on every reset and step at ``render_fps``;
+            it needs a display, as ``play.py``'s window does: without one, making the env
+            raises :class:`NoDisplayError`).
         render_size: side of the rendered frames; ``None`` means the observation's size
             for ``"rgb_array"`` and a 512-pixel window for ``"human"``. Worlds that can
             re-render at any size (``world.render(size)``) draw sharp frames; others are
@@ -89,7 +98,16 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
             )
         if render_size is not None and (not isinstance(render_size, int) or render_size < 1):
             raise ValueError(f"render_size must be a positive int or None, got {render_size!r}")
-        self.world = _build_world(world, settings)
+        if render_mode == "human":
+            _init_display()  # before the world: no display, no env (and nothing to clean up)
+        try:
+            self.world = _build_world(world, settings)
+        except BaseException:
+            if render_mode == "human":
+                import pygame
+
+                pygame.display.quit()
+            raise
         self.observation_space = spaces.Box(0, 255, self.world.frame_shape, np.uint8)
         self.action_space = spaces.Discrete(self.world.num_actions)
         self.metadata = {**type(self).metadata, "render_fps": self.world.tick_rate}
@@ -98,6 +116,7 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
         self._frame: np.ndarray | None = None
         self._window: Any = None  # pygame Surface of the "human" window
         self._clock: Any = None
+        self._saved_fb_hint: str | None = None  # the user's SDL hint, while the window is open
 
     # ------------------------------------------------------------------ gym API
     def reset(
@@ -137,10 +156,12 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
         return None
 
     def close(self) -> None:
-        if self._window is not None:
+        if self.render_mode == "human":
             import pygame
 
             pygame.display.quit()
+            if self._window is not None:
+                _restore_env(_SDL_FB_ACCELERATION, self._saved_fb_hint)
             self._window = None
             self._clock = None
         self.world.close()
@@ -168,14 +189,63 @@ class WorldEnv(gym.Env[np.ndarray, np.int64]):
 
         frame = self._display_frame(self.render_size or DEFAULT_WINDOW_SIZE)
         if self._window is None:
-            pygame.display.init()
-            self._window = pygame.display.set_mode((frame.shape[1], frame.shape[0]))
+            pygame.display.init()  # again, if a close() or another window quit it since make
+            # A plain software surface, never one SDL draws through a GL renderer of its own
+            # (its default on X11 and its offscreen driver): SDL would make a GLX or EGL
+            # context current on this thread, beside the worlds' EGL context (world.gl), and
+            # Xlib aborts the process on GLXMakeCurrent (BadAccess). Kept while the window is
+            # open, since SDL reads it whenever it remakes the window's surface.
+            self._saved_fb_hint = os.environ.get(_SDL_FB_ACCELERATION)
+            os.environ[_SDL_FB_ACCELERATION] = "0"
+            try:
+                self._window = pygame.display.set_mode((frame.shape[1], frame.shape[0]))
+            except BaseException:
+                _restore_env(_SDL_FB_ACCELERATION, self._saved_fb_hint)
+                raise
             pygame.display.set_caption(f"dreamstep: {self.world.name}")
             self._clock = pygame.time.Clock()
         pygame.surfarray.blit_array(self._window, frame.swapaxes(0, 1))
         pygame.event.pump()  # keep the window responsive
         pygame.display.flip()
         self._clock.tick(self.metadata["render_fps"])
+
+
+def _init_display() -> None:
+    """Initialise pygame's display for a "human" window; :class:`NoDisplayError` if there is none.
+
+    Where ``play.py`` would play headless (no ``DISPLAY``, ``SDL_VIDEODRIVER=dummy``, or SDL
+    falling back to a driver without windows), so does this refuse. A window there shows
+    nothing, and SDL's offscreen driver draws it with an EGL renderer on the process's EGL
+    display, which, once closed, leaves every GL program made later in the process failing.
+    """
+    import pygame
+
+    from world.play_app import no_display_reason
+
+    reason = no_display_reason()
+    if reason is None:
+        try:
+            pygame.display.init()
+        except pygame.error as e:
+            reason = f"SDL could not open the display: {e}"
+        else:
+            driver = pygame.display.get_driver()
+            if driver in ("dummy", "offscreen"):
+                pygame.display.quit()
+                reason = f"SDL fell back to its {driver!r} video driver, which has no windows"
+    if reason is not None:
+        raise NoDisplayError(
+            f"render_mode='human' opens a window, and there is no display here ({reason}); "
+            f"use render_mode='rgb_array' and take the frames from env.render() (or run under "
+            f"a display, e.g. xvfb-run)"
+        )
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _build_world(world: WorldSpec, settings: dict[str, Any]) -> World:

@@ -95,7 +95,8 @@ def test_gymnasium_and_sb3_checkers_pass_without_warnings(game):
     env = gym.make(env_id_for(game))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        check_env(env.unwrapped)  # also makes the env in each render mode from its spec
+        # "human" needs a display: the render checks run under Xvfb (test_human_render_under_xvfb...)
+        check_env(env.unwrapped, skip_render_check=True)
         sb3_check_env(env)
     unwrapped = env.unwrapped
     assert unwrapped.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
@@ -208,16 +209,116 @@ def test_rgb_array_render_returns_the_frame_or_a_larger_one():
     big.close()
 
 
-def test_human_render_opens_a_window_under_the_dummy_driver():
+def _make_and_step_plain_envs() -> None:
+    """Each game, made afresh (new GL programs in the process's context), resets and steps."""
+    for name in ("adventure", "maze3d"):
+        env = make_env(name)
+        env.reset(seed=0)
+        env.step(1)
+        env.close()
+
+
+@pytest.mark.parametrize("sdl", [{"SDL_VIDEODRIVER": "dummy"}, {"SDL_VIDEODRIVER": None, "DISPLAY": None,
+                                                                "WAYLAND_DISPLAY": None}])
+def test_human_render_without_a_display_fails_at_make_and_the_process_stays_healthy(monkeypatch, sdl):
     import pygame
 
-    env = make_env("adventure", render_mode="human", render_size=96)
-    env.reset(seed=0)
-    env.step(4)
-    assert env.render() is None
-    assert pygame.display.get_surface().get_size() == (96, 96)
-    env.close()
+    for var, value in sdl.items():
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    for env_id in (env_id_for("adventure"), env_id_for("maze3d"), agent_env.DREAM_ENV_ID):
+        with pytest.raises(agent_env.NoDisplayError, match=r"no display here .*render_mode='rgb_array'"):
+            gym.make(env_id, render_mode="human")
     assert not pygame.display.get_init()
+    _make_and_step_plain_envs()
+
+
+def test_human_render_fails_at_make_where_sdl_falls_back_to_a_driver_without_windows():
+    """A DISPLAY that nothing serves: SDL falls back (to its offscreen driver) or fails; either
+    way make raises, and the child process still makes and steps plain envs."""
+    n = next(n for n in range(400, 600) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    env = {k: v for k, v in os.environ.items() if k not in ("SDL_VIDEODRIVER", "WAYLAND_DISPLAY")}
+    env["DISPLAY"] = f":{n}"
+    script = ("import gymnasium as gym, agent_env\n"
+              "try:\n    gym.make('dreamstep/Adventure-v0', render_mode='human')\n"
+              "except agent_env.NoDisplayError as e:\n    print(e)\n"
+              "for i in ('dreamstep/Adventure-v0', 'dreamstep/Maze3D-v0'):\n"
+              "    e = gym.make(i); e.reset(seed=0); e.step(1); e.close()\n"
+              "print('plain ok')\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    error, ok = run.stdout.splitlines()
+    assert "no display here (SDL " in error and "render_mode='rgb_array'" in error and ok == "plain ok"
+
+
+# Run in a child process on a private Xvfb display: an X error there aborts the process.
+HUMAN_UNDER_XVFB = """
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pygame
+from gymnasium.utils.env_checker import check_env
+
+import agent_env
+
+check = sys.argv[1] == "check"
+for env_id in sys.argv[2:]:
+    if not check:
+        env = gym.make(env_id, render_mode="human", render_size=96)
+        env.reset(seed=0)
+        for a in (1, 2, 0):
+            env.step(a)
+        assert env.render() is None
+        shown = pygame.surfarray.array3d(pygame.display.get_surface()).swapaxes(0, 1)
+        assert np.array_equal(shown, env.unwrapped._display_frame(96)), env_id  # the window shows the frame
+        env.close()
+        assert not pygame.display.get_init()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            env = gym.make(env_id)
+            check_env(env.unwrapped)  # makes the env in each declared render mode, "human" too
+            env.close()
+    print("ok", env_id, flush=True)
+for env_id in ("dreamstep/Adventure-v0", "dreamstep/Maze3D-v0"):  # plain envs afterwards
+    env = gym.make(env_id)
+    env.reset(seed=1)
+    env.step(1)
+    env.close()
+print("plain ok", flush=True)
+"""
+
+
+def _run_under_xvfb(display: str, *args: str) -> str:
+    env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "SDL_AUDIODRIVER": "dummy"}
+    run = subprocess.run([sys.executable, "-c", HUMAN_UNDER_XVFB, *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "X Error" not in run.stderr, run.stderr
+    return run.stdout
+
+
+def test_human_render_under_xvfb_steps_and_closes_each_kind_then_plain_envs_work(xvfb_display):
+    ids = [env_id_for("adventure"), env_id_for("maze3d"), agent_env.DREAM_ENV_ID]
+    out = _run_under_xvfb(xvfb_display, "human", *ids)
+    assert out.splitlines() == [f"ok {i}" for i in ids] + ["plain ok"]
+
+
+def test_gymnasium_checker_with_render_checks_passes_under_xvfb(xvfb_display):
+    ids = [env_id_for("adventure"), env_id_for("maze3d")]
+    out = _run_under_xvfb(xvfb_display, "check", *ids)
+    assert out.splitlines() == [f"ok {i}" for i in ids] + ["plain ok"]
+
+
+@pytest.mark.slow
+def test_gymnasium_checker_with_render_checks_passes_for_the_dream_under_xvfb(xvfb_display):
+    out = _run_under_xvfb(xvfb_display, "check", agent_env.DREAM_ENV_ID)
+    assert out.splitlines() == [f"ok {agent_env.DREAM_ENV_ID}", "plain ok"]
 
 
 # ---------------------------------------------------------------------- errors

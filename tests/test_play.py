@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -267,26 +264,6 @@ def test_stopping_an_empty_recording_leaves_nothing(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- the real window
-@pytest.fixture(scope="module")
-def xvfb_display() -> Iterator[str]:
-    """A private Xvfb server on a free display number (skips without Xvfb)."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed")
-    n = next(n for n in range(140, 400) if not Path(f"/tmp/.X{n}-lock").exists()
-             and not Path(f"/tmp/.X11-unix/X{n}").exists())
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"Xvfb :{n} did not start")
-        time.sleep(0.05)
-    yield f":{n}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def play_in_window(display: str, tmp_path: Path, *args: str) -> tuple[np.ndarray, list[dict]]:
     """Run play.py in a window on ``display``; the (single) screenshot and the trace rows."""
     env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "SDL_AUDIODRIVER": "dummy"}

@@ -47,7 +47,7 @@ import yaml
 
 from world.core import StepResult, World, WorldError
 from world.dataset import ACTION_CONVENTION, DatasetError, DatasetWriter, write_json_atomic
-from world.gl import GLUnavailableError, set_context
+from world.gl import GLUnavailableError, clear_context, set_context
 from world.hud import HUD_FIELDS, Line, TextPanels, help_lines, hud_lines
 from world.keymap import Keymap, load_keymap
 from world.paths import KEYMAPS, ensure_writable, shader_source
@@ -1128,6 +1128,7 @@ def run_window(cfg: PlayConfig, ctx: Any) -> int:
             finally:
                 app.close()
     finally:
+        clear_context()  # the window's context dies with it: later worlds get a context of their own
         pygame.display.quit()
     return 0
 
