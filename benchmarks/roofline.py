@@ -99,7 +99,7 @@ class _Step:
         after = getattr(self.stage, "after_step", None)
         if after is not None:
             after(self.module)
-        return float(loss)
+        return float(loss.detach())
 
 
 def _bare(cls: type, **attrs: Any) -> Any:
@@ -115,8 +115,9 @@ def _config(stage: str, name: str) -> Any:
     return build(stage, str(CONFIGS / name), {})[0]
 
 
-def training_paths(precision: str) -> dict[str, tuple[Callable[[], Any], int, int]]:
-    """name -> (make a step function and its batch, FLOPs per step or 0 (count it), windows per step)."""
+def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[], Any], int, int]]:
+    """name -> (make a step function and its batch, FLOPs per step or 0 (count it), windows per step);
+    ``batch`` replaces the shipped configs' batch sizes (0: keep them)."""
     from model import flops as FL
     from trainer.models import load_world_model
     from trainer.stages.cd import CDStage
@@ -132,6 +133,10 @@ def training_paths(precision: str) -> dict[str, tuple[Callable[[], Any], int, in
                 torch.randint(0, cfg.num_actions, (B, frames), generator=g))
 
     tc = _config("teacher", "adventure_teacher.yaml")
+    cc = _config("cd", "adventure_cd_frame2.yaml")
+    dc = _config("dmd", "adventure_cfpp_frame2.yaml")
+    for c in (tc, cc, dc):
+        c.train.batch_size = batch or c.train.batch_size
 
     def teacher() -> tuple[Callable, Any]:
         net, _cfg, _ = load_world_model(teacher_path)
@@ -142,8 +147,6 @@ def training_paths(precision: str) -> dict[str, tuple[Callable[[], Any], int, in
 
     out["teacher_train"] = (teacher, FL.teacher_train_step(tc.model, tc.train.batch_size, tc.frames),
                             tc.train.batch_size)
-    cc = _config("cd", "adventure_cd_frame2.yaml")
-
     def cd() -> tuple[Callable, Any]:
         t, tcfg, _ = load_world_model(teacher_path)
         student, _c, _ = load_world_model(teacher_path)
@@ -157,8 +160,6 @@ def training_paths(precision: str) -> dict[str, tuple[Callable[[], Any], int, in
 
     t_model = load_world_model(teacher_path)[0].cfg
     out["cd_train"] = (cd, FL.cd_train_step(t_model, cc.train.batch_size, cc.frames, cc.loss.cfg), cc.train.batch_size)
-    dc = _config("dmd", "adventure_cfpp_frame2.yaml")
-
     def dmd() -> tuple[Callable, Any]:
         t, tcfg, _ = load_world_model(teacher_path)
         g, _gcfg, _ = load_world_model(SHIPPED / "adventure_cfpp_frame2.safetensors")
@@ -192,25 +193,25 @@ def count_flops(step: Callable, batch: Any) -> int:
         T.attention = orig
 
 
-def time_training(rounds: int, quick: bool, auto: str) -> dict[str, Any]:
+def time_training(rounds: int, quick: bool, auto: str, batch: int = 0) -> dict[str, Any]:
     """Interleaved fp32 / auto step times of each training path."""
     res: dict[str, Any] = {}
-    for name, (make, flops, windows) in training_paths("fp32").items():
+    for name, (make, flops, windows) in training_paths("fp32", batch).items():
         if quick and name == "dmd_train":
             continue
         makes = {"fp32": make}
         if auto != "fp32":
-            makes[auto] = training_paths(auto)[name][0]
+            makes[auto] = training_paths(auto, batch)[name][0]
         steps = {p: m() for p, m in makes.items()}
         if not flops:
             flops = count_flops(*steps["fp32"])
         times: dict[str, list[float]] = {p: [] for p in steps}
-        for fn, batch in steps.values():  # warm-up: allocator, oneDNN kernels, autocast caches
-            fn(batch)
+        for fn, clip in steps.values():  # warm-up: allocator, oneDNN kernels, autocast caches
+            fn(clip)
         for _ in range(rounds):
-            for p, (fn, batch) in steps.items():
+            for p, (fn, clip) in steps.items():
                 t0 = time.perf_counter()
-                fn(batch)
+                fn(clip)
                 times[p].append(time.perf_counter() - t0)
         res[name] = {"flops": flops, "windows_per_step": windows,
                      "by_precision": {p: {"s_per_step": _stats(t, 3),
@@ -399,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["peaks", "train", "dream", "ae"], action="append",
                    help="measure only these groups (repeatable)")
     p.add_argument("--quick", action="store_true", help="one peak shape, no DMD step (for tests)")
+    p.add_argument("--train-batch", type=int, default=0,
+                   help="batch size of the training steps (default 0: the shipped configs')")
     a = p.parse_args(argv)
     if a.rounds < 1:
         print(f"error: --rounds must be >= 1, got {a.rounds}", file=sys.stderr)
@@ -419,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({probe().reason})", flush=True)
     paths: dict[str, Any] = {}
     if "train" in groups:
-        paths.update(time_training(a.rounds, a.quick, auto))
+        paths.update(time_training(a.rounds, a.quick, auto, a.train_batch))
     if "dream" in groups:
         paths.update(time_dream(a.rounds, auto, a.batch, a.frames))
     if "ae" in groups:

@@ -84,7 +84,7 @@ def test_formulas_equal_the_flop_counter(math_attention):
 def test_roofline_quick_report_has_the_fields(tmp_path):
     out = tmp_path / "roofline.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.roofline", "--out", str(out), "--quick", "--rounds", "1",
-                        "--frames", "4", "--batch", "4"],
+                        "--frames", "4", "--batch", "4", "--train-batch", "2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())

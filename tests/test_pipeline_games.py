@@ -1,0 +1,40 @@
+"""trainer.pipeline end to end on games nobody trained on (own file: pytest-xdist runs it beside test_pipeline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_pipeline import ENV, TINY
+from tests.trainer_helpers import ROOT
+
+
+@pytest.mark.parametrize("world, settings, actions", [
+    ("gym:ALE/Breakout-v5", [], 4),
+    ("gym:ALE/Pong-v5", [], 6),
+    ("gym:ALE/Breakout-v5", ["--setting", "env_kwargs={full_action_space: true}"], 18),
+    ("maze3d", [], 5),
+])
+def test_the_tiny_pipeline_runs_to_the_end_on_games_nobody_trained_on(tmp_path, world, settings, actions):
+    """Other action counts (Atari's 4, 6 and 18) and other worlds: every stage sizes itself from the game."""
+    if world.startswith("gym:ALE"):
+        pytest.importorskip("ale_py")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", world, "--out", str(out), "--preset", TINY,
+                        "--set", "record.episodes=4", "--set", "record.steps=24", *settings], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import yaml
+
+    card = yaml.safe_load((out / "dream.yaml").read_text())
+    assert card["config"]["model"]["num_actions"] == actions
+    heads = json.loads(next((out / "heads" / "checkpoints").glob("step_*/meta.json")).read_text())
+    assert heads["config"]["model"]["num_actions"] == actions
+    # the result plays: a few dreamed frames headless
+    p = subprocess.run([sys.executable, "play.py", "--headless", "--checkpoint", str(out), "--frames", "3",
+                        "--out", str(tmp_path / "dream.mp4")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "dream.mp4").stat().st_size > 0
