@@ -69,15 +69,21 @@ def cpu_flags() -> tuple[str, ...]:
     return ()
 
 
-def _matmul_rate(dtype: torch.dtype, m: int = 2048, k: int = 256, n: int = 1024, reps: int = 6) -> float:
-    """GFLOP/s of F.linear at the world model's MLP shape (after one untimed call for kernel set-up)."""
+def _matmul_rate(dtype: torch.dtype, m: int = 1024, k: int = 256, n: int = 1024, reps: int = 8) -> float:
+    """GFLOP/s of F.linear at the world model's MLP shape on one thread (the best of ``reps`` calls, after
+    one untimed call for kernel set-up): one core's rate, so a busy second core does not skew the ratio."""
     x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-    torch.nn.functional.linear(x, w)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         torch.nn.functional.linear(x, w)
-        best = min(best, time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return 2 * m * k * n / best / 1e9
 
 
