@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-teacher dataset-lava teacher-report external \
+.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report external \
 	dataset-doom-heldout external-report variants compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -37,6 +37,13 @@ bench-engine: setup
 dataset: setup
 	$(PY) -m world.record --world adventure --policy explorer --episodes 240 --steps 256 \
 		--seed 0 --out data/datasets/adventure-explorer-v0
+
+# Returns to places that left the view (the long-context teacher's data): the explorer walks its
+# latest moves back at 30% of its segments (--policy-arg retrace), same seeds as `make dataset`.
+dataset-revisit: setup
+	$(PY) -m world.record --world adventure --policy explorer --policy-arg retrace=0.3 --policy-arg retrace_len=16 \
+		--episodes 240 --steps 256 --seed 0 --out data/datasets/adventure-revisit-v0 \
+		$(if $(wildcard data/datasets/adventure-revisit-v0),--resume)
 
 # The teacher's dataset: twice the episodes (the first 240 are those of `make dataset`).
 dataset-teacher: setup

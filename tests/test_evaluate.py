@@ -248,3 +248,26 @@ def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
     assert r["action_accuracy"] == pytest.approx(1 - r["switch_share"])
     assert E._pair(r, "action_accuracy_switch", "action_accuracy_hold") == "0.00 / 1.00"
     assert E._pair({}, "action_accuracy_switch", "action_accuracy_hold") is None  # an older report
+
+
+def test_creatures_found_reads_the_moving_creatures_from_the_worlds_state():
+    """The real frames draw every visible creature at its state's position (found = 1); frames with the
+    creatures painted over find none; empty spots away from creatures are not creatures."""
+    from trainer.evaluate import _creature_stats, play_real
+    from world.adventure import art, find_creatures
+
+    real = play_real("adventure", {}, 2, 12, 1_000_000)
+    pos = real.creatures
+    assert pos is not None and len(pos) == 2 and len(pos[0]) == 12
+    found, visible = _creature_stats(real.frames, pos)
+    assert sum(visible) > 0 and found == visible
+    erased = real.frames.copy()
+    for name in ("creature", "creature_light"):
+        hit = (np.abs(erased.astype(int) - np.array(art.PALETTE[name])).sum(-1) < 90)
+        erased[hit] = art.PALETTE["grass"]
+    assert sum(_creature_stats(erased, pos)[0]) == 0
+    rng = np.random.default_rng(0)
+    spots = rng.uniform(4, 60, (200, 2))
+    frame, here = real.frames[0, 0], pos[0][0]
+    far = np.array([s for s in spots if len(here) == 0 or np.hypot(*(here - s).T).min() > 8])
+    assert find_creatures(frame, far).mean() < 0.05

@@ -234,3 +234,36 @@ def test_relative_out_path(tmp_path, monkeypatch):
            settings=SETTINGS, progress=False)
     assert _total_episodes(tmp_path / "data" / "rel-v0") == 1
     assert not (tmp_path / "data" / "rel-v0" / ".staging").exists()
+
+
+def test_the_retracing_explorer_returns_to_places_it_left():
+    """explorer retrace=p: some segments walk the latest moves back, so the recording holds returns
+    (a cell seen again after at least 8 steps elsewhere) far more often than without."""
+    from world import make_world
+    from world.policies import PolicyError, make_policy
+
+    def returns(retrace: float) -> int:
+        w = make_world("adventure")
+        n = 0
+        for seed in range(2):
+            pol = make_policy("explorer", w, seed=seed, retrace=retrace, retrace_len=12)
+            pol.reset(seed)
+            f, info = w.reset(seed=seed)
+            last_seen: dict = {}
+            for t in range(160):
+                cell = info["cell"]
+                if cell in last_seen and t - last_seen[cell] >= 8:
+                    n += 1
+                last_seen[cell] = t
+                f, _r, term, trunc, info = w.step(pol.act(f, info))
+                if term or trunc:
+                    break
+        w.close()
+        return n
+
+    base, more = returns(0.0), returns(0.5)
+    assert more > 1.5 * max(base, 1), (base, more)
+    w = make_world("adventure")
+    assert "retrace" not in make_policy("explorer", w, seed=0).describe()["params"]  # old recordings resume
+    with pytest.raises(PolicyError, match="retrace must be in"):
+        make_policy("explorer", w, seed=0, retrace=2.0)

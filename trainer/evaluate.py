@@ -54,6 +54,7 @@ class Rollouts:
     content: np.ndarray | None  # (M, T, H, W) int64 world content ids, or None
     seeds: list[int]
     policies: list[str]
+    creatures: list[list[np.ndarray]] | None = None  # per episode and frame: (N, 2) visible creature centres
 
 
 def check_heldout(seeds: Sequence[int], dataset: str | Path | None) -> None:
@@ -109,6 +110,8 @@ def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, fi
 
     world = make_world(world_name, **settings)
     frames, acts, effs, players, contents, seeds, pols = [], [], [], [], [], [], []
+    creatures: list[list[np.ndarray]] = []
+    where = getattr(world, "creatures_frame_pos", None)  # the adventure's moving creatures, from its state
     seed = first_seed
     i = 0
     while len(frames) < n:
@@ -121,6 +124,7 @@ def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, fi
             policy.reset(seed)
         f, info = world.reset(seed=seed)
         ep_f, ep_a, ep_e, ep_p, ep_c = [f], [0], [0], [info.get("player_pos")], [world.content_map()]
+        ep_cr = [where()] if where else []
         ok = True
         for t in range(length - 1):
             a = plan[t] if plan is not None and t < len(plan) else (policy.act(f, info) if policy else 0)
@@ -130,6 +134,8 @@ def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, fi
             ep_e.append(int(info.get("effective_action", a)))
             ep_p.append(info.get("player_pos"))
             ep_c.append(world.content_map())
+            if where:
+                ep_cr.append(where())
             if (term or trunc) and t < length - 2:
                 ok = False
                 break
@@ -142,12 +148,13 @@ def play_real(world_name: str, settings: dict[str, Any], n: int, length: int, fi
                 contents.append(np.stack(ep_c))
             seeds.append(seed)
             pols.append("script" if plan is not None else kind)
+            creatures.append(ep_cr)
         seed += 1
         i += 1
     world.close()
     return Rollouts(np.stack(frames), np.asarray(acts, np.int64), np.asarray(effs, np.int64),
                     np.asarray(players, np.float64), np.stack(contents) if len(contents) == n else None,
-                    seeds, pols)
+                    seeds, pols, creatures if where else None)
 
 
 class RecordedRollouts:
@@ -279,6 +286,23 @@ def _player_stats(frames: np.ndarray, real_pos: np.ndarray) -> tuple[list[float]
     return found_at, err_at
 
 
+def _creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]]) -> tuple[list[int], list[int]]:
+    """Per horizon: (creatures found in ``frames`` at the real positions, creatures visible in the real frame)."""
+    from world.adventure import find_creatures
+
+    found_at, vis_at = [], []
+    for h in range(frames.shape[1]):
+        found = vis = 0
+        for m in range(frames.shape[0]):
+            pos = real_pos[m][h]
+            if len(pos):
+                vis += len(pos)
+                found += int(find_creatures(frames[m, h], pos).sum())
+        found_at.append(found)
+        vis_at.append(vis)
+    return found_at, vis_at
+
+
 def _idm_predict(idm, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     from trainer.stages.idm import predict_actions
 
@@ -343,6 +367,16 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         r["ae_player_found"] = float(np.mean(ae_found))
     else:
         r["player_found_16"] = r["player_pos_err_16"] = r["ae_player_found"] = None
+    if world == "adventure" and real.creatures:
+        # the moving creatures: the share of the real ones (from the world's state) drawn at their true
+        # position in the generated frame, per horizon, and over the first 8 steps
+        found_at, vis_at = _creature_stats(gen, [ep[C:C + Hn] for ep in real.creatures])
+        r["creatures_found_at"] = [None if v == 0 else f / v for f, v in zip(found_at, vis_at)]
+        r["creatures_found_8"] = float(sum(found_at[:8]) / sum(vis_at[:8])) if sum(vis_at[:8]) else None
+        ae_f, ae_v = _creature_stats(recon[:, :min(8, Hn)], [ep[C:C + min(8, Hn)] for ep in real.creatures])
+        r["ae_creatures_found_8"] = float(sum(ae_f) / sum(ae_v)) if sum(ae_v) else None
+    else:
+        r["creatures_found_at"], r["creatures_found_8"], r["ae_creatures_found_8"] = None, None, None
     lap_g = M.laplacian_energy(gen.reshape(-1, *gen.shape[-3:])).reshape(gen.shape[:2])
     lap_r = M.laplacian_energy(tgt.reshape(-1, *tgt.shape[-3:])).reshape(tgt.shape[:2])
     r["sharpness_ratio_at"] = [float(lap_g[:, h].mean() / max(lap_r[:, h].mean(), 1e-12)) for h in range(Hn)]
@@ -562,6 +596,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         (f"changed-region PSNR {span}", report["changed_psnr_mean_16"], report["copy_last_changed_psnr_mean_16"], None),
         (f"seen-region PSNR {span}", report["seen_psnr_mean_16"], report["copy_last_seen_psnr_mean_16"], None),
         (f"player found {span}", report["player_found_16"], None, report.get("ae_player_found")),
+        ("creatures found 1-8", report.get("creatures_found_8"), None, report.get("ae_creatures_found_8")),
         (f"player position error {span} (px)", report["player_pos_err_16"], None, None),
         (f"sharpness ratio {span}", report["sharpness_ratio_16"], None, report["ae_sharpness_ratio"]),
         ("action accuracy (IDM)", report["action_accuracy"], None, report["idm_real_accuracy"]),

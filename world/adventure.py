@@ -570,6 +570,17 @@ class AdventureWorld(World):
         k = self.settings.resolution / view
         return ((self._px + T / 2 - cx) * k, (self._py + T / 2 - cy) * k)
 
+    def creatures_frame_pos(self) -> np.ndarray:
+        """(N, 2) centres in frame pixels of the creatures whose sprite centre is inside the frame."""
+        view = self.settings.view
+        cx, cy = self._camera(view)
+        k = self.settings.resolution / view
+        pos = np.array([((x + T / 2 - cx) * k, (y + T / 2 - cy) * k) for x, y in zip(self._cx, self._cy)],
+                       np.float64).reshape(-1, 2)
+        R = self.settings.resolution
+        inside = (pos[:, 0] >= 0) & (pos[:, 0] < R) & (pos[:, 1] >= 0) & (pos[:, 1] < R)
+        return pos[inside]
+
     def _make_info(self, effective: int) -> dict[str, Any]:
         return {
             "effective_action": effective,
@@ -622,6 +633,24 @@ class AdventureWorld(World):
 
 
 # ---------------------------------------------------------------------- measurement helpers
+def find_creatures(frame: np.ndarray, positions: np.ndarray, radius: float = 3.0, tol: float = 60.0,
+                   min_pixels: int = 2) -> np.ndarray:
+    """(N,) bool: is a creature drawn at each of ``positions`` (frame pixels) in ``frame`` (real or
+    generated)? At least ``min_pixels`` pixels of a creature colour within ``radius`` pixels of the
+    position (a 64-pixel frame draws a creature about 4 pixels wide)."""
+    f = frame.astype(np.int32)
+    mask = np.zeros(f.shape[:2], bool)
+    for name in ("creature", "creature_light"):
+        mask |= ((f - np.array(art.PALETTE[name], np.int32)) ** 2).sum(-1) <= tol * tol
+    H, W = mask.shape
+    found = np.zeros(len(positions), bool)
+    for i, (x, y) in enumerate(np.asarray(positions, np.float64).reshape(-1, 2)):
+        x0, x1 = max(0, int(np.floor(x - radius))), min(W, int(np.ceil(x + radius)) + 1)
+        y0, y1 = max(0, int(np.floor(y - radius))), min(H, int(np.ceil(y + radius)) + 1)
+        found[i] = mask[y0:y1, x0:x1].sum() >= min_pixels
+    return found
+
+
 def find_player(frame: np.ndarray, tol: float = 60.0, min_pixels: int = 4) -> tuple[float, float] | None:
     """Locate the player in a frame (real or generated) by its unique tunic colour.
 

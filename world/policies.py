@@ -78,6 +78,10 @@ class ExplorerPolicy:
             so that terminations still appear in the data now and then).
         temperature: softmax temperature of the choice among the scored candidates.
         lookahead: use get_state/set_state look-ahead when the world supports it.
+        retrace: probability that a new segment walks the last ``retrace_len`` moves back, each
+            replaced by its opposite (UP/DOWN, LEFT/RIGHT, FORWARD/BACKWARD, TURN_LEFT/TURN_RIGHT):
+            the recording then holds returns to places that left the view (0: never, the default).
+        retrace_len: how many of the latest moves a retrace walks back (at most).
     """
 
     name = "explorer"
@@ -86,14 +90,16 @@ class ExplorerPolicy:
                  noop_share: float = 0.15, horizon: int = 4, novelty_weight: float = 8.0,
                  balance_weight: float = 1.0, blocked_weight: float = 3.0,
                  end_penalty: float = 4.0, temperature: float = 0.5,
-                 lookahead: bool = True) -> None:
+                 lookahead: bool = True, retrace: float = 0.0, retrace_len: int = 16) -> None:
         if world.num_actions < 2:
             raise PolicyError(f"the explorer needs at least one action besides NOOP; "
                               f"world {world.name!r} has {list(world.action_names)}")
         checks = [(mean_hold >= 1, f"mean_hold must be >= 1, got {mean_hold}"),
                   (0 <= noop_share < 1, f"noop_share must be in [0, 1), got {noop_share}"),
                   (horizon >= 1, f"horizon must be >= 1, got {horizon}"),
-                  (temperature > 0, f"temperature must be > 0, got {temperature}")]
+                  (temperature > 0, f"temperature must be > 0, got {temperature}"),
+                  (0 <= retrace <= 1, f"retrace must be in [0, 1], got {retrace}"),
+                  (retrace_len >= 1, f"retrace_len must be >= 1, got {retrace_len}")]
         for ok, msg in checks:
             if not ok:
                 raise PolicyError(f"explorer: {msg}")
@@ -104,6 +110,15 @@ class ExplorerPolicy:
                        "blocked_weight": float(blocked_weight), "end_penalty": float(end_penalty),
                        "temperature": float(temperature),
                        "lookahead": bool(lookahead and world.supports_state)}
+        if retrace > 0:  # only then in the description (earlier recordings resume unchanged)
+            self.params.update(retrace=float(retrace), retrace_len=int(retrace_len))
+        names = list(world.action_names)
+        pairs = [("UP", "DOWN"), ("LEFT", "RIGHT"), ("FORWARD", "BACKWARD"), ("TURN_LEFT", "TURN_RIGHT")]
+        self._opposite = {names.index(a): names.index(b) for x, y in pairs for a, b in ((x, y), (y, x))
+                          if a in names and b in names}
+        if retrace > 0 and not self._opposite:
+            raise PolicyError(f"explorer: retrace needs opposite moves (UP/DOWN, LEFT/RIGHT, ...); world "
+                              f"{world.name!r} has {names}")
         self.moves = np.arange(1, world.num_actions)
         self.reset(seed)
 
@@ -116,13 +131,20 @@ class ExplorerPolicy:
         self._blocked = np.zeros(self.world.num_actions)  # recent blocked rate per action
         self._visits: Counter[Hashable] = Counter()
         self._action, self._hold, self._stuck = 0, 0, 0
+        self._path: list[int] = []      # the latest effective moves, for a retrace
+        self._back: list[int] = []      # the moves of a retrace still to make
 
     def act(self, frame: np.ndarray, info: dict[str, Any]) -> int:
         self._observe(info)
-        if self._hold <= 0 or self._stuck >= 2:
-            self._action, self._hold = self._next_segment()
-            self._stuck = 0
-        self._hold -= 1
+        if self._back:
+            self._action = self._back.pop(0)
+        else:
+            if self._hold <= 0 or self._stuck >= 2:
+                self._action, self._hold = self._next_segment()
+                self._stuck = 0
+                if self._back:
+                    self._action = self._back.pop(0)
+            self._hold -= 1
         self._pressed[self._action] += 1
         return self._action
 
@@ -132,6 +154,10 @@ class ExplorerPolicy:
         cell = info.get("cell")
         if cell is not None:
             self._visits[cell] += 1
+        if self.params.get("retrace") and info.get("step", 0) > 0:
+            eff = int(info.get("effective_action", self._action))
+            if eff in self._opposite:
+                self._path = (self._path + [eff])[-int(self.params["retrace_len"]):]
         if info.get("step", 0) > 0 and self._action != 0:
             blocked = info.get("effective_action", self._action) == 0
             self._blocked[self._action] = 0.6 * self._blocked[self._action] + 0.4 * blocked
@@ -139,6 +165,10 @@ class ExplorerPolicy:
 
     def _next_segment(self) -> tuple[int, int]:
         p = self.params
+        if p.get("retrace") and len(self._path) >= 2 and self._rng.random() < p["retrace"]:
+            self._back = [self._opposite[a] for a in reversed(self._path)]  # walk the way back
+            self._path = []
+            return self._back[0], 0
         hold = int(min(self._rng.geometric(1.0 / p["mean_hold"]), 4 * p["mean_hold"]))
         if self._rng.random() < p["noop_share"]:
             return 0, hold
