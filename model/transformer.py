@@ -369,19 +369,24 @@ class FrameTransformer(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def load_from(self, other: FrameTransformer) -> None:
-        """Initialise from a trained model of the same architecture but possibly another block
-        size (a chunk-wise student from a frame-wise teacher): the time-distance bias keeps the
-        teacher's values for distances 0..window-1 and the sinks; the within-block negative
-        distances the teacher never saw start at its distance-0 value (as a fresh init does)."""
+        """Initialise from a trained model of the same widths but possibly another block size (a
+        chunk-wise student from a frame-wise teacher), window or number of sink frames (a
+        long-context teacher warm-started from a short one). The time-distance bias keeps the
+        trained values for the distances both know; distances beyond the trained window start at
+        its farthest trained value, the within-block negative distances it never saw at its
+        distance-0 value (as a fresh init does), and extra sink frames at its last sink's value."""
         state = dict(other.state_dict())
         a, b = other.cfg, self.cfg
-        if a.window != b.window or a.sink != b.sink:
-            raise ValueError(f"cannot initialise window={b.window}, sink={b.sink} from a model with "
-                             f"window={a.window}, sink={a.sink}")
-        if a.block_frames != b.block_frames:
-            tb = state["time_bias"]
-            d = torch.arange(-(b.block_frames - 1), b.window).clamp(min=-(a.block_frames - 1))
-            state["time_bias"] = torch.cat([tb[:, d + a.block_frames - 1], tb[:, other.n_dist:]], 1)
+        if a.heads != b.heads:
+            raise ValueError(f"cannot initialise heads={b.heads} from a model with heads={a.heads}")
+        tb = state["time_bias"]
+        d = torch.arange(-(b.block_frames - 1), b.window).clamp(min=-(a.block_frames - 1), max=a.window - 1)
+        dist = tb[:, d + a.block_frames - 1]
+        if a.sink:
+            sinks = tb[:, other.n_dist:][:, torch.arange(b.sink).clamp(max=a.sink - 1)]
+        else:
+            sinks = torch.zeros(b.heads, b.sink, dtype=tb.dtype)
+        state["time_bias"] = torch.cat([dist, sinks], 1)
         self.load_state_dict(state)
 
     # ------------------------------------------------------------ pieces

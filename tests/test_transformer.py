@@ -176,8 +176,53 @@ def test_chunk_student_initialises_from_a_frame_teacher():
     assert torch.equal(sb[:, 0], tb[:, 0]) and torch.equal(sb[:, 1], tb[:, 0])
     t_state, s_state = teacher.state_dict(), student.state_dict()
     assert all(torch.equal(t_state[k], s_state[k]) for k in t_state if k != "time_bias")
-    with pytest.raises(ValueError, match="window"):
-        FrameTransformer(TransformerConfig(**{**base, "window": 6})).load_from(teacher)
+    with pytest.raises(ValueError, match="heads"):
+        FrameTransformer(TransformerConfig(**{**base, "heads": 4})).load_from(teacher)
+
+
+def test_a_longer_window_warm_starts_from_a_short_teacher():
+    """A long-context teacher (window 10, 2 sinks) from a short one (window 4, 1 sink): every weight
+    copied, the bias kept for the distances both know, the farther ones at the farthest trained value;
+    on a clip no longer than the old window the two models give the same velocities."""
+    base = dict(latent_channels=4, latent_size=4, patch=2, width=32, depth=1, heads=2)
+    torch.manual_seed(0)
+    short = FrameTransformer(TransformerConfig(**base, window=4, sink=1))
+    with torch.no_grad():
+        for p in short.parameters():
+            p.normal_(0, 0.1)
+    long = FrameTransformer(TransformerConfig(**base, window=10, sink=2))
+    long.load_from(short)
+    tb, lb = short.time_bias, long.time_bias
+    assert lb.shape == (2, 10 + 2)
+    assert torch.equal(lb[:, :4], tb[:, :4]) and torch.equal(lb[:, 4:10], tb[:, 3:4].expand(2, 6))
+    assert torch.equal(lb[:, 10], tb[:, 4]) and torch.equal(lb[:, 11], tb[:, 4])
+    s_state, l_state = short.state_dict(), long.state_dict()
+    assert all(torch.equal(s_state[k], l_state[k]) for k in s_state if k != "time_bias")
+    x, s = torch.randn(2, 4, 4, 4, 4), torch.rand(2, 4)
+    a = torch.randint(0, 5, (2, 4))
+    long.cfg.sink = 1  # the same sink count for the comparison (the sink bias of frame 0 is the same)
+    assert torch.allclose(short.forward_teacher(x, x, s, a), long.forward_teacher(x, x, s, a), atol=1e-5)
+
+
+def test_a_teacher_init_across_window_sizes(tmp_path):
+    """teacher.init from a shorter-window checkpoint goes through load_from (not a shape error)."""
+    from safetensors.torch import save_file
+
+    from trainer.models import init_from
+
+    base = dict(latent_channels=4, latent_size=4, patch=2, width=32, depth=1, heads=2)
+    short = FrameTransformer(TransformerConfig(**base, window=4, sink=1))
+    ck = tmp_path / "step_00000001"
+    ck.mkdir()
+    save_file({f"net.{k}": v.contiguous() for k, v in short.state_dict().items()}, str(ck / "model.safetensors"))
+    import dataclasses
+    import json
+
+    (ck / "meta.json").write_text(json.dumps({"step": 1, "config": {"model": dataclasses.asdict(short.cfg)}}))
+    long = FrameTransformer(TransformerConfig(**base, window=10, sink=1))
+    init_from(long, ck, "teacher")
+    assert torch.equal(long.time_bias[:, :4], short.time_bias[:, :4])
+    assert torch.equal(long.pos, short.pos)
 
 
 @pytest.mark.parametrize("block", [1, 3])

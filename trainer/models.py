@@ -26,8 +26,23 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 def init_from(net: torch.nn.Module, path: str | Path, what: str) -> Path:
     """Load the weights of a run, checkpoint or shipped file into a new stage's ``net`` (``init``:
     continue training from trained weights); the model config must match. Returns the weights file."""
-    weights, _ = resolve_full(path)
-    load_into(net, _strip(load_weights(weights), "net."), str(weights))
+    weights, cfg = resolve_full(path)
+    state = _strip(load_weights(weights), "net.")
+    if isinstance(net, FrameTransformer) and isinstance(cfg.get("model"), dict):
+        src_cfg = from_dict(TransformerConfig, cfg["model"], f"{weights} config")
+        if (src_cfg.window, src_cfg.sink, src_cfg.block_frames) != (net.cfg.window, net.cfg.sink, net.cfg.block_frames):
+            # another window/sink/block size (e.g. a long-context teacher from the shipped one): the
+            # time-distance bias is extended (FrameTransformer.load_from), every other weight copied
+            src = FrameTransformer(src_cfg)
+            load_into(src, state, str(weights))
+            try:
+                net.load_from(src)
+            except (ValueError, RuntimeError) as e:
+                raise CheckpointError(f"cannot initialise the {what} from {weights}: {e}") from None
+            print(f"[{what}] initialised from {weights} (window {src_cfg.window} -> {net.cfg.window}, "
+                  f"sink {src_cfg.sink} -> {net.cfg.sink})")
+            return weights
+    load_into(net, state, str(weights))
     print(f"[{what}] initialised from {weights}")
     return weights
 
