@@ -199,33 +199,39 @@ def _decorate_room(s: AdventureSettings, rng: np.random.Generator, allow_lava: b
     return room
 
 
+def _flood(tiles: np.ndarray, start: tuple[int, int], targets: set[int] | None = None) -> tuple[bytearray, int]:
+    """Breadth-first flood over walkable tiles from ``start`` (x, y) on flat indices (y * W + x):
+    (the visited flags, how many were visited). With ``targets`` it stops once all are visited."""
+    H, W = tiles.shape
+    walk = (~art.SOLID[tiles] & ~art.HAZARD[tiles]).ravel().tolist()
+    seen = bytearray(H * W)
+    first = start[1] * W + start[0]
+    seen[first] = 1
+    todo = deque([first])
+    left = None if targets is None else set(targets) - {first}
+    count = 1
+    while todo and (left is None or left):
+        i = todo.popleft()
+        x = i % W
+        for j, ok in ((i + 1, x + 1 < W), (i - 1, x > 0), (i + W, i + W < H * W), (i - W, i >= W)):
+            if ok and walk[j] and not seen[j]:
+                seen[j] = 1
+                count += 1
+                todo.append(j)
+                if left is not None:
+                    left.discard(j)
+    return seen, count
+
+
 def _connected(tiles: np.ndarray, cells: list[tuple[int, int]]) -> bool:
     """True when every cell in ``cells`` is reachable from the first over walkable tiles."""
-    walk = ~art.SOLID[tiles] & ~art.HAZARD[tiles]
-    seen = {cells[0]}
-    todo = deque([cells[0]])
-    H, W = tiles.shape
-    while todo:
-        x, y = todo.popleft()
-        for nx, ny in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
-            if 0 <= nx < W and 0 <= ny < H and walk[ny, nx] and (nx, ny) not in seen:
-                seen.add((nx, ny))
-                todo.append((nx, ny))
-    return all(c in seen for c in cells)
+    W = tiles.shape[1]
+    seen, _ = _flood(tiles, cells[0], {y * W + x for x, y in cells})
+    return all(seen[y * W + x] for x, y in cells)
 
 
 def reachable_tiles(tiles: np.ndarray, start: tuple[int, int]) -> int:
-    walk = ~art.SOLID[tiles] & ~art.HAZARD[tiles]
-    seen = {start}
-    todo = deque([start])
-    H, W = tiles.shape
-    while todo:
-        x, y = todo.popleft()
-        for nx, ny in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
-            if 0 <= nx < W and 0 <= ny < H and walk[ny, nx] and (nx, ny) not in seen:
-                seen.add((nx, ny))
-                todo.append((nx, ny))
-    return len(seen)
+    return _flood(tiles, start)[1]
 
 
 # ---------------------------------------------------------------------- rendering
