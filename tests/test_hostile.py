@@ -326,3 +326,14 @@ def test_one_path_rule_from_any_folder(tmp_path):
     assert t.returncode == 2 and "none-v0" in t.stderr, t.stderr[-1500:]
     assert str(ROOT / "data" / "datasets" / "none-v0") in t.stderr  # a config path: under the repository
     assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.yaml", "video.mp4"]  # no ./runs, ./data
+
+
+def test_a_path_object_is_a_fine_string_setting():
+    from pathlib import Path
+
+    from tests.trainer_helpers import ROOT
+    from world import make_world
+
+    w = make_world("dream", checkpoint=Path(ROOT / "assets" / "checkpoints" / "adventure_cfpp_frame2.safetensors"),
+                   warmup=False)
+    assert isinstance(w.settings.checkpoint, str)

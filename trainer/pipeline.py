@@ -197,7 +197,7 @@ class Pipeline:
         if weights.is_file() and weights.with_suffix(".yaml").is_file():
             print(f"pipeline: export: complete ({weights}), skipped", flush=True)
             return
-        self._run(["-m", "trainer.export", "--run", str(self.out / "dmd"), "--name", "dream", "--out-dir",
+        self._run(["-m", "trainer.export", "--run", str(self.out / "dmd"), "--name", "dream", "--force", "--out-dir",
                    str(self.out), "--eval", str(self.out / "report.json"), "--set",
                    f"heads={self.out / 'heads'}", "--command",
                    f"python -m trainer.pipeline --world {self.world} --out {self.out}"])

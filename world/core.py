@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -84,8 +85,8 @@ def settings_from_kwargs(cls: type, kwargs: dict[str, Any], world: str) -> Any:
             value = float(value)
         elif hint is int and isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif hint is str and numeric:
-            value = str(value)
+        elif hint is str and (numeric or isinstance(value, os.PathLike)):
+            value = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
         elif hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
             raise InvalidSettingError(f"setting {key!r} of world {world!r} must be {hint.__name__}, got "
                                       f"{type(value).__name__} {value!r}")
