@@ -72,7 +72,8 @@ def cpu_flags() -> tuple[str, ...]:
 def _matmul_rate(dtype: torch.dtype, m: int = 1024, k: int = 256, n: int = 1024, reps: int = 8) -> float:
     """GFLOP/s of F.linear at the world model's MLP shape on one thread (the best of ``reps`` calls, after
     one untimed call for kernel set-up): one core's rate, so a busy second core does not skew the ratio."""
-    x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # not the global RNG: a probe must not shift a seeded run
+    x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -143,7 +144,8 @@ class PackedLinear(torch.nn.Module):
     """A frozen bf16 ``nn.Linear`` whose weight is kept in oneDNN's blocked layout as well, so that
     a call does not re-pack it: measured 1.4-1.8x faster than ``F.linear`` at the few rows of a
     streamed frame (16-64 tokens) on a CPU with bf16 matrix units. Same outputs as the linear it
-    replaces; inputs of another dtype or device take the plain path."""
+    replaces; an input of another dtype is cast to the weights' (as a bf16 module computes in bf16),
+    one on another device, or one that needs gradients, takes the plain ``F.linear``."""
 
     def __init__(self, lin: torch.nn.Linear, rows_hint: int = 32) -> None:
         super().__init__()
@@ -153,9 +155,20 @@ class PackedLinear(torch.nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), rows_hint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.packed.dtype or x.device.type != "cpu" or torch.is_grad_enabled() and x.requires_grad:
+        if x.device.type != "cpu" or self.weight.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.packed.dtype), self.packed, self.bias, "none", [], "")
+
+    def __deepcopy__(self, memo: dict) -> PackedLinear:
+        """A copy packs its own weight again (the packed layout cannot be copied as a tensor)."""
+        import copy
+
+        lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                              dtype=self.weight.dtype, device=self.weight.device)
+        lin.weight = copy.deepcopy(self.weight, memo)
+        if self.bias is not None:
+            lin.bias = copy.deepcopy(self.bias, memo)
+        return PackedLinear(lin)
 
 
 def packing_available() -> bool:

@@ -337,3 +337,23 @@ def test_a_path_object_is_a_fine_string_setting():
     w = make_world("dream", checkpoint=Path(ROOT / "assets" / "checkpoints" / "adventure_cfpp_frame2.safetensors"),
                    warmup=False)
     assert isinstance(w.settings.checkpoint, str)
+
+
+def test_a_failing_frame_source_is_not_called_a_video_error(tmp_path):
+    """Only the writer's and the disk's failures become VideoError; the caller's own error (a world or
+    model bug while producing frames) keeps its type and traceback."""
+    def frames():
+        yield from _frames(2)
+        raise RuntimeError("a bug in the world")
+
+    with pytest.raises(RuntimeError, match="a bug in the world"):
+        write_mp4(tmp_path / "v.mp4", frames())
+    assert not list(tmp_path.iterdir())
+
+
+def test_numpy_numbers_are_fine_settings():
+    from world import make_world
+
+    w = make_world("adventure", resolution=np.int64(64), creatures_per_room=np.float32(0.5))
+    assert w.settings.resolution == 64 and isinstance(w.settings.resolution, int)
+    w.close()

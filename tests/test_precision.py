@@ -85,8 +85,10 @@ def test_packed_linear_equals_the_linear_it_replaces():
     for shape in ((1, 32), (5, 7, 32), (64, 16, 32)):
         x = torch.randn(*shape, dtype=torch.bfloat16)
         assert torch.equal(mod(x), F.linear(x, lin.weight, lin.bias))
-    x32 = torch.randn(3, 32)  # another dtype takes the plain path
-    assert mod(x32.to(torch.bfloat16)).dtype == torch.bfloat16
+    x32 = torch.randn(3, 32)  # another dtype is cast to the module's (a bf16 module computes in bf16)
+    assert torch.equal(mod(x32), F.linear(x32.to(torch.bfloat16), lin.weight, lin.bias))
+    twin = copy.deepcopy(mod)  # a copy packs its own weight again
+    assert isinstance(twin[0], P.PackedLinear) and torch.equal(twin(x32), mod(x32))
 
 
 def test_math_attention_equals_sdpa():

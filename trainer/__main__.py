@@ -100,17 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     info = init_distributed(args.device)
-    if info.is_main and args.fresh:
-        from trainer.checkpoint import archive_run
-
-        moved = archive_run(cfg.run_dir)  # the earlier run is kept aside, never pruned or resumed
-        if moved is not None:
-            print(f"[{cfg.stage}] --fresh: the earlier run in {cfg.run_dir} (checkpoints, metrics, config) was "
-                  f"moved to {moved}; delete that folder when you no longer need it")
-    if info.is_main:
-        record_command(cfg.run_dir, argv, args.fresh)
     clean = False
     try:
+        if info.is_main and args.fresh:
+            from trainer.checkpoint import archive_run
+
+            moved = archive_run(cfg.run_dir)  # the earlier run is kept aside, never pruned or resumed
+            if moved is not None:
+                print(f"[{cfg.stage}] --fresh: the earlier run in {cfg.run_dir} (checkpoints, metrics, config) was "
+                      f"moved to {moved}; delete that folder when you no longer need it")
+        if info.is_main:
+            record_command(cfg.run_dir, argv, args.fresh)
         import torch
 
         # the model's initial weights are a function of the seed (every rank the same)

@@ -72,9 +72,12 @@ def _load_train_state(path: Path) -> dict[str, Any]:
     """``train_state.pt`` read with ``weights_only=True``: tensors, numbers, strings and containers
     only (and the numpy arrays of checkpoints written before the states were plain). A file that
     holds anything else is refused, never executed."""
-    from numpy._core.multiarray import _reconstruct  # type: ignore[import-not-found]
-
-    safe = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore[import-not-found]
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    safe = [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
     with torch.serialization.safe_globals(safe):
         return torch.load(path, weights_only=True)
 
@@ -163,7 +166,8 @@ def archive_run(run_dir: str | Path) -> Path | None:
     empty and the old one is kept, not overwritten, pruned or resumed by mistake. Returns where it
     went (None when there was nothing to move)."""
     run = Path(run_dir)
-    parts = [run / n for n in ("checkpoints", "metrics.jsonl", "tb", "config.json") if (run / n).exists()]
+    parts = [run / n for n in ("checkpoints", "metrics.jsonl", "tb", "config.json", "config_changes.jsonl")
+             if (run / n).exists()]
     if not (run / "checkpoints").is_dir() or not any((run / "checkpoints").glob("step_*")):
         return None
     dest = run / "replaced" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -87,7 +87,7 @@ def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) ->
             except Exception:  # noqa: BLE001 - the seed is informative only
                 pass
             out.append(episode_from_minari(ep, meta_seed))
-    except DataError:
+    except (DataError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - minari/arrow/zstd errors name no file: say which dataset
         where = f"the episode after {current}" if current is not None else "its first episode"

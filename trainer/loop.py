@@ -182,6 +182,10 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     # the precision that runs (auto resolved on this machine), recorded in the run's config.json and in
     # every checkpoint; a run resumed on another machine may resolve differently (same results format)
     precision = resolve(cfg.precision, info.device)
+    if info.enabled:  # every rank runs what rank 0's probe chose (a probe near the threshold may differ)
+        box = [precision]
+        torch.distributed.broadcast_object_list(box, 0)
+        precision = box[0]
     config_dict = {**config_dict, "precision": {"asked": cfg.precision, "ran": precision,
                                                 "probe": probe(info.device).as_dict()}}
     torch.manual_seed(cfg.seed + info.rank)

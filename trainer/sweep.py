@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the trainer runs from the repository root (its path rule)
     t0 = time.time()
     probes = {n: _command(args.stage, args.config, out / f"probe-{n}", o + [
         f"train.steps={args.probe_steps}", "train.log_every=10", "train.eval_every=0",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import numbers
 import os
 from typing import Any, ClassVar, NamedTuple
 
@@ -80,9 +81,11 @@ def settings_from_kwargs(cls: type, kwargs: dict[str, Any], world: str) -> Any:
     checked = {}
     for key, value in kwargs.items():
         hint = hints.get(key)
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        numeric = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         if hint is float and numeric:
             value = float(value)
+        elif hint is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            value = int(value)
         elif hint is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         elif hint is str and (numeric or isinstance(value, os.PathLike)):
@@ -123,7 +126,7 @@ class World(abc.ABC):
                 _impl(self, state)
             except KeyError as e:
                 raise InvalidStateError(f"not a state of world {self.name!r}: it has no {e.args[0]!r}; pass a dict "
-                                        f"that get_state() of this world returned") from None
+                                        f"that get_state() of this world returned") from e
         set_state._checked = True  # type: ignore[attr-defined]
         set_state.__doc__ = impl.__doc__
         cls.set_state = set_state  # type: ignore[method-assign]

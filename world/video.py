@@ -51,6 +51,13 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
     writer = None
     count, shape = 0, None
     done = False
+
+    def io(fn, *args):  # the writer's and the file system's errors only (not the caller's frames')
+        try:
+            return fn(*args)
+        except (OSError, RuntimeError) as e:
+            raise VideoError(_why(e, path)) from e
+
     try:
         for frame in frames:
             frame = np.asarray(frame)
@@ -63,22 +70,18 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
                     str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
                     pix_fmt_out="yuv420p", macro_block_size=2, quality=None,
                     output_params=["-crf", str(crf)], ffmpeg_log_level="error")
-                writer.send(None)  # start ffmpeg
+                io(writer.send, None)  # start ffmpeg
             elif frame.shape != shape:
                 raise VideoError(f"frame {count} has shape {frame.shape}, the first had {shape}")
-            writer.send(np.ascontiguousarray(upscale_nearest(frame, scale)))
+            io(writer.send, np.ascontiguousarray(upscale_nearest(frame, scale)))
             count += 1
         if count == 0:
             raise VideoError("no frames to write")
-        writer.close()  # waits for ffmpeg; raises if it failed
+        io(writer.close)  # waits for ffmpeg; raises if it failed
         writer = None
         _check_playable(tmp, path)
-        os.replace(tmp, path)
+        io(os.replace, tmp, path)
         done = True
-    except VideoError:
-        raise
-    except (OSError, RuntimeError) as e:
-        raise VideoError(_why(e, path)) from e
     finally:
         if writer is not None:
             try:

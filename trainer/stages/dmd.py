@@ -23,7 +23,6 @@ import torch.nn as nn
 
 from model import flow
 from model.distill import dmd_gradient, dmd_loss, dmd_sigma
-from model.precision import frozen_for_autocast
 from model.transformer import FrameTransformer, KVCache, TransformerConfig
 from trainer.config import from_dict
 from trainer.distributed import DistInfo
@@ -195,7 +194,6 @@ class DMDStage:
         noisy = flow.add_noise(clip, eps, sigma)
         zeros = torch.zeros(B, F, device=dev)
         with torch.no_grad():
-            frozen_for_autocast(self.real)  # bf16 training: the frozen teacher cast once, not per call
             v_r = self.real(clip, noisy, sigma, actions, zeros).float()
             if self.cfg.dmd.real_cfg != 1.0:
                 null = torch.full_like(actions, self.model_cfg.null_action)
