@@ -24,7 +24,8 @@ def test_the_tiny_pipeline_runs_to_the_end_on_games_nobody_trained_on(tmp_path, 
         pytest.importorskip("ale_py")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "trainer.pipeline", "--world", world, "--out", str(out), "--preset", TINY,
-                        "--set", "record.episodes=4", "--set", "record.steps=24", *settings], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+                        "--set", "record.episodes=4", "--set", "record.steps=24", "--set", "evaluate.episodes=1",
+                        *settings], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import yaml
 
@@ -32,6 +33,8 @@ def test_the_tiny_pipeline_runs_to_the_end_on_games_nobody_trained_on(tmp_path, 
     assert card["config"]["model"]["num_actions"] == actions
     heads = json.loads(next((out / "heads" / "checkpoints").glob("step_*/meta.json")).read_text())
     assert heads["config"]["model"]["num_actions"] == actions
+    if actions != 18:  # one game is enough to show the result plays (test_pipeline plays the default one)
+        return
     # the result plays: a few dreamed frames headless
     p = subprocess.run([sys.executable, "play.py", "--headless", "--checkpoint", str(out), "--frames", "3",
                         "--out", str(tmp_path / "dream.mp4")], cwd=ROOT, env=ENV, capture_output=True, text=True,
