@@ -171,6 +171,7 @@ class PackedLinear(torch.nn.Module):
         return PackedLinear(lin)
 
 
+@functools.cache
 def packing_available() -> bool:
     """Whether this torch build can pre-pack bf16 linear weights (oneDNN on a CPU)."""
     try:

@@ -78,9 +78,10 @@ class DreamWorld(World):
         if s.threads:
             torch.set_num_threads(s.threads)
         torch.set_flush_denormal(True)
-        root = SHIPPED.parent.parent
-        if not Path(s.checkpoint).exists() and not Path(s.checkpoint).is_absolute() and (root / s.checkpoint).exists():
-            s.checkpoint = str(root / s.checkpoint)  # a repository path (assets/checkpoints/...) from another folder
+        from world.paths import ROOT
+
+        if not Path(s.checkpoint).exists() and not Path(s.checkpoint).is_absolute() and (ROOT / s.checkpoint).exists():
+            s.checkpoint = str(ROOT / s.checkpoint)  # a repository path (assets/checkpoints/...) from another folder
         if (Path(s.checkpoint) / "dream.safetensors").is_file():  # a trainer.pipeline run folder
             s.checkpoint = str(Path(s.checkpoint) / "dream.safetensors")
         if not Path(s.checkpoint).exists():
