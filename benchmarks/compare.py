@@ -1,4 +1,4 @@
-"""``python -m benchmarks.compare --out FILE.json``: the variants of ALGORITHMS.md section 5 in one
+"""``python -m benchmarks.compare --out FILE.json``: the few-step variants in one
 run on one machine: the fidelity fields of ``trainer.evaluate`` (same held-out seeds and
 noise for all), first-frame latency and steady-state frame time (decode included, batch 1,
 variants interleaved after warm-up, medians with min/max), and each distilled variant's
@@ -260,7 +260,7 @@ ROWS = [("changed PSNR 1-16 (dB)", "changed_psnr_mean_16"), ("seen PSNR 1-16 (dB
 
 def render_markdown(report: dict[str, Any], command: str) -> str:
     names = list(report["variants"])
-    lines = ["# Results: the variants of ALGORITHMS.md section 5", "",
+    lines = ["# Results: the few-step variants side by side (CF++ frame-2 and frame-1, the ODE ablation, the chunk-wise baseline, the teacher)", "",
              f"Written by `{command}` from `benchmarks/results/compare.json`; do not edit by hand.", "",
              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, key in ROWS:

@@ -1,5 +1,5 @@
 """``python -m benchmarks.stage2 --out FILE.json``: the Stage 2 claim of Causal Forcing++ measured
-on the flow map both methods learn (ALGORITHMS.md section 3).
+on the flow map both methods learn (the Stage 2 cost claim).
 
 Causal ODE distillation regresses the teacher's PF-ODE endpoint from noise; causal consistency
 distillation learns the same map without solving it. So the quality that makes their costs
