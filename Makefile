@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report external \
+.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve external \
 	dataset-doom-heldout external-report variants compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -62,6 +62,18 @@ CFG ?= 1.0
 teacher-report: setup
 	$(PY) -m trainer.evaluate --checkpoint assets/checkpoints/adventure_teacher.safetensors --world adventure \
 		--episodes 16 --steps 48 --cfg $(CFG) --out benchmarks/results/teacher.json
+
+# The long-context teacher (docs/TRAINING_LOG.md): one piece of MINUTES of training; the same command
+# continues the run (Ctrl-C or SIGTERM also end a piece with a checkpoint). Its quality curve is
+# measured beside it by `make teacher-long-curve` (every 10 minutes, until the run's final checkpoint).
+MINUTES ?= 120
+teacher-long: setup
+	test -d data/datasets/adventure-revisit-v0 || $(MAKE) dataset-revisit
+	$(PY) -m trainer teacher --config assets/configs/adventure_teacher_long.yaml --minutes $(MINUTES)
+
+teacher-long-curve: setup
+	$(PY) -m trainer.curve --run runs/adventure_teacher_long --out benchmarks/results/teacher_long_curve.json \
+		--baseline assets/checkpoints/adventure_teacher.safetensors --log docs/TRAINING_LOG.md --watch 10
 
 # The external-game world model (ViZDoom "basic", frame_skip 2): the whole pipeline on this CPU,
 # then the shipped model's report on held-out recorded episodes (ViZDoom has no get_state).

@@ -119,6 +119,37 @@ def test_resume_after_kill_continues_the_same_curve(tmp_path, dataset):
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-7), step
 
 
+def test_training_in_pieces_stops_cleanly_and_resumes_the_same_curve(tmp_path, dataset):
+    """--minutes ends a piece, SIGTERM ends one after the step in flight: both write a checkpoint
+    off the ckpt_every grid first, and the same command continues the same curve."""
+    kw = {"steps": 12, "precision": "fp32", "threads": 1, "ckpt_every": 1000, "ckpt_minutes": 1000.0}
+    run_trainer("autoencoder", tiny_ae_config(tmp_path, dataset, "ref", **kw))
+    ref = losses(tmp_path / "ref")
+    cfg = tiny_ae_config(tmp_path, dataset, "pieces", **kw)
+    run = tmp_path / "pieces"
+    r = run_trainer("autoencoder", cfg, "--minutes", "0.0001")  # a piece of one step
+    assert "piece ended at step 1/12" in r.stdout, r.stdout
+    assert latest_checkpoint(run).name == "step_00000001"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "autoencoder", "--config", str(cfg)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and max(losses(run), default=0) >= 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGTERM received" in out, out
+    stopped = int(latest_checkpoint(run).name.split("_")[1])
+    assert 4 <= stopped < 12
+    meta = json.loads((latest_checkpoint(run) / "meta.json").read_text())
+    assert meta["final"] is False
+    r = run_trainer("autoencoder", cfg)
+    assert "resumed from" in r.stdout and f"step_{stopped:08d}" in r.stdout, r.stdout
+    got = losses(run)
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-7), step
+
+
 def test_two_process_ddp_on_cpu_trains(tmp_path, dataset):
     cfg = tiny_ae_config(tmp_path, dataset, "ddp", steps=16, precision="fp32", threads=1)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

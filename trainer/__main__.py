@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--fresh", action="store_true",
                    help="start over: the run folder's earlier checkpoints and metrics are moved to RUN_DIR/replaced/")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="train one piece of at most this many minutes, then checkpoint and stop; the same command "
+                        "continues the run (SIGTERM or Ctrl-C also checkpoint before stopping)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     try:
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in getattr(stage, "config_extra", lambda: {})().items():
             mine = config.get(key)
             config[key] = {**mine, **value} if isinstance(mine, dict) and isinstance(value, dict) else value
-        train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh)
+        train(stage, cfg.train, cfg.run_dir, info, config, resume=not args.fresh, piece_minutes=args.minutes)
         clean = True
     except Exception as e:  # noqa: BLE001 - user errors get one line; bugs keep their traceback
         message = user_error(e)

@@ -14,6 +14,8 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,9 +173,48 @@ def record_config_changes(run_dir: Path, stage: str, step: int, old: dict[str, A
     return changes
 
 
+class _StopRequest:
+    """When a piece of training should end: after ``minutes`` (0 = no limit), or at SIGTERM/SIGINT
+    (handled only in the main thread; the previous handlers come back with :meth:`restore`)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.deadline = time.time() + 60.0 * minutes if minutes > 0 else None
+        self.minutes = minutes
+        self.signal: int | None = None
+        self.reason = ""
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def requested(self) -> bool:
+        if self.signal is not None:
+            self.reason = f"{signal.Signals(self.signal).name} received"
+            return True
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.reason = f"--minutes {self.minutes:g} reached"
+            return True
+        return False
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
-          config_dict: dict[str, Any], resume: bool = True) -> dict[str, Any]:
-    """Run (or resume) a stage to ``cfg.steps``; returns the final metrics."""
+          config_dict: dict[str, Any], resume: bool = True, piece_minutes: float = 0.0) -> dict[str, Any]:
+    """Run (or resume) a stage to ``cfg.steps``; returns the final metrics.
+
+    A run is trained in pieces when it must: with ``piece_minutes`` > 0 this call stops after that
+    many minutes of training, and on SIGTERM or SIGINT (a job scheduler's time limit, Ctrl-C) after
+    the step in flight. Either way it writes a checkpoint first and returns with ``stopped`` set;
+    the same command resumes the run exactly where the piece ended."""
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -327,61 +368,77 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                    disable=os.environ.get("DREAMSTEP_NO_BAR") == "1")
     window_t, window_n, samples_seen = time.time(), 0, 0
     last_metrics: dict[str, float] = {}
-    model.train()
-    while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        batch = stage.next_batch(per_rank, info)
-        with autocast(info.device, precision):
-            loss, metrics = stage.loss(train_module, batch, step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{stage.name}] loss became {loss.item()} at step {step}; "
-                                     f"lower train.lr (now {cfg.lr}) or resume from the last checkpoint")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
-        if hasattr(gnorm, "full_tensor"):  # FSDP: a DTensor
-            gnorm = gnorm.full_tensor()
-        opt.step()
-        if ema is not None:
-            # warm-up: an average over the steps so far until 1/(1-decay) steps have passed, so a
-            # short run's EMA is not dominated by its initial weights (0.999**1500 = 22%)
-            ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
-        after = getattr(stage, "after_step", None)
-        if after is not None:  # e.g. causal CD's target network
-            after(model)
-        step += 1
-        window_n += 1
-        samples_seen += cfg.batch_size
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            loss_avg = all_reduce_mean(loss.detach().float(), info).item()
-            dt = time.time() - window_t
-            rate = window_n / dt if dt > 0 else 0.0
-            last_metrics = {"loss": loss_avg, "lr": lr_at(step - 1, cfg), "grad_norm": float(gnorm),
-                            "steps_per_s": rate,
-                            "tokens_per_s": rate * cfg.batch_size * stage.tokens_per_sample(),
-                            **{k: float(v) for k, v in metrics.items()}}
-            if info.device.type == "cuda":
-                last_metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 1e9
-            log.log(step, last_metrics)
+    stop = _StopRequest(piece_minutes)
+    try:
+        model.train()
+        while step < cfg.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batch = stage.next_batch(per_rank, info)
+            with autocast(info.device, precision):
+                loss, metrics = stage.loss(train_module, batch, step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{stage.name}] loss became {loss.item()} at step {step}; "
+                                         f"lower train.lr (now {cfg.lr}) or resume from the last checkpoint")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            if hasattr(gnorm, "full_tensor"):  # FSDP: a DTensor
+                gnorm = gnorm.full_tensor()
+            opt.step()
+            if ema is not None:
+                # warm-up: an average over the steps so far until 1/(1-decay) steps have passed, so a
+                # short run's EMA is not dominated by its initial weights (0.999**1500 = 22%)
+                ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
+            after = getattr(stage, "after_step", None)
+            if after is not None:  # e.g. causal CD's target network
+                after(model)
+            step += 1
+            window_n += 1
+            samples_seen += cfg.batch_size
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                loss_avg = all_reduce_mean(loss.detach().float(), info).item()
+                dt = time.time() - window_t
+                rate = window_n / dt if dt > 0 else 0.0
+                last_metrics = {"loss": loss_avg, "lr": lr_at(step - 1, cfg), "grad_norm": float(gnorm),
+                                "steps_per_s": rate,
+                                "tokens_per_s": rate * cfg.batch_size * stage.tokens_per_sample(),
+                                **{k: float(v) for k, v in metrics.items()}}
+                if info.device.type == "cuda":
+                    last_metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 1e9
+                log.log(step, last_metrics)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{last_metrics['lr']:.1e}")
+                window_t, window_n = time.time(), 0
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{last_metrics['lr']:.1e}")
-            window_t, window_n = time.time(), 0
-        if bar is not None:
-            bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            ev_model = for_eval()
-            ev = stage.evaluate(ev_model, step) if info.is_main else {}
-            log.log(step, {f"eval/{k}": v for k, v in ev.items()} | {"wall_s": wall_before + time.time() - t_start})
-            model.train()
-        want_ckpt = step % cfg.ckpt_every == 0 or (time.time() - last_ckpt_time) > 60 * cfg.ckpt_minutes
-        if info.enabled:  # all ranks must agree to enter the collective in checkpoint()
-            flag = torch.tensor([1.0 if want_ckpt else 0.0])
-            torch.distributed.broadcast(flag, 0)
-            want_ckpt = bool(flag.item())
-        if want_ckpt and step < cfg.steps:
-            checkpoint()
-            last_ckpt_time = time.time()
+                bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                ev_model = for_eval()
+                ev = stage.evaluate(ev_model, step) if info.is_main else {}
+                log.log(step, {f"eval/{k}": v for k, v in ev.items()} | {"wall_s": wall_before + time.time() - t_start})
+                model.train()
+            want_ckpt = step % cfg.ckpt_every == 0 or (time.time() - last_ckpt_time) > 60 * cfg.ckpt_minutes
+            want_stop = stop.requested()
+            if info.enabled:  # all ranks must agree to enter the collective in checkpoint(); rank 0 decides
+                flag = torch.tensor([float(want_ckpt), float(want_stop)])
+                torch.distributed.broadcast(flag, 0)
+                want_ckpt, want_stop = bool(flag[0].item()), bool(flag[1].item())
+            if (want_ckpt or want_stop) and step < cfg.steps:
+                path = checkpoint()
+                last_ckpt_time = time.time()
+                if want_stop:
+                    if bar is not None:
+                        bar.close()
+                    log.close()
+                    wall = wall_before + (time.time() - t_start)
+                    if info.is_main:
+                        print(f"[{stage.name}] piece ended at step {step}/{cfg.steps} ({stop.reason}); wrote {path}; "
+                              f"run the same command to continue from it")
+                    return {"stage": stage.name, "steps": step, "checkpoint": str(path) if path else None,
+                            "wall_s_total": wall, "stopped": stop.reason,
+                            **{f"final_{k}": v for k, v in last_metrics.items()}}
+    finally:
+        stop.restore()
     if bar is not None:
         bar.close()
     ev_model = for_eval()
