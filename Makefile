@@ -29,6 +29,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench-engine: setup
 	$(PY) -m benchmarks.engine --out benchmarks/results/engine.json

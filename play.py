@@ -3,7 +3,7 @@
 
 Without a display it plays headless with a scripted policy and writes a video
 (``out/play_headless.mp4``). ``python play.py --help`` lists the options; the window's
-F1 key lists the controls. The application lives in :mod:`world.play_app`.
+F1 key lists the controls. The application lives in :mod:`window.app`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from world.play_app import main as play_main
+    from window.app import main as play_main
 
     return play_main(argv)
 

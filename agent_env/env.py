@@ -220,7 +220,7 @@ def _init_display() -> None:
     """
     import pygame
 
-    from world.play_app import no_display_reason
+    from world.gl import no_display_reason
 
     reason = no_display_reason()
     if reason is None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from trainer.models import SHIPPED
+from model.io import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 4  # real frames every variant starts from
@@ -37,14 +37,10 @@ DEFAULT_FILES = {"teacher": "adventure_teacher", "cf_chunk4": "adventure_cf_chun
 
 def sampler_for(name: str, card_cfg: dict[str, Any], teacher_steps: int, teacher_cfg: float):
     from model.rollout import SamplerConfig
-    from trainer.models import card_guidance
 
-    shift = float(card_cfg.get("loss", {}).get("shift", 3.0))
-    s = card_cfg.get("sampler") or {}
-    if name == "teacher" or s.get("kind", "euler") == "euler":
-        return SamplerConfig(kind="euler", steps=teacher_steps, cfg=teacher_cfg, shift=shift)
-    return SamplerConfig(kind="consistency", steps=int(s.get("steps", 2)), shift=shift,
-                         cfg=card_guidance(card_cfg, "consistency"), first_frame_steps=int(s.get("first_frame_steps", 0)))
+    if name == "teacher" or (card_cfg.get("sampler") or {}).get("kind", "euler") == "euler":
+        return SamplerConfig.from_card(card_cfg, "euler", teacher_steps, cfg=teacher_cfg)
+    return SamplerConfig.from_card(card_cfg, "consistency", default_steps=2)
 
 
 def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int, batch: int = 1
@@ -210,7 +206,7 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
     real = play_real(world, settings, episodes, C + H, EVAL_SEED_BASE)
     long_real = play_real(world, settings, long_episodes, C + 256, EVAL_SEED_BASE + 10_000) if long_episodes else None
     from trainer import metrics as M
-    from trainer.evaluate import _features
+    from trainer.evaluate import idm_features
 
     out: dict[str, Any] = {}
     stage2: dict[str, Any] = {}
@@ -227,8 +223,8 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
             lg = generate(model, ae, long_real.frames[:, C - ctx:C], long_real.actions[:, C - ctx:], sampler, seed,
                           "fp32")
             lt = long_real.frames[:, C:]
-            rep["frechet_early"] = M.frechet_distance(_features(idm, lg[:, :32]), _features(idm, lt[:, :32]))
-            rep["frechet_late"] = M.frechet_distance(_features(idm, lg[:, -32:]), _features(idm, lt[:, -32:]))
+            rep["frechet_early"] = M.frechet_distance(idm_features(idm, lg[:, :32]), idm_features(idm, lt[:, :32]))
+            rep["frechet_late"] = M.frechet_distance(idm_features(idm, lg[:, -32:]), idm_features(idm, lt[:, -32:]))
         rep.update(stage2_cost(card))
         stage2[name] = card.get("stage2")
         rep["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg,

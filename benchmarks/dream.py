@@ -137,7 +137,7 @@ def matmul_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict[
 
 def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **settings: Any) -> dict[str, Any]:
     from trainer import metrics as M
-    from trainer.evaluate import _features
+    from trainer.evaluate import idm_features
     from trainer.models import default_idm, load_idm
     from world import make_world
 
@@ -173,9 +173,9 @@ def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **sett
     idm_path = default_idm(w.real_world_name)
     if idm_path is not None:
         idm, _ = load_idm(idm_path)
-        fr = _features(idm, np.stack(real))
-        out["frechet_first_256"] = round(M.frechet_distance(_features(idm, np.stack(head)), fr), 2)
-        out["frechet_last_256"] = round(M.frechet_distance(_features(idm, np.stack(tail)), fr), 2)
+        fr = idm_features(idm, np.stack(real))
+        out["frechet_first_256"] = round(M.frechet_distance(idm_features(idm, np.stack(head)), fr), 2)
+        out["frechet_last_256"] = round(M.frechet_distance(idm_features(idm, np.stack(tail)), fr), 2)
         out["frechet_ratio"] = round(out["frechet_last_256"] / max(out["frechet_first_256"], 1e-9), 3)
     return out
 

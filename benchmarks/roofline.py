@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.io import SHIPPED
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "assets" / "configs"
-SHIPPED = ROOT / "assets" / "checkpoints"
 
 
 def _stats(xs: list[float], nd: int = 1) -> dict[str, float]:
@@ -121,8 +122,8 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
     from model import flops as FL
     from trainer.models import load_world_model
     from trainer.stages.cd import CDStage
-    from trainer.stages.dmd import DMDStage, _Generator
-    from trainer.stages.teacher import TeacherLossConfig, TeacherStage, _TeacherForcing
+    from trainer.stages.dmd import DMDStage, GeneratorModule
+    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, TeacherStage
 
     teacher_path = SHIPPED / "adventure_teacher.safetensors"
     out: dict[str, tuple[Callable[[], Any], int, int]] = {}
@@ -142,7 +143,7 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
         net, _cfg, _ = load_world_model(teacher_path)
         net.train().requires_grad_(True)
         stage = _bare(TeacherStage, cfg=tc, gen=torch.Generator().manual_seed(0))
-        return _Step(stage, _TeacherForcing(net), tc.train.lr, tc.train.ema_decay, precision), \
+        return _Step(stage, TeacherForcing(net), tc.train.lr, tc.train.ema_decay, precision), \
             batch_of(net.cfg, tc.train.batch_size, tc.frames)
 
     out["teacher_train"] = (teacher, FL.teacher_train_step(tc.model, tc.train.batch_size, tc.frames),
@@ -151,8 +152,8 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
         t, tcfg, _ = load_world_model(teacher_path)
         student, _c, _ = load_world_model(teacher_path)
         student.train().requires_grad_(True)
-        wrapped = _TeacherForcing(student)
-        stage = _bare(CDStage, cfg=cc, teacher=_TeacherForcing(t).eval(), target=copy.deepcopy(wrapped).requires_grad_(False),
+        wrapped = TeacherForcing(student)
+        stage = _bare(CDStage, cfg=cc, teacher=TeacherForcing(t).eval(), target=copy.deepcopy(wrapped).requires_grad_(False),
                       shift=float(tcfg["loss"]["shift"]), model_cfg=t.cfg, gen=torch.Generator().manual_seed(0),
                       teacher_nfe=0, samples=0)
         return _Step(stage, wrapped, cc.train.lr, cc.train.ema_decay, precision), \
@@ -163,13 +164,13 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
     def dmd() -> tuple[Callable, Any]:
         t, tcfg, _ = load_world_model(teacher_path)
         g, _gcfg, _ = load_world_model(SHIPPED / "adventure_cfpp_frame2.safetensors")
-        fake = _TeacherForcing(copy.deepcopy(t)).requires_grad_(True)
+        fake = TeacherForcing(copy.deepcopy(t)).requires_grad_(True)
         shift = float(tcfg["loss"]["shift"])
-        stage = _bare(DMDStage, cfg=dc, real=_TeacherForcing(t).requires_grad_(False).eval(), fake=fake,
+        stage = _bare(DMDStage, cfg=dc, real=TeacherForcing(t).requires_grad_(False).eval(), fake=fake,
                       fake_train=fake, fake_opt=torch.optim.AdamW(fake.parameters(), lr=dc.dmd.critic_lr),
                       gen=torch.Generator().manual_seed(0), shift=shift, model_cfg=g.cfg,
                       fm=TeacherLossConfig(shift=shift, action_dropout=0.0, change_weight=0.0))
-        gen = _Generator(g.train().requires_grad_(True))
+        gen = GeneratorModule(g.train().requires_grad_(True))
         return _Step(stage, gen, dc.train.lr, dc.train.ema_decay, precision), batch_of(g.cfg, dc.train.batch_size, dc.frames)
 
     out["dmd_train"] = (dmd, 0, dc.train.batch_size)

@@ -52,13 +52,13 @@ def _card_walls(run: Path, card_path: str) -> dict[int, float]:
     and schedule; float rounding differs between CPUs, and two such runs of the default CD were
     0.4% apart by step 300). Wall time depends on the machine; the card's was measured where the
     ODE student's was. Empty when they differ."""
-    from trainer.export import _eval_curve
+    from trainer.export import eval_curve
 
     card_file = Path(card_path)
     if not card_file.is_file() or not (run / "metrics.jsonl").is_file():
         return {}
     qc = ((yaml.safe_load(card_file.read_text()) or {}).get("stage2") or {}).get("quality_vs_cost") or []
-    logged = {int(e["step"]): e for e in _eval_curve(run)}
+    logged = {int(e["step"]): e for e in eval_curve(run)}
     walls = {}
     for pt in qc:
         ev = logged.get(int(pt["step"]))
@@ -76,7 +76,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     from trainer.config import from_dict
     from trainer.models import load_world_model
     from trainer.stages.autoencoder import DataConfig
-    from trainer.stages.cd import _TeacherForcing
+    from trainer.stages.cd import TeacherForcing
     from trainer.stages.ode import solve_teacher_ode
     from trainer.stages.teacher import ClipData
 
@@ -97,7 +97,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
                     cd_cfg.get("latent_cache_dir", "data/latents"), mcfg, windows, int(cd_cfg["train"]["seed"]))
     if not len(data.eval_windows):
         raise SystemExit("error: the CD run's data has no held-out windows (data.holdout_episodes = 0)")
-    tf = _TeacherForcing(teacher).eval()
+    tf = TeacherForcing(teacher).eval()
     grid = flow.sigma_grid(solve_steps + 1, shift)
     batches = []
     t0 = time.time()
@@ -118,7 +118,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
         grid_mse.append(float((sol - end).pow(2).mean()))
 
     def measure(net: torch.nn.Module) -> dict[str, float]:
-        w = _TeacherForcing(net).eval()
+        w = TeacherForcing(net).eval()
         fm, gt = [], []
         for x0, a, zeros, eps, end in batches:
             sigma = torch.ones(x0.shape[:2])

@@ -10,6 +10,7 @@ at sigma = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +31,29 @@ class SamplerConfig:
             raise ValueError(f"sampler kind must be 'euler' or 'consistency', got {self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any], kind: str | None = None, steps: int | None = None,
+                  first_frame_steps: int | None = None, cfg: float | None = None, shift: float | None = None,
+                  default_steps: int = 48) -> SamplerConfig:
+        """The sampler a model card plays with, each field overridable (None: the card's).
+
+        The one rule: the card's ``sampler`` section (a distilled student's few-step consistency
+        sampler; a card without one is a teacher's: euler) gives the kind; its steps, first-frame
+        steps and action guidance apply only to a sampler of the card's own kind (a student's
+        2 steps or guidance are not a teacher's), else ``default_steps``, 0 and 1 (off). The shift
+        is the card's training shift."""
+        from model.io import card_guidance
+
+        own = card.get("sampler") or {}
+        kind = kind or own.get("kind", "euler")
+        mine = bool(own) and own.get("kind", "euler") == kind
+        steps = steps or (int(own.get("steps", default_steps)) if mine else default_steps)
+        if first_frame_steps is None:
+            first_frame_steps = int(own.get("first_frame_steps", 0)) if mine and kind == "consistency" else 0
+        return cls(kind=kind, steps=steps, cfg=cfg if cfg is not None else card_guidance(card, kind),
+                   shift=shift if shift is not None else float(card.get("loss", {}).get("shift", 3.0)),
+                   first_frame_steps=first_frame_steps)
 
 
 class Session:

@@ -253,19 +253,19 @@ def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
 def test_creatures_found_reads_the_moving_creatures_from_the_worlds_state():
     """The real frames draw every visible creature at its state's position (found = 1); frames with the
     creatures painted over find none; empty spots away from creatures are not creatures."""
-    from trainer.evaluate import _creature_stats, play_real
+    from trainer.evaluate import creature_stats, play_real
     from world.adventure import art, find_creatures
 
     real = play_real("adventure", {}, 2, 12, 1_000_000)
     pos = real.creatures
     assert pos is not None and len(pos) == 2 and len(pos[0]) == 12
-    found, visible = _creature_stats(real.frames, pos)
+    found, visible = creature_stats(real.frames, pos)
     assert sum(visible) > 0 and found == visible
     erased = real.frames.copy()
     for name in ("creature", "creature_light"):
         hit = (np.abs(erased.astype(int) - np.array(art.PALETTE[name])).sum(-1) < 90)
         erased[hit] = art.PALETTE["grass"]
-    assert sum(_creature_stats(erased, pos)[0]) == 0
+    assert sum(creature_stats(erased, pos)[0]) == 0
     rng = np.random.default_rng(0)
     spots = rng.uniform(4, 60, (200, 2))
     frame, here = real.frames[0, 0], pos[0][0]

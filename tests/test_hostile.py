@@ -176,7 +176,10 @@ def test_a_model_card_given_as_the_checkpoint_means_its_weights(tmp_path):
 
 
 def test_evaluate_rejects_empty_runs_and_defaults_to_the_cards_sampler(capsys):
-    from trainer.evaluate import card_sampler, main
+    from model.rollout import SamplerConfig
+    from trainer.evaluate import main
+
+    card_sampler = SamplerConfig.from_card
 
     for flag in ("--episodes", "--horizon"):
         assert main(["--checkpoint", "x", "--out", "/tmp/never.json", flag, "0"]) == 2
@@ -187,6 +190,8 @@ def test_evaluate_rejects_empty_runs_and_defaults_to_the_cards_sampler(capsys):
     t = card_sampler(student, kind="euler")  # another kind: not the student's guidance or steps
     assert (t.kind, t.steps, t.cfg, t.first_frame_steps) == ("euler", 48, 1.0, 0)
     assert card_sampler({}).kind == "euler"
+    # the dream's rule is the same one: an override of the kind does not take the card's steps
+    assert card_sampler(student, "euler", default_steps=8).steps == 8
 
 
 def test_evaluate_table_names_the_horizon_it_averaged():
@@ -205,7 +210,7 @@ def test_evaluate_table_names_the_horizon_it_averaged():
 
 
 def test_play_rejects_a_bad_script_key_headless_too(tmp_path):
-    from world.play_app import PlayError, parse_args
+    from window.app import PlayError, parse_args
 
     with pytest.raises(PlayError, match="unknown key name 'jump'"):
         parse_args(["--headless", "--script-keys", "jump*3"])

@@ -14,11 +14,7 @@ import pytest
 from PIL import Image
 
 import play
-from world import make_world
-from world.dataset import load_episodes
-from world.keymap import Keymap
-from world.paths import ROOT
-from world.play_app import (
+from window.app import (
     ActionInput,
     Bindings,
     PlayError,
@@ -35,6 +31,10 @@ from world.play_app import (
     script_timeline,
     scripted_policy,
 )
+from world import make_world
+from world.dataset import load_episodes
+from world.keymap import Keymap
+from world.paths import ROOT
 from world.video import upscale_nearest
 
 NOOP, UP, DOWN, LEFT, RIGHT = range(5)
@@ -335,7 +335,7 @@ def test_window_plays_the_dream_with_keys_side_by_side(xvfb_display: str, tmp_pa
 
 
 def test_hud_shows_timing_and_the_dream_comparison_only_when_there() -> None:
-    from world.hud import HUD_FIELDS, hud_lines
+    from window.hud import HUD_FIELDS, hud_lines
 
     base = {"world": "dream", "episode": 0, "seed": 1, "fps": 30.0, "steps_per_s": 15.0, "tick_rate": 15,
             "step": 3, "score": 1.0, "action": "RIGHT", "effective_action": "RIGHT", "controller": "human",

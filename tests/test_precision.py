@@ -124,7 +124,7 @@ def test_bf16_streaming_step_matches_fp32_within_tolerance():
 
 
 def test_bf16_training_step_matches_fp32_within_tolerance():
-    from trainer.stages.teacher import TeacherLossConfig, _TeacherForcing, teacher_forcing_loss
+    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, teacher_forcing_loss
 
     net = _trained_looking().train().requires_grad_(True)
     x0 = torch.randn(4, 3, 4, 4, 4)
@@ -132,7 +132,7 @@ def test_bf16_training_step_matches_fp32_within_tolerance():
     grads = {}
     losses = {}
     for prec in ("fp32", "bf16"):
-        m = _TeacherForcing(copy.deepcopy(net))
+        m = TeacherForcing(copy.deepcopy(net))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
             loss, _ = teacher_forcing_loss(m, x0, acts, TeacherLossConfig(), TINY.null_action,
                                            torch.Generator().manual_seed(5))

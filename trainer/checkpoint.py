@@ -21,13 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class CheckpointError(RuntimeError):
-    pass
+from model.io import (  # noqa: F401 - the read side lives in model.io (re-exported for the trainer)
+    REPO_ROOT,
+    CheckpointError,
+    check_content,
+    content_hash,
+    file_hash,
+    latest_checkpoint,
+    load_into,
+    load_weights,
+    read_card,
+    resolve_full,
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,34 +189,8 @@ def archive_run(run_dir: str | Path) -> Path | None:
     return dest
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if (cand / "meta.json").is_file():
-            return cand
-    ckpts = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
-    return ckpts[-1] if ckpts else None
 
 
-def load_weights(path: str | Path, name: str = "model") -> dict[str, torch.Tensor]:
-    """Load one weight group from a checkpoint folder or a .safetensors file, with clear errors."""
-    path = Path(path)
-    file = path if path.suffix == ".safetensors" else path / f"{name}.safetensors"
-    if not file.is_file():
-        hint = ""
-        if path.is_dir():
-            hint = f"; this folder has {sorted(p.name for p in path.iterdir())}"
-        raise CheckpointError(f"checkpoint weights {file} not found{hint}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {file} is corrupt or not a safetensors file ({e}); delete it and resume from "
-            f"an earlier checkpoint, or re-export it"
-        ) from e
 
 
 def load_checkpoint(path: str | Path, names: tuple[str, ...] = ("model",)) -> tuple[dict[str, dict[str, torch.Tensor]],
@@ -236,103 +217,13 @@ def load_checkpoint(path: str | Path, names: tuple[str, ...] = ("model",)) -> tu
     return weights, state, meta
 
 
-def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict with an error that names missing/unexpected keys and shape mismatches."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{what} does not fit the model config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatches {shapes[:5]}; check that the config matches the one it was trained with"
-        )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
-def file_hash(path: str | Path) -> str:
-    """A short sha1 of a file's bytes (names weights in reports and caches)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
-def content_hash(path: str | Path) -> str:
-    """The sha256 of a file's bytes (a model card records it; loading checks it)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
-def read_card(weights: Path) -> dict[str, Any]:
-    """The model card (``.yaml`` beside a ``.safetensors``) as a dict, with errors that name it."""
-    import yaml
-
-    card = weights.with_suffix(".yaml")
-    if not card.is_file():
-        raise CheckpointError(f"checkpoint {weights} has no model card {card} (it holds the config); export it with "
-                              f"python -m trainer.export, or give its run folder")
-    try:
-        data = yaml.safe_load(card.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise CheckpointError(f"model card {card} is not valid YAML{at} ({getattr(e, 'problem', e)}); fix it or "
-                              f"re-export the checkpoint") from e
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise CheckpointError(f"model card {card} has no 'config' section; it is not a dreamstep model card "
-                              f"(re-export the checkpoint with python -m trainer.export)")
-    return data
 
 
-def check_content(weights: Path, card: dict[str, Any]) -> None:
-    """A card that records its weights' sha256 must match them: flipped bytes in the tensor payload
-    (which safetensors' header check does not see) are refused, not played."""
-    want = card.get("sha256")
-    if want and content_hash(weights) != want:
-        raise CheckpointError(f"{weights} does not match the sha256 its model card records ({str(want)[:12]}...): "
-                              f"the file is corrupted or was replaced; restore it (git checkout, or copy it again) "
-                              f"or re-export it")
 
 
-def resolve_full(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A run folder, checkpoint folder or shipped .safetensors -> (weights file, full config).
-
-    Checkpoint folders give their EMA weights when they have them; a shipped file's config
-    is in its model card (the .yaml beside it).
-    """
-
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p  # cards name shipped files relative to the repository (assets/...)
-    if p.suffix in (".yaml", ".yml") and p.is_file():  # the model card given for its weights
-        if not p.with_suffix(".safetensors").is_file():
-            raise CheckpointError(f"{p} is a model card without its weights ({p.with_suffix('.safetensors').name} "
-                                  f"is not beside it); give the .safetensors file")
-        p = p.with_suffix(".safetensors")
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        ckpt = latest_checkpoint(p)
-        if ckpt is None:
-            raise CheckpointError(f"run folder {p} has no complete checkpoint yet")
-        p = ckpt
-    if p.is_dir():
-        meta_file = p / "meta.json"
-        if not meta_file.is_file():
-            raise CheckpointError(f"{p} is not a checkpoint folder (no meta.json)")
-        cfg = json.loads(meta_file.read_text())["config"]
-        weights = p / "ema.safetensors" if (p / "ema.safetensors").is_file() else p / "model.safetensors"
-        return weights, cfg
-    if p.suffix == ".safetensors" and p.is_file():
-        card = read_card(p)
-        check_content(p, card)
-        return p, card["config"]
-    raise CheckpointError(f"checkpoint {p} not found: give a run folder, a checkpoint folder or a .safetensors file")

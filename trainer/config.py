@@ -8,67 +8,22 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from model.io import ConfigError, from_dict  # noqa: F401 - strict dataclass configs (re-exported)
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    pass
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``, recursing into dataclass-typed fields."""
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        typ = _dataclass_type(hints[name])
-        if typ is not None and (isinstance(value, dict) or value is None):
-            kwargs[name] = from_dict(typ, value, f"{where}.{name}")
-        else:
-            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from e
 
 
-def _dataclass_type(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint  # type: ignore[return-value]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Light type checking: numbers given as strings (YAML's 3e-4) and ints for floats."""
-    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError as e:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from e
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint in (int, float, bool, str) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    if typing.get_origin(hint) is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -61,10 +61,11 @@ def heldout_losses(run: Path) -> dict[int, float]:
 
 
 def measure(checkpoint: str, world: str) -> dict[str, Any]:
-    from trainer.evaluate import card_sampler, evaluate
-    from trainer.models import resolve_full
+    from model.io import resolve_full
+    from model.rollout import SamplerConfig
+    from trainer.evaluate import evaluate
 
-    sampler = card_sampler(resolve_full(checkpoint)[1], "euler", PROTOCOL["euler_steps"], cfg=1.0)
+    sampler = SamplerConfig.from_card(resolve_full(checkpoint)[1], "euler", PROTOCOL["euler_steps"], cfg=1.0)
     report = evaluate(checkpoint, world, episodes=PROTOCOL["episodes"], sampler=sampler,
                       seed=PROTOCOL["seed"], long_episodes=PROTOCOL["long_episodes"],
                       revisit_episodes=PROTOCOL["revisit_episodes"])

@@ -286,7 +286,7 @@ def _player_stats(frames: np.ndarray, real_pos: np.ndarray) -> tuple[list[float]
     return found_at, err_at
 
 
-def _creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]]) -> tuple[list[int], list[int]]:
+def creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]]) -> tuple[list[int], list[int]]:
     """Per horizon: (creatures found in ``frames`` at the real positions, creatures visible in the real frame)."""
     from world.adventure import find_creatures
 
@@ -309,7 +309,7 @@ def _idm_predict(idm, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return predict_actions(idm, prev.reshape(-1, *prev.shape[-3:]), cur.reshape(-1, *cur.shape[-3:]))
 
 
-def _features(idm, frames: np.ndarray) -> np.ndarray:
+def idm_features(idm, frames: np.ndarray) -> np.ndarray:
     flat = frames.reshape(-1, *frames.shape[-3:])
     with torch.no_grad():
         return torch.cat([idm.features(from_uint8(torch.from_numpy(flat[i:i + 256])))
@@ -370,10 +370,10 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
     if world == "adventure" and real.creatures:
         # the moving creatures: the share of the real ones (from the world's state) drawn at their true
         # position in the generated frame, per horizon, and over the first 8 steps
-        found_at, vis_at = _creature_stats(gen, [ep[C:C + Hn] for ep in real.creatures])
+        found_at, vis_at = creature_stats(gen, [ep[C:C + Hn] for ep in real.creatures])
         r["creatures_found_at"] = [None if v == 0 else f / v for f, v in zip(found_at, vis_at)]
         r["creatures_found_8"] = float(sum(found_at[:8]) / sum(vis_at[:8])) if sum(vis_at[:8]) else None
-        ae_f, ae_v = _creature_stats(recon[:, :min(8, Hn)], [ep[C:C + min(8, Hn)] for ep in real.creatures])
+        ae_f, ae_v = creature_stats(recon[:, :min(8, Hn)], [ep[C:C + min(8, Hn)] for ep in real.creatures])
         r["ae_creatures_found_8"] = float(sum(ae_f) / sum(ae_v)) if sum(ae_v) else None
     else:
         r["creatures_found_at"], r["creatures_found_8"], r["ae_creatures_found_8"] = None, None, None
@@ -516,8 +516,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         long_horizon = lreal.frames.shape[1] - context
         w = min(32, long_horizon // 2)
         lt = lreal.frames[:, context:]
-        report["frechet_early"] = M.frechet_distance(_features(idm, lgen[:, :w]), _features(idm, lt[:, :w]))
-        report["frechet_late"] = M.frechet_distance(_features(idm, lgen[:, -w:]), _features(idm, lt[:, -w:]))
+        report["frechet_early"] = M.frechet_distance(idm_features(idm, lgen[:, :w]), idm_features(idm, lt[:, :w]))
+        report["frechet_late"] = M.frechet_distance(idm_features(idm, lgen[:, -w:]), idm_features(idm, lt[:, -w:]))
         report["frechet_frames"] = [[1, w], [long_horizon - w + 1, long_horizon]]
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
@@ -645,25 +645,6 @@ def render_plot(report: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def card_sampler(card: dict[str, Any], kind: str | None = None, steps: int | None = None,
-                 first_frame_steps: int | None = None, cfg: float | None = None,
-                 shift: float | None = None) -> SamplerConfig:
-    """The sampler a model card plays with (a distilled student's few-step consistency sampler, a
-    teacher's 48-step Euler), each field overridable; guidance and first-frame steps come from the
-    card only when the sampler kind is the card's own."""
-    from trainer.models import card_guidance
-
-    own = card.get("sampler") or {}
-    kind = kind or own.get("kind", "euler")
-    mine = bool(own) and own.get("kind", "euler") == kind
-    steps = steps or (int(own.get("steps", 48)) if mine else 48)
-    if first_frame_steps is None:
-        first_frame_steps = int(own.get("first_frame_steps", 0)) if mine and kind == "consistency" else 0
-    return SamplerConfig(kind=kind, steps=steps, cfg=cfg if cfg is not None else card_guidance(card, kind),
-                         shift=shift if shift is not None else float(card.get("loss", {}).get("shift", 3.0)),
-                         first_frame_steps=first_frame_steps)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="world-model run folder, checkpoint folder or .safetensors")
@@ -714,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_writable(args.out, "the report (--out)")  # before minutes of evaluation, not after
         card = resolve_full(args.checkpoint)[1]
-        sampler = card_sampler(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift)
+        sampler = SamplerConfig.from_card(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
                           args.revisit_episodes, args.precision, rollouts=args.rollouts, strip=args.strip)

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import save_file
 
 from trainer.checkpoint import CheckpointError, content_hash, latest_checkpoint, load_weights
-from trainer.models import SHIPPED, _strip
+from trainer.models import SHIPPED, strip_prefix
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # buffers that must keep full precision (normalisation statistics)
@@ -38,7 +38,7 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _eval_curve(run: Path) -> list[dict[str, Any]]:
+def eval_curve(run: Path) -> list[dict[str, Any]]:
     out = []
     f = run / "metrics.jsonl"
     if f.is_file():
@@ -126,7 +126,7 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
         # the forwards grow by the same number every step; an evaluation between log lines takes the rate
         last = max(nfe_at) if nfe_at else 0
         per = nfe_at[last] / last if last else 0.0
-        curve = [{**e, "teacher_nfe": nfe_at.get(e["step"], round(e["step"] * per))} for e in _eval_curve(run)]
+        curve = [{**e, "teacher_nfe": nfe_at.get(e["step"], round(e["step"] * per))} for e in eval_curve(run)]
         return {"method": "causal_cd", "run": str(run), "steps": meta["step"], "teacher_nfe": nfe,
                 "wall_s": round(wall, 1), "bytes_stored": 0, "quality_vs_cost": curve}
     traj = Path(str(config.get("trajectories", ""))) / "trajectories.json"
@@ -134,7 +134,7 @@ def stage2_cost(run: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     t_wall = float(cost.get("wall_s", 0.0))
     # every point of the regression has paid for the whole trajectory set first
     curve = [{**e, "teacher_nfe": cost.get("teacher_nfe"), "wall_s": round(t_wall + e["wall_s"], 1)}
-             if "wall_s" in e else {**e, "teacher_nfe": cost.get("teacher_nfe")} for e in _eval_curve(run)]
+             if "wall_s" in e else {**e, "teacher_nfe": cost.get("teacher_nfe")} for e in eval_curve(run)]
     return {"method": "causal_ode", "run": str(run), "steps": meta["step"], "teacher_nfe": cost.get("teacher_nfe"),
             "wall_s": round(wall + t_wall, 1), "bytes_stored": cost.get("bytes_stored"),
             "trajectory_wall_s": cost.get("wall_s"), "training_wall_s": round(wall, 1), "quality_vs_cost": curve}
@@ -235,7 +235,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         raise CheckpointError(f"run folder {run} has no complete checkpoint to export")
     meta = json.loads((ckpt / "meta.json").read_text())
     use = weights_name or ("ema" if (ckpt / "ema.safetensors").is_file() else "model")
-    state = _strip(load_weights(ckpt, use), "net.")
+    state = strip_prefix(load_weights(ckpt, use), "net.")
     tensors = {k: (v.float() if k.split(".")[-1] in KEEP_FP32 else v.to(DTYPES[dtype])).contiguous()
                for k, v in state.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": json.loads(json.dumps(config.get("data"))),  # a copy: no YAML anchors
         "config": config,
-        "training_eval_curve": _eval_curve(run),
+        "training_eval_curve": eval_curve(run),
         "loss_curve": _loss_curve(run, max(1, int(config.get("train", {}).get("log_every", 25))) * 4),
     }
     s2 = stage2_cost(run, config)

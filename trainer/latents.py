@@ -8,25 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.autoencoder import Autoencoder, AutoencoderConfig, from_uint8
-from trainer.checkpoint import file_hash, load_into, load_weights, resolve_full
-from trainer.config import from_dict
+from model.autoencoder import Autoencoder, from_uint8
+from model.io import load_autoencoder, resolve_checkpoint  # noqa: F401 - re-exported for the trainer
 from trainer.data import dataset_fingerprint, load_episodes
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """A run folder, a checkpoint folder or a shipped .safetensors -> (weights file, model config dict)."""
-    weights, cfg = resolve_full(path)
-    return weights, cfg["model"]
-
-
-def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Autoencoder, str]:
-    """The autoencoder at ``path`` (eval mode, frozen) and an id of its weights."""
-    weights, cfg_dict = resolve_checkpoint(path)
-    ae = Autoencoder(from_dict(AutoencoderConfig, cfg_dict, f"{weights} config"))
-    load_into(ae, load_weights(weights), str(weights))
-    ae.eval().requires_grad_(False).to(device)
-    return ae, file_hash(weights)
 
 
 class LatentCache:

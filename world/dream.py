@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.io import SHIPPED
 from world.core import InvalidSettingError, StepResult, World, settings_from_kwargs
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
 #: the default dream: the first shipped of these (the CF++ student, its Stage 2 student, the teacher)
 DEFAULT_CHOICES = ("adventure_cfpp_frame2", "adventure_cd_frame2", "adventure_teacher")
 DEFAULT_CHECKPOINT = next((SHIPPED / f"{n}.safetensors" for n in DEFAULT_CHOICES
@@ -69,9 +69,8 @@ class DreamWorld(World):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
+        from model.io import CheckpointError, load_autoencoder, load_world_model
         from model.rollout import SamplerConfig
-        from trainer.latents import load_autoencoder
-        from trainer.models import card_guidance, load_world_model
 
         self.settings = settings_from_kwargs(DreamSettings, settings, self.name)
         s = self.settings
@@ -88,8 +87,6 @@ class DreamWorld(World):
             raise InvalidSettingError(
                 f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
                 f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
-        from trainer.checkpoint import CheckpointError
-
         try:
             self.model, self.config, self.model_id = load_world_model(s.checkpoint)
             self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
@@ -107,12 +104,9 @@ class DreamWorld(World):
         if self.precision != "fp32":
             cast_for_inference(self.model, DTYPES[self.precision])
             cast_for_inference(self.ae.decoder, DTYPES[self.precision])
-        kind = s.sampler if s.sampler != "auto" else self.config.get("sampler", {}).get("kind", "euler")
-        steps = s.steps or int(self.config.get("sampler", {}).get("steps", 8 if kind == "euler" else 2))
-        shift = float(self.config.get("loss", {}).get("shift", 3.0))
-        first = int(self.config.get("sampler", {}).get("first_frame_steps", 0)) if kind == "consistency" else 0
-        cfg = s.cfg or card_guidance(self.config, kind)
-        self.sampler = SamplerConfig(kind=kind, steps=steps, cfg=cfg, shift=shift, first_frame_steps=first)
+        kind = s.sampler if s.sampler != "auto" else (self.config.get("sampler") or {}).get("kind", "euler")
+        self.sampler = SamplerConfig.from_card(self.config, kind, s.steps or None, cfg=s.cfg or None,
+                                               default_steps=8 if kind == "euler" else 2)
         self.real_world_name = self.config.get("world", "adventure")
         self.real_settings = _recorded_settings(self.config, self.real_world_name)
         from world import make_world
@@ -139,9 +133,13 @@ class DreamWorld(World):
     def _load_heads(self, setting: str):
         """Heads trained on this model's latents: the card's, else the world's shipped ones ("auto"),
         used only if they read the same autoencoder's latents; or an explicit path (checked)."""
-        from trainer.checkpoint import CheckpointError, file_hash
-        from trainer.latents import resolve_checkpoint
-        from trainer.models import default_heads, load_heads
+        from model.io import (
+            CheckpointError,
+            default_heads,
+            file_hash,
+            load_heads,
+            resolve_checkpoint,
+        )
 
         auto = setting == "auto"
         if auto:

@@ -9,6 +9,7 @@ share one GL context and frames never leave the GPU side of the driver.
 from __future__ import annotations
 
 import os
+import sys
 
 # llvmpipe's worker threads do not survive fork() (async vector envs fork workers); render
 # on the calling thread unless the user asked otherwise. At 64x64 this is not slower.
@@ -54,3 +55,14 @@ def clear_context() -> None:
     """Forget the shared context (the play window calls this when it closes)."""
     global _ctx, _pid
     _ctx, _pid = None, None
+
+
+def no_display_reason() -> str | None:
+    """Why no window can open here, or None if one may (SDL still gets the last word)."""
+    driver = os.environ.get("SDL_VIDEODRIVER", "")
+    if driver in ("dummy", "offscreen"):
+        return f"SDL_VIDEODRIVER={driver} has no windows"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return "DISPLAY and WAYLAND_DISPLAY are unset"
+    return None

@@ -9,7 +9,6 @@ ASSETS = ROOT / "assets"
 SHADERS = ASSETS / "shaders"
 KEYMAPS = ASSETS / "keymaps"
 CONFIGS = ASSETS / "configs"
-CHECKPOINTS = ASSETS / "checkpoints"
 
 
 def shader_source(name: str) -> str:

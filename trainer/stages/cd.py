@@ -33,7 +33,7 @@ from trainer.config import from_dict
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig, autocast
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.teacher import ClipData, _TeacherForcing
+from trainer.stages.teacher import ClipData, TeacherForcing
 
 
 @dataclass
@@ -94,8 +94,8 @@ class Student:
         clips = ClipData(tcfg["autoencoder"], data, frames, cache_dir, mcfg, eval_windows, seed)
         student = FrameTransformer(mcfg)
         student.load_from(teacher)
-        return cls(_TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
-                   _TeacherForcing(student))
+        return cls(TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
+                   TeacherForcing(student))
 
     def world_config(self, sampler: dict[str, Any]) -> dict[str, Any]:
         return distilled_world_config(self.model_cfg, self.teacher_config, self.shift, sampler)

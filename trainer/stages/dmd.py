@@ -31,8 +31,8 @@ from trainer.stages.autoencoder import DataConfig
 from trainer.stages.cd import distilled_world_config, few_step_eval, load_teacher
 from trainer.stages.teacher import (
     ClipData,
+    TeacherForcing,
     TeacherLossConfig,
-    _TeacherForcing,
     teacher_forcing_loss,
 )
 
@@ -112,7 +112,7 @@ def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Te
     return torch.cat(outs, 1)
 
 
-class _Generator(_TeacherForcing):
+class GeneratorModule(TeacherForcing):
     """The generator as DDP/FSDP see it: ``forward(rollout=...)`` runs the whole self-rollout,
     so that the one forward with grad goes through the wrapper (gradient sync, unsharding)."""
 
@@ -138,11 +138,11 @@ class DMDStage:
                              f"({self.model_cfg.block_frames}) and below frames={cfg.frames}")
         self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
                              cfg.eval_windows, cfg.train.seed)
-        self.real = _TeacherForcing(teacher).requires_grad_(False).eval()
-        self.fake = _TeacherForcing(copy.deepcopy(teacher)).requires_grad_(True)
+        self.real = TeacherForcing(teacher).requires_grad_(False).eval()
+        self.fake = TeacherForcing(copy.deepcopy(teacher)).requires_grad_(True)
         self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=cfg.dmd.critic_lr, betas=(0.9, 0.99))
         self.fake_train: nn.Module = self.fake  # DDP around it with several processes (parallelize)
-        self.generator = _Generator(generator.requires_grad_(True))
+        self.generator = GeneratorModule(generator.requires_grad_(True))
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.fm = TeacherLossConfig(shift=self.shift, action_dropout=0.0, change_weight=0.0)
 

@@ -93,7 +93,7 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     return loss, {"mse_unweighted": err.detach().mean().item()}
 
 
-class _TeacherForcing(nn.Module):
+class TeacherForcing(nn.Module):
     """Wraps the transformer so that DDP sees one forward: forward_teacher."""
 
     def __init__(self, net: FrameTransformer) -> None:
@@ -155,7 +155,7 @@ class TeacherStage:
             from trainer.models import init_from
 
             init_from(self.net, cfg.init, "teacher")
-        self.wrapped = _TeacherForcing(self.net)
+        self.wrapped = TeacherForcing(self.net)
 
     def model(self) -> nn.Module:
         return self.wrapped

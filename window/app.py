@@ -19,7 +19,7 @@ Pieces, each small and replaceable:
 - :class:`EpisodeRecorder`: writes played episodes into a Minari dataset (:mod:`world.dataset`).
 - :class:`Presenter` and :func:`layout_row`: textures drawn into window rectangles. More
   views (real and dreamed side by side) are more panes in the row; more HUD lines are more
-  :data:`world.hud.HUD_FIELDS`; more keys are more entries in ``PlayWindow._controls``.
+  :data:`window.hud.HUD_FIELDS`; more keys are more entries in ``PlayWindow._controls``.
 - :func:`run_headless`: no display (or ``--headless``): a scripted policy plays and an mp4
   is written, using the world's own EGL context and no window.
 """
@@ -45,10 +45,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
+from window.hud import HUD_FIELDS, Line, TextPanels, help_lines, hud_lines
 from world.core import StepResult, World, WorldError
 from world.dataset import ACTION_CONVENTION, DatasetError, DatasetWriter, write_json_atomic
-from world.gl import GLUnavailableError, clear_context, set_context
-from world.hud import HUD_FIELDS, Line, TextPanels, help_lines, hud_lines
+from world.gl import GLUnavailableError, clear_context, no_display_reason, set_context
 from world.keymap import Keymap, load_keymap
 from world.paths import KEYMAPS, ensure_writable, shader_source
 from world.policies import Policy, PolicyError, make_policy
@@ -802,17 +802,6 @@ class Presenter:
 
 
 # ---------------------------------------------------------------------- the window
-def no_display_reason() -> str | None:
-    """Why no window can open here, or None if one may (SDL still gets the last word)."""
-    driver = os.environ.get("SDL_VIDEODRIVER", "")
-    if driver in ("dummy", "offscreen"):
-        return f"SDL_VIDEODRIVER={driver} has no windows"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")):
-        return "DISPLAY and WAYLAND_DISPLAY are unset"
-    return None
-
-
 def _window_flags() -> int:
     import pygame
 
@@ -1043,7 +1032,7 @@ class PlayWindow:
 
     # ------------------------------------------------------------ drawing
     def status(self) -> dict[str, Any]:
-        """What the HUD shows (see :data:`world.hud.HUD_FIELDS`)."""
+        """What the HUD shows (see :data:`window.hud.HUD_FIELDS`)."""
         s, rec = self.session, self.session.recorder
         return {
             "world": self.cfg.world, "episode": s.episode, "seed": s.seed,
