@@ -94,7 +94,7 @@ external-report: dataset-doom-heldout
 		--sampler consistency --steps 2 --first-frame-steps 4 --episodes 48 --long-episodes 4 --long-horizon 64 \
 		--strip docs/media/external_strip.png --out benchmarks/results/external.json
 
-# The few-step variants of ALGORITHMS section 5 distilled from the shipped teacher on this CPU
+# The few-step variants of docs/ALGORITHMS.md section 5 distilled from the shipped teacher on this CPU
 # (CF++ frame-2/frame-1: causal CD + DMD; the ablation: frame-wise causal ODE + the same DMD;
 # the CF baseline: chunk-wise causal ODE + DMD)
 # (each command resumes its run and returns at once when the run is complete), then exported to

@@ -16,10 +16,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from world.io import git_commit
 
 
 def _pin_to_one_core() -> int | None:
@@ -65,14 +66,6 @@ def measure_world(name: str, steps: int, repeats: int, seed: int = 0) -> dict:
     }
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     from world import list_worlds
 
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_fps_64": args.target,
         "provenance": {
             "command": "python -m benchmarks.engine " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_commit": _git_commit(),
+            "git_commit": (git_commit() or "unknown"),
             "cpu_core": core,
             "llvmpipe_threads": os.environ.get("LP_NUM_THREADS"),
             "gl_renderer": get_context().info.get("GL_RENDERER"),

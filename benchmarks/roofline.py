@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from model.io import SHIPPED
+from world.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "assets" / "configs"
@@ -443,9 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     rep["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(rep, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, rep, indent=2)
     md = render_markdown(rep)
     out.with_suffix(".md").write_text(md)
     print(md)

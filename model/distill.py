@@ -1,5 +1,5 @@
 """The pieces of Stage 2 (causal ODE and causal consistency distillation) and Stage 3 (DMD)
-as small pure functions (docs: ALGORITHMS.md sections 3-4).
+as small pure functions (docs/ALGORITHMS.md sections 3-4).
 
 Shapes: clips are (B, F, C, h, w); sigmas are per sample (B,) or per frame (B, F).
 """

@@ -1,4 +1,4 @@
-"""Rectified flow: the noise schedule, its shift, and the samplers (ALGORITHMS.md section 0).
+"""Rectified flow: the noise schedule, its shift, and the samplers (docs/ALGORITHMS.md section 0).
 
 Conventions: ``x_t = (1 - sigma) * x0 + sigma * eps`` with ``sigma`` in [0, 1]; the network
 predicts the velocity ``v = eps - x0``. Every function here is pure (tensors in, tensors

@@ -1,4 +1,4 @@
-"""The frame-causal transformer (ALGORITHMS.md section 1), read top to bottom like a figure.
+"""The frame-causal transformer (docs/ALGORITHMS.md section 1), read top to bottom like a figure.
 
 Each latent frame is a grid of tokens. Attention is block-causal over frames: a token of
 frame i sees every token of the frames it may see (a block of K frames is denoised jointly;

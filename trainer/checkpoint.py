@@ -35,27 +35,7 @@ from model.io import (  # noqa: F401 - the read side lives in model.io (re-expor
     read_card,
     resolve_full,
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+from world.io import atomic_write_text, fsync_dir  # noqa: F401 - re-exported
 
 
 def rng_state() -> dict[str, Any]:
@@ -127,7 +107,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str,
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / "latest", final.name + "\n")
     _prune(root, keep, final)
     return final
@@ -185,7 +165,7 @@ def archive_run(run_dir: str | Path) -> Path | None:
     dest.mkdir(parents=True)
     for p in parts:
         os.rename(p, dest / p.name)
-    _fsync_dir(run)
+    fsync_dir(run)
     return dest
 
 

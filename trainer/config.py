@@ -91,10 +91,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.lr=1e-4", "model.depth=4"]`` -> {"train.lr": 1e-4, "model.depth": 4}."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    from world.io import parse_key_values
+
+    return parse_key_values(items, "an override (--set)", "train.steps=100", error=ConfigError)

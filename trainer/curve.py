@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from world.io import atomic_write_json, atomic_write_text
+
 # the fixed protocol of every point (cheaper than the report's 16 episodes and 48 steps; comparable
 # across the points of one curve, not with a full report)
 PROTOCOL = {"episodes": 8, "euler_steps": 16, "revisit_episodes": 8, "long_episodes": 0, "seed": 0}
@@ -103,10 +105,8 @@ def update(run: Path, out: Path, world: str, baseline: str | None = None) -> lis
         curve["points"].append(point)
         curve["points"].sort(key=lambda p: (p["label"] != "baseline", p["step"]))
         curve["run"], curve["world"] = str(run), world
-        tmp = out.with_name(out.name + ".tmp")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(curve, indent=1))
-        tmp.replace(out)
+        atomic_write_json(out, curve, indent=1)
         new.append(point)
         print(f"[curve] {label} step {step}: revisit {_fmt(point.get('revisit_psnr'), '{:.2f}')} dB, action "
               f"{_fmt(point.get('action_accuracy'), '{:.3f}')} ({time.time() - t0:.0f} s)", flush=True)
@@ -141,9 +141,7 @@ def write_log(log: Path, name: str, table: str) -> None:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    tmp = log.with_name(log.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(log)
+    atomic_write_text(log, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``python -m trainer.evaluate``: the fidelity protocol of docs EVALUATION.md.
+"""``python -m trainer.evaluate``: the fidelity protocol of docs/EVALUATION.md.
 
 For M held-out seeds the real world is played by an evaluation policy (explorer and random,
 alternating; or a given action script) for C context frames and H more frames. The model gets
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from model.precision import resolve
 from model.rollout import SamplerConfig, Session
 from model.transformer import FrameTransformer
 from trainer import metrics as M
+from world.io import atomic_write_json, git_commit
 
 EVAL_SEED_BASE = 1_000_000
 HORIZON = 16
@@ -58,7 +58,7 @@ class Rollouts:
 
 
 def check_heldout(seeds: Sequence[int], dataset: str | Path | None) -> None:
-    """Evaluation seeds must never appear in training data (EVALUATION.md)."""
+    """Evaluation seeds must never appear in training data (docs/EVALUATION.md section 1)."""
     bad = [s for s in seeds if s < EVAL_SEED_BASE]
     if bad:
         raise EvaluationError(f"evaluation seeds must be >= {EVAL_SEED_BASE} (the held-out range), got {bad[:5]}")
@@ -318,7 +318,7 @@ def idm_features(idm, frames: np.ndarray) -> np.ndarray:
 
 def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, world: str,
              num_actions: int) -> dict[str, Any]:
-    """Every fidelity field of EVALUATION.md for generated frames ``gen`` (M, H, ...)."""
+    """Every fidelity field of docs/EVALUATION.md section 3 for generated frames ``gen`` (M, H, ...)."""
     Hn = gen.shape[1]
     h16 = min(HORIZON, Hn)
     tgt = real.frames[:, C:C + Hn]
@@ -435,14 +435,6 @@ def revisit_script(i: int, context: int, leg: int = 16,
 
 
 # ------------------------------------------------------------------ the command
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent.parent, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance is best effort outside a git checkout
-        return None
-
-
 def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, context: int = 4,
              horizon: int = HORIZON, sampler: SamplerConfig | None = None, seed: int = 0,
              actions_file: str | None = None, idm_path: str | None = None, long_episodes: int = 4,
@@ -546,7 +538,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                             "weights_sha1": file_hash(weights_file), "model_id": model_id,
                             "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
                             "idm": str(idm_src) if idm_src else None, "idm_id": idm_id,
-                            "config": cfg, "git_commit": _git_commit(),
+                            "config": cfg, "git_commit": git_commit(),
                             "command": " ".join(["python -m trainer.evaluate", *sys.argv[1:]]),
                             "torch": torch.__version__, "threads": torch.get_num_threads(),
                             "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -704,9 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
+    atomic_write_json(out, report, indent=1)
     out.with_suffix(".md").write_text(render_markdown(report))
     render_plot(report, out.with_suffix(".png"))
     print(render_markdown(report))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 
 from trainer.checkpoint import CheckpointError, content_hash, latest_checkpoint, load_weights
 from trainer.models import SHIPPED, strip_prefix
+from world.io import atomic_write_text, git, parse_key_values
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # buffers that must keep full precision (normalisation statistics)
@@ -28,14 +28,6 @@ KEEP_FP32 = ("latent_mean", "latent_std", "palette")
 CURVE_FIELDS = ("psnr_mean_16", "gap_closed_1", "changed_psnr_mean_16", "copy_last_changed_psnr_mean_16",
                 "seen_psnr_mean_16", "player_found_16", "sharpness_ratio_16", "action_accuracy",
                 "frechet_early", "frechet_late")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance is best effort
-        return None
 
 
 def eval_curve(run: Path) -> list[dict[str, Any]]:
@@ -205,12 +197,10 @@ def annotate(card_path: str | Path, evaluations: list[str] | None = None, curve_
         card["quality_vs_steps"] = _curve(curve_reports)
     if notes:
         card["notes"] = notes
-    tmp = card_path.with_name(card_path.name + ".tmp")
     header = card_path.read_text().splitlines()[0]
     if name:
         header = f"# Model card of {card['weights']} (written by python -m trainer.export)"
-    tmp.write_text(header + "\n" + yaml.safe_dump(card, sort_keys=False, width=110))
-    tmp.replace(card_path)
+    atomic_write_text(card_path, header + "\n" + yaml.safe_dump(card, sort_keys=False, width=110))
     return card_path
 
 
@@ -264,7 +254,7 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
         "steps": int(meta["step"]),
         "wall_time_s": round(float(meta.get("wall_s_total", 0.0)), 1),
         # a copy of the tree whose .git is not the code's (e.g. on a lent GPU machine) passes the commit in
-        "git_commit": os.environ.get("DREAMSTEP_GIT_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_commit": os.environ.get("DREAMSTEP_GIT_COMMIT") or git("rev-parse", "HEAD"),
         "command": command or " && ".join(run_commands(run)) or None,
         "commands": command_lineage(run, config),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -283,10 +273,8 @@ def export(run: str | Path, name: str, dtype: str = "fp16", command: str | None 
     if curve_reports:
         card["quality_vs_steps"] = _curve(curve_reports)
     card_path = weights.with_suffix(".yaml")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(f"# Model card of {weights.name} (written by python -m trainer.export)\n"
-                   + yaml.safe_dump(card, sort_keys=False, width=110))
-    tmp.replace(card_path)
+    atomic_write_text(card_path, f"# Model card of {weights.name} (written by python -m trainer.export)\n"
+                      + yaml.safe_dump(card, sort_keys=False, width=110))
     return weights
 
 
@@ -312,12 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--continued-from", help="with --card: the card of the weights this run was initialised from")
     a = p.parse_args(argv)
     rewrite = {}
-    for item in a.set:
-        if "=" not in item:
-            print(f"error: --set wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        k, v = item.split("=", 1)
-        rewrite[k] = v
+    try:
+        rewrite.update(parse_key_values(a.set, "--set", "notes=...", yaml_values=False))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if a.card:
             print(f"updated {annotate(a.card, a.eval, a.curve, a.continued_from, a.notes, a.name, rewrite)}")

@@ -1,4 +1,4 @@
-"""Image and distribution metrics of EVALUATION.md, as small pure functions.
+"""Image and distribution metrics of docs/EVALUATION.md section 3, as small pure functions.
 
 Frames are uint8 (..., H, W, 3) arrays; metrics work in [0, 1] pixel space.
 """

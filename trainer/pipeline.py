@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from world.io import parse_key_values
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "assets" / "configs"
 PRESETS = CONFIGS / "presets"
@@ -237,12 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
     a = p.parse_args(argv)
     try:
-        settings = {}
-        for item in a.setting:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise PipelineError(f"--setting {item!r}: expected KEY=VALUE")
-            settings[k] = yaml.safe_load(v)
+        settings = parse_key_values(a.setting, "--setting", "frame_skip=2", error=PipelineError)
         pipe = Pipeline(a.world, Path(a.out).resolve(), load_preset(a.preset), parse_sets(a.set), a.policy, a.seed,
                         settings)
         out = pipe.run(a.until)

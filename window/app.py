@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import yaml
 
 from window.hud import HUD_FIELDS, Line, TextPanels, help_lines, hud_lines
 from world.core import StepResult, World, WorldError
-from world.dataset import ACTION_CONVENTION, DatasetError, DatasetWriter, write_json_atomic
+from world.dataset import ACTION_CONVENTION, DatasetError, DatasetWriter, atomic_write_json
 from world.gl import GLUnavailableError, clear_context, no_display_reason, set_context
+from world.io import parse_key_values
 from world.keymap import Keymap, load_keymap
 from world.paths import KEYMAPS, ensure_writable, shader_source
 from world.policies import Policy, PolicyError, make_policy
@@ -119,14 +119,9 @@ class PlayConfig:
 
 def parse_setting(text: str) -> tuple[str, Any]:
     """``key=value`` -> (key, value), the value read as YAML (``2`` int, ``0.5`` float, ``room`` str)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(
-            f"--setting needs key=value (e.g. --setting camera=room), got {text!r}")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"--setting {text!r}: cannot read the value: {e}") from e
+    ((key, value),) = parse_key_values([text], "--setting", "--setting camera=room",
+                                       error=argparse.ArgumentTypeError).items()
+    return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -568,7 +563,7 @@ class EpisodeRecorder:
             shutil.rmtree(self.root, ignore_errors=True)
             return None
         stats = summarize(self.root)
-        write_json_atomic(self.root / STATS, stats)
+        atomic_write_json(self.root / STATS, stats)
         return stats
 
 

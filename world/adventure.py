@@ -4,7 +4,7 @@ A grid of rooms (areas) joined by doors; inside each room grass, sand, trees, wa
 lava; coins that give +1 and stay gone; wandering creatures that block the way; lava ends
 the episode (-1). The player walks in pixel steps and faces where it last tried to go.
 
-The design choices FINDINGS.md says matter for a small world model are settings:
+The design choices docs/ALGORITHMS.md section 10 discusses for a small world model are settings:
 - ``camera``: "follow" (the view is centred on the player and clamped to the map, so
   every move shifts the whole frame by ``speed`` pixels) or "room" (fixed on the player's
   room; a room larger than the view is followed inside the room's bounds);

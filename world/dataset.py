@@ -39,6 +39,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from world.io import atomic_write_json, fsync_dir, json_default  # noqa: F401 - atomic_write_json: re-exported
+
 DATA = "data"
 STAGING = ".staging"
 METADATA = "metadata.json"
@@ -219,31 +221,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)  # a directory's entries are durable once the directory is fsynced
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
 def _compress_arrow(folder: Path) -> None:
     """Rewrite the arrow files in ``folder`` with lossless IPC compression."""
     import pyarrow as pa
@@ -274,7 +251,7 @@ class DatasetWriter:
         self.data = self.root / DATA
         self.staging = self.root / STAGING
         self.observation_space, self.action_space = observation_space, action_space
-        recording = json.loads(json.dumps(recording, default=_json_default))
+        recording = json.loads(json.dumps(recording, default=json_default))
         if resume and (self.data / METADATA).is_file():
             self._meta = self._resume(recording)
         else:
@@ -329,7 +306,7 @@ class DatasetWriter:
             "recording": recording,
             "episode_seeds": [],
         }
-        write_json_atomic(self.data / METADATA, meta)
+        atomic_write_json(self.data / METADATA, meta)
         return meta
 
     def _resume(self, recording: dict[str, Any]) -> dict[str, Any]:
@@ -376,12 +353,12 @@ class DatasetWriter:
         ep_meta = {"id": ep_id, "total_steps": n, "seed": seed, **(metadata or {})}
         if skipped:
             ep_meta["skipped_info_keys"] = skipped
-        write_json_atomic(folder / METADATA, json.loads(json.dumps(ep_meta, default=_json_default)))
+        atomic_write_json(folder / METADATA, json.loads(json.dumps(ep_meta, default=json_default)))
         for path in folder.iterdir():
             _fsync_file(path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         os.rename(folder, self.data / str(ep_id))  # atomic: the episode appears complete or not at all
-        _fsync_dir(self.data)
+        fsync_dir(self.data)
         shutil.rmtree(self.staging, ignore_errors=True)
         self._count_episode(n, seed)
         return ep_id
@@ -392,5 +369,5 @@ class DatasetWriter:
         meta["total_steps"] = meta["total_steps"] + steps
         meta["episode_seeds"] = [*meta["episode_seeds"], seed]
         meta["dataset_size"] = round(dir_size(self.data) / 1e6, 1)
-        write_json_atomic(self.data / METADATA, meta)  # the commit point of the episode
+        atomic_write_json(self.data / METADATA, meta)  # the commit point of the episode
         self._meta = meta

@@ -31,7 +31,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
 
 from world.core import World, WorldError
 from world.dataset import (
@@ -40,13 +39,14 @@ from world.dataset import (
     METADATA,
     DatasetError,
     DatasetWriter,
+    atomic_write_json,
     dataset_id,
     dir_size,
     load_episodes,
     read_metadata,
-    write_json_atomic,
 )
-from world.paths import ROOT, ensure_writable
+from world.io import git_commit, parse_key_values
+from world.paths import ensure_writable
 from world.policies import ALL_POLICIES, Policy, make_policy
 from world.video import VideoError, write_mp4
 
@@ -118,16 +118,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- provenance
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the dreamstep checkout, or "unknown"."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
 def dreamstep_version() -> str:
     try:
         return importlib.metadata.version("dreamstep")
@@ -168,7 +158,7 @@ def record(world_name: str, policy_name: str, episodes: int, steps: int, out: st
             extra={"world": world_name, "world_description": world.describe(),
                    **minari_provenance(world_name, world.settings_dict(), steps),
                    "policy": policy.describe(), "algorithm_name": f"dreamstep/{policy_name}",
-                   "git_commit": git_commit(), "dreamstep_version": dreamstep_version(),
+                   "git_commit": (git_commit() or "unknown"), "dreamstep_version": dreamstep_version(),
                    "action_convention": ACTION_CONVENTION,
                    "description": f"{world_name} played by the {policy_name} policy, "
                                   f"episode i from seed {seed} + i, up to {steps} steps"},
@@ -178,7 +168,7 @@ def record(world_name: str, policy_name: str, episodes: int, steps: int, out: st
         world.close()
     stats = summarize(out)
     stats["this_run"] = run
-    write_json_atomic(out / STATS, stats)
+    atomic_write_json(out / STATS, stats)
     return stats
 
 
@@ -289,7 +279,7 @@ def minari_provenance(world_name: str, settings: dict[str, Any], steps: int) -> 
     out: dict[str, Any] = {"env_spec": spec.to_json(), "author": ["dreamstep world.record"]}
     url = _git_remote()
     if url:
-        commit = git_commit()
+        commit = (git_commit() or "unknown")
         out["code_permalink"] = f"{url.removesuffix('.git')}/tree/{commit}" if commit else url
     return out
 
@@ -316,13 +306,7 @@ def export(dataset: str | Path, episode: int, out: str | Path, scale: int = 4,
 # ---------------------------------------------------------------------- CLI
 def parse_pairs(pairs: Sequence[str], what: str) -> dict[str, Any]:
     """``key=value`` strings to a dict; values are parsed as YAML scalars (2 -> int, x -> str)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DatasetError(f"{what} must look like key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(pairs, what, error=DatasetError)
 
 
 def _record_parser() -> argparse.ArgumentParser:

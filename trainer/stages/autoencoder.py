@@ -3,7 +3,7 @@
 Loss: L1 + L2 + an image-gradient term (keeps edges sharp), each pixel weighted up where
 the frame differs from the previous one (edges under a moving camera, and every moving
 object), so that what moves is not averaged away. Evaluation on held-out episodes:
-PSNR (the `ae_ceiling_psnr` of EVALUATION.md), sharpness ratio and, for the adventure
+PSNR (the `ae_ceiling_psnr` of docs/EVALUATION.md section 3.2), sharpness ratio and, for the adventure
 world, the share of reconstructions in which the player is found where it really is.
 """
 

@@ -1,4 +1,4 @@
-"""Stage 2b: causal consistency distillation (Causal Forcing++; ALGORITHMS.md section 3b).
+"""Stage 2b: causal consistency distillation (Causal Forcing++; docs/ALGORITHMS.md section 3b).
 
 Three networks: the student (initialised from the teacher, trained), the frozen teacher, and
 the target = EMA of the student (starts equal to the teacher; saved in every checkpoint).

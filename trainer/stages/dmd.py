@@ -1,4 +1,4 @@
-"""Stage 3: DMD with self-rollout (the Self Forcing recipe; ALGORITHMS.md section 4).
+"""Stage 3: DMD with self-rollout (the Self Forcing recipe; docs/ALGORITHMS.md section 4).
 
 The generator (a Stage 2 student) rolls a clip out autoregressively exactly as at inference:
 ``context`` real frames written to its KV cache, then each block denoised with its few-step

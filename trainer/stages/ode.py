@@ -1,4 +1,4 @@
-"""Stage 2a: causal ODE distillation (Causal Forcing; the baseline; ALGORITHMS.md section 3a).
+"""Stage 2a: causal ODE distillation (Causal Forcing; the baseline; docs/ALGORITHMS.md section 3a).
 
 Precompute: the AR teacher's PF-ODE (``solve_steps`` Euler steps with action CFG) on all
 frames of a clip at once, teacher-forced on the ground-truth clean history, from pure noise;

@@ -1,4 +1,4 @@
-"""Stage 1: the AR teacher, trained with teacher forcing (ALGORITHMS.md section 2).
+"""Stage 1: the AR teacher, trained with teacher forcing (docs/ALGORITHMS.md section 2).
 
 Input = [clean x0[0..F-1] || noisy x_t[0..F-1]] with shared times; each noisy frame draws
 its own sigma; the loss is MSE on velocity over the noisy half, with tokens weighted up by
