@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from world.dataset import DatasetError, EpisodeRecord, iter_episodes, read_metadata
 
-class DataError(RuntimeError):
-    pass
+DataError = DatasetError  # one error type for a missing, damaged or unsuitable dataset
 
 
 @dataclass
@@ -38,77 +38,35 @@ class Episode:
         return len(self.frames)
 
 
-def episode_from_minari(ep: Any, seed: int | None = None) -> Episode:
-    obs = np.asarray(ep.observations)
+def episode_from_record(rec: EpisodeRecord) -> Episode:
+    """A recorded episode (Minari's layout, :func:`world.dataset.iter_episodes`) in the clip convention."""
+    obs = np.asarray(rec.observations)
     if obs.dtype != np.uint8 or obs.ndim != 4:
         raise DataError(f"expected uint8 image observations (T+1, H, W, 3), got {obs.dtype} {obs.shape}")
     T1 = len(obs)
     acts = np.zeros(T1, np.int64)
-    acts[1:] = np.asarray(ep.actions, np.int64).reshape(-1)[: T1 - 1]
+    acts[1:] = np.asarray(rec.actions, np.int64).reshape(-1)[: T1 - 1]
     eff = acts.copy()
-    infos = ep.infos if isinstance(ep.infos, dict) else {}
-    if "effective_action" in infos:
-        e = np.asarray(infos["effective_action"], np.int64).reshape(-1)
+    if "effective_action" in rec.infos:
+        e = np.asarray(rec.infos["effective_action"], np.int64).reshape(-1)
         # infos has T+1 entries: info of the reset and of every step
         eff = e[:T1].copy() if len(e) >= T1 else np.concatenate([[0], e])[:T1]
         eff[0] = 0
     rew = np.zeros(T1, np.float32)
-    rew[1:] = np.asarray(ep.rewards, np.float32).reshape(-1)[: T1 - 1]
+    rew[1:] = np.asarray(rec.rewards, np.float32).reshape(-1)[: T1 - 1]
     term = np.zeros(T1, bool)
-    term[1:] = np.asarray(ep.terminations, bool).reshape(-1)[: T1 - 1]
-    return Episode(obs, acts, eff, rew, term, seed)
+    term[1:] = np.asarray(rec.terminations, bool).reshape(-1)[: T1 - 1]
+    return Episode(obs, acts, eff, rew, term, rec.seed)
 
 
 def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) -> list[Episode]:
-    """Read episodes of a recorded Minari dataset folder (the recorder's ``--out``)."""
-    path = Path(dataset_dir)
-    data = path / "data"
-    if not (data / "metadata.json").is_file():
-        raise DataError(
-            f"no dataset at {path} (expected {data}/metadata.json); record one with "
-            f"`python -m world.record --world adventure --policy explorer --out {path}` or `make dataset`"
-        )
-    try:
-        from minari import MinariDataset
-    except ImportError as e:
-        raise DataError("reading datasets needs minari: pip install 'dreamstep[minari]'") from e
-    dataset_metadata(path)  # a damaged metadata.json is named before minari reads it
-    out = []
-    current = None
-    try:
-        ds = MinariDataset(str(data))
-        ids = list(range(ds.total_episodes)) if episodes is None else episodes
-        for ep in ds.iterate_episodes(ids):
-            current = ep.id
-            meta_seed = None
-            try:
-                meta = next(iter(ds.storage.get_episode_metadata([ep.id])))
-                meta_seed = meta.get("seed")
-            except Exception:  # noqa: BLE001 - the seed is informative only
-                pass
-            out.append(episode_from_minari(ep, meta_seed))
-    except (DataError, MemoryError):
-        raise
-    except Exception as e:  # noqa: BLE001 - minari/arrow/zstd errors name no file: say which dataset
-        where = f"the episode after {current}" if current is not None else "its first episode"
-        raise DataError(
-            f"dataset {path} could not be read at {where}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; "
-            f"the files are damaged: record the dataset again (python -m world.record ... --out {path}, "
-            f"into a new folder)") from e
-    return out
+    """Read episodes of a recorded dataset folder (the recorder's ``--out``) in the clip convention."""
+    return [episode_from_record(rec) for rec in iter_episodes(dataset_dir, episodes)]
 
 
 def dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
     """The top ``metadata.json`` of a dataset folder; a missing or damaged one is a :class:`DataError`."""
-    path = Path(dataset_dir).resolve() / "data" / "metadata.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"no dataset at {path.parent.parent} (expected {path}); record one with `python -m "
-                        f"world.record --world adventure --policy explorer --out {dataset_dir}` or `make dataset`") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"dataset {dataset_dir} is damaged: {path} is not valid JSON ({e}); record the dataset "
-                        f"again into a new folder") from e
+    return read_metadata(dataset_dir)
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:

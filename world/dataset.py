@@ -139,9 +139,22 @@ def open_dataset(root: str | Path) -> Any:
     """The dataset folder as a ``minari.MinariDataset`` (no MINARI_DATASETS_PATH needed)."""
     root = Path(root)
     _require_dataset(root)
-    from minari import MinariDataset
+    read_metadata(root)  # a damaged metadata.json is named before minari reads it
+    try:
+        from minari import MinariDataset
+    except ImportError as e:
+        raise DatasetError("reading datasets needs minari: pip install 'dreamstep[minari]'") from e
+    try:
+        return MinariDataset(str(root / DATA))
+    except Exception as e:  # noqa: BLE001 - minari/arrow errors name no file: say which dataset
+        raise _damaged(root, "its metadata", e) from e
 
-    return MinariDataset(str(root / DATA))
+
+def _damaged(root: Path, where: str, e: BaseException) -> DatasetError:
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return DatasetError(f"dataset {root} could not be read at {where}: {type(e).__name__}: {first}; the files are "
+                        f"damaged: record the dataset again (python -m world.record ... --out {root}, into a new "
+                        f"folder)")
 
 
 def iter_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> Iterator[EpisodeRecord]:
@@ -152,14 +165,27 @@ def iter_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> It
     bad = [i for i in ids if not 0 <= i < ds.total_episodes]
     if bad:
         raise DatasetError(f"episode ids {bad} out of range: {root} holds 0..{ds.total_episodes - 1}")
-    for ep in ds.iterate_episodes(ids):
-        meta = json.loads((root / DATA / str(ep.id) / METADATA).read_text())
-        yield EpisodeRecord(
-            id=int(ep.id), seed=meta.get("seed"), observations=np.asarray(ep.observations),
-            actions=np.asarray(ep.actions, np.int64), rewards=np.asarray(ep.rewards),
-            terminations=np.asarray(ep.terminations, bool),
-            truncations=np.asarray(ep.truncations, bool),
-            infos=dict(ep.infos) if isinstance(ep.infos, dict) else {}, metadata=meta)
+    current = None
+    episodes_iter = ds.iterate_episodes(ids)
+    while True:
+        try:  # minari/arrow/zstd errors name no file: say which dataset and where
+            ep = next(episodes_iter, None)
+            if ep is None:
+                return
+            meta = json.loads((root / DATA / str(ep.id) / METADATA).read_text())
+            rec = EpisodeRecord(
+                id=int(ep.id), seed=meta.get("seed"), observations=np.asarray(ep.observations),
+                actions=np.asarray(ep.actions, np.int64), rewards=np.asarray(ep.rewards),
+                terminations=np.asarray(ep.terminations, bool),
+                truncations=np.asarray(ep.truncations, bool),
+                infos=dict(ep.infos) if isinstance(ep.infos, dict) else {}, metadata=meta)
+        except (DatasetError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _damaged(root, f"the episode after {current}" if current is not None else "its first episode",
+                           e) from e
+        current = rec.id
+        yield rec
 
 
 def load_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> list[EpisodeRecord]:
