@@ -24,7 +24,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from world.dream import DreamWorld
+from world.core import settings_from_kwargs
+from world.dream import DreamSettings, load_dreamer
 
 
 class DreamVectorEnv(VectorEnv):
@@ -52,22 +53,24 @@ class DreamVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps
-        # one DreamWorld holds the model, autoencoder, sampler, heads and the real game's settings
-        self.dream = DreamWorld(max_steps=max_episode_steps, **dream_settings)
-        if self.dream.settings.warmup and num_envs > 1:  # the kernels of this batch size's shapes
-            self.dream.warm_up(num_envs)
+        # one Dreamer holds the model, autoencoder, sampler and heads; the real games give the first frames
+        self.settings = settings_from_kwargs(DreamSettings, {**dream_settings, "max_steps": max_episode_steps},
+                                             "dream")
+        self.dreamer, self.real_world_name, self.real_settings = load_dreamer(self.settings)
+        if self.settings.warmup:  # the kernels of this batch size's shapes
+            self.dreamer.warm_up(num_envs)
         from world import make_world
 
-        self._reals = [make_world(self.dream.real_world_name, **self.dream.real_settings) for _ in range(num_envs)]
-        self.single_observation_space = spaces.Box(0, 255, self.dream.frame_shape, np.uint8)
-        self.single_action_space = spaces.Discrete(len(self.dream.action_names))
+        self._reals = [make_world(self.real_world_name, **self.real_settings) for _ in range(num_envs)]
+        self.single_observation_space = spaces.Box(0, 255, self.dreamer.frame_shape, np.uint8)
+        self.single_action_space = spaces.Discrete(len(self._reals[0].action_names))
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.metadata = {**type(self).metadata, "render_fps": self.dream.tick_rate,
+        self.metadata = {**type(self).metadata, "render_fps": self._reals[0].tick_rate,
                          "autoreset_mode": self.autoreset_mode}
         self._session = None
         self._z: torch.Tensor | None = None
-        self._obs = np.zeros((num_envs, *self.dream.frame_shape), np.uint8)
+        self._obs = np.zeros((num_envs, *self.dreamer.frame_shape), np.uint8)
         self._steps = np.zeros(num_envs, np.int64)
         self._needs_reset = np.zeros(num_envs, bool)
         self._seeds = np.zeros(num_envs, np.int64)
@@ -82,7 +85,7 @@ class DreamVectorEnv(VectorEnv):
             frame, _ = self._reals[i].reset(seed=int(self._seeds[i]))
             frames.append(frame)
             self._obs[i] = frame
-        return self.dream.encode(np.stack(frames))
+        return self.dreamer.encode(np.stack(frames))
 
     def _infos(self, extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"world_seed": self._seeds.copy(), "_world_seed": np.ones(self.num_envs, bool)}
@@ -100,10 +103,10 @@ class DreamVectorEnv(VectorEnv):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         noise_seed = int(self._rng.integers(2**31))
-        self._session = self.dream.session(self.num_envs, torch.Generator().manual_seed(noise_seed))
+        self._session = self.dreamer.session(self.num_envs, torch.Generator().manual_seed(noise_seed))
         rows = np.arange(self.num_envs)
         z = self._start(rows)
-        with torch.no_grad(), self.dream.autocast():
+        with torch.no_grad(), self.dreamer.autocast():
             self._session.prime(z[:, None], torch.zeros(self.num_envs, 1, dtype=torch.long))
         self._z = z
         self._steps[:] = 0
@@ -119,27 +122,23 @@ class DreamVectorEnv(VectorEnv):
                              f"got {actions!r}")
         resets = np.flatnonzero(self._needs_reset)
         acts = np.where(self._needs_reset, 0, acts)
-        dev = self.dream.device
+        dev = self.dreamer.device
         a = torch.from_numpy(acts.astype(np.int64))[:, None].to(dev)
         with torch.no_grad():
-            with self.dream.autocast():
-                z = self._session.generate(a, self.dream.sampler, write=False)[:, 0].float()
+            with self.dreamer.autocast():
+                z = self._session.generate(a, self.dreamer.sampler, write=False)[:, 0].float()
             rz = torch.from_numpy(resets).to(dev)
             if len(resets):
                 z[rz] = self._start(resets)
-            with self.dream.autocast():
+            with self.dreamer.autocast():
                 self._session.write(z[:, None], a, defer=True)  # fused into the next step's first forward
                 if len(resets):
                     self._session.reset_rows(rz, z[rz])
             live = ~self._needs_reset
             if live.any():
                 idx = torch.from_numpy(np.flatnonzero(live)).to(dev)
-                self._obs[live] = self.dream.decode(z[idx])
-            rewards = np.zeros(self.num_envs, np.float64)
-            terminated = np.zeros(self.num_envs, bool)
-            if self.dream.heads is not None:
-                r, t = self.dream.heads.predict(self._z, z, a[:, 0])
-                rewards, terminated = r.cpu().numpy().astype(np.float64), t.cpu().numpy().astype(bool)
+                self._obs[live] = self.dreamer.decode(z[idx])
+            rewards, terminated = self.dreamer.outcomes(self._z, z, a[:, 0])
         self._z = z
         rewards[resets] = 0.0
         terminated[resets] = False
@@ -157,7 +156,7 @@ class DreamVectorEnv(VectorEnv):
         for i in rows:
             final[i] = self._obs[i].copy()
         if len(rows):
-            with torch.no_grad(), self.dream.autocast():
+            with torch.no_grad(), self.dreamer.autocast():
                 start = self._start(rows)
                 rt = torch.from_numpy(rows).to(dev)
                 self._session.reset_rows(rt, start)
@@ -174,7 +173,6 @@ class DreamVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         for w in self._reals:
             w.close()
-        self.dream.close()
 
 
 def make_dream_vector_env(num_envs: int = 8, checkpoint: str | None = None, **kwargs: Any) -> DreamVectorEnv:

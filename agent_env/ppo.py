@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bad checkpoint or heads path: say which
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if venv.dream.heads is None:
+    if venv.dreamer.heads is None:
         print("error: the dream has no reward/termination heads: nothing to learn from (train them with "
               "python -m trainer heads, or pass --heads)", file=sys.stderr)
         return 2
@@ -150,16 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "ppo.zip")
-    world, settings = venv.dream.real_world_name, venv.dream.real_settings
+    world, settings = venv.real_world_name, venv.real_settings
     n_act = venv.single_action_space.n
     env.close()
     agent = real_returns(world, settings, lambda o: model.predict(o, deterministic=False)[0], a.eval_episodes,
                          a.episode_steps)
     rng = np.random.default_rng(a.seed)
     rand = real_returns(world, settings, lambda o: rng.integers(n_act), a.eval_episodes, a.episode_steps)
-    result = {"checkpoint": venv.dream.settings.checkpoint, "timesteps": a.timesteps, "envs": a.envs,
+    result = {"checkpoint": venv.settings.checkpoint, "timesteps": a.timesteps, "envs": a.envs,
               "dream_steps": a.steps, "train_wall_s": round(train_s, 1), "real_world": world,
-              "dream_precision": venv.dream.precision,
+              "dream_precision": venv.dreamer.precision,
               "eval_episodes": a.eval_episodes, "episode_steps": a.episode_steps,
               "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + a.eval_episodes - 1],
               "agent_real_return_mean": float(np.mean(agent)), "agent_real_return_std": float(np.std(agent)),

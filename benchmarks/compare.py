@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks import BenchmarkError
 from model.io import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,20 +48,19 @@ def time_variant(model, ae, sampler, context: np.ndarray, frames: int, seed: int
                  ) -> tuple[float, list[float]]:
     """(first-frame ms, per-frame ms of ``frames`` streamed frames), decode included; with
     ``batch`` > 1 that many streams at once (a vector env), a frame being one for every stream."""
-    from model.autoencoder import from_uint8, to_uint8
     from model.rollout import Session
 
     K = model.cfg.block_frames
     sess = Session(model, batch, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        z = ae.encode(from_uint8(torch.from_numpy(context)))[None].expand(batch, -1, -1, -1, -1)
+        z = ae.encode_frames(context)[None].expand(batch, -1, -1, -1, -1)
         sess.prime(z, torch.zeros(batch, len(context), dtype=torch.long))
         times = []
         for i in range(0, frames, K):
             acts = torch.randint(0, model.cfg.num_actions, (batch, K), generator=torch.Generator().manual_seed(i))
             t0 = time.perf_counter()
             x = sess.generate(acts, sampler)
-            to_uint8(ae.decode(x.flatten(0, 1).float())).numpy()
+            ae.decode_frames(x.flatten(0, 1), batch=len(x) * K)
             dt = (time.perf_counter() - t0) * 1000 / K
             times.extend([dt] * K)
     return times[0] * K, times[K:]
@@ -105,7 +105,7 @@ def load_variants(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float
     first_cfg = next(iter(loaded.values()))[1]
     for name, (_m, cfg, *_rest) in loaded.items():  # one autoencoder decodes every variant
         if Path(str(cfg["autoencoder"])).name != Path(str(first_cfg["autoencoder"])).name:
-            raise SystemExit(f"error: variant {name} ({paths[name]}) uses autoencoder {cfg['autoencoder']}, the "
+            raise BenchmarkError(f"variant {name} ({paths[name]}) uses autoencoder {cfg['autoencoder']}, the "
                              f"others {first_cfg['autoencoder']}; compare variants of one world model family "
                              f"(override or drop it with --variant {name}=...)")
     ae, ae_id = load_autoencoder(first_cfg["autoencoder"])
@@ -367,7 +367,7 @@ def _reports(files: list[str] | None, pattern: str, flag: str, writer: str) -> l
         paths = [Path(f) for f in files if f]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise SystemExit(f"error: {flag} {missing[0]} does not exist ({writer} writes it; {flag} '' adds none)")
+            raise BenchmarkError(f"{flag} {missing[0]} does not exist ({writer} writes it; {flag} '' adds none)")
     return [json.loads(p.read_text()) for p in paths]
 
 
@@ -413,6 +413,14 @@ def first_frame_ratio(v: dict[str, Any], batch: int = 1) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--variant", action="append", default=[], metavar="NAME=CHECKPOINT",

@@ -103,7 +103,7 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
     from model import flops as FL
 
     # the floating-point work of one batched step, from the model configs (model.flops)
-    d = envs.dream
+    d = envs.dreamer
     flops = FL.dream_step(d.model.cfg, d.ae.cfg, batch, d.sampler.steps, d.sampler.cfg != 1.0)
     rates = []
     n = max(2, env_steps // batch)

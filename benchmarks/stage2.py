@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks import BenchmarkError
 from model import flow
 
 
@@ -82,7 +83,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
 
     cks = _cd_checkpoints(cd_run)
     if not cks:
-        raise SystemExit(f"error: {cd_run} has no checkpoints (train it with python -m trainer cd ... and "
+        raise BenchmarkError(f"{cd_run} has no checkpoints (train it with python -m trainer cd ... and "
                          f"train.keep_checkpoints large enough to keep every evaluation point)")
     cd_cfg = json.loads((cks[-1] / "meta.json").read_text())["config"]
     teacher_path = teacher_path or cd_cfg["teacher"]
@@ -96,7 +97,7 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     data = ClipData(tcfg["autoencoder"], from_dict(DataConfig, cd_cfg["data"], "cd data"), int(cd_cfg["frames"]),
                     cd_cfg.get("latent_cache_dir", "data/latents"), mcfg, windows, int(cd_cfg["train"]["seed"]))
     if not len(data.eval_windows):
-        raise SystemExit("error: the CD run's data has no held-out windows (data.holdout_episodes = 0)")
+        raise BenchmarkError("the CD run's data has no held-out windows (data.holdout_episodes = 0)")
     tf = TeacherForcing(teacher).eval()
     grid = flow.sigma_grid(solve_steps + 1, shift)
     batches = []
@@ -175,6 +176,14 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stage2", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--cd-run", default="runs/adventure_cd_frame", help="a causal CD run folder (every checkpoint)")

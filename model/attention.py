@@ -20,10 +20,6 @@ except Exception:  # noqa: BLE001 - any import failure means "not available"
 BACKENDS = ("auto", "sdpa", "math", "xformers")
 
 
-def xformers_available() -> bool:
-    return _xops is not None and torch.cuda.is_available()
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
               backend: str = "auto") -> torch.Tensor:
     """Multi-head attention with an additive bias (``-inf`` masks a key).

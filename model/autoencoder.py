@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -112,6 +113,27 @@ class Autoencoder(nn.Module):
         """(N, 3, 64, 64) in [-1, 1] -> normalised latents (N, C, 8, 8)."""
         z = self.encoder(x)
         return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+        """uint8 frames (..., H, W, 3) -> normalised fp32 latents (..., C, h, w) on this model's device,
+        ``batch`` frames per call; fp32 also inside autocast (the latents the models were trained on)."""
+        lead = frames.shape[:-3]
+        flat = np.ascontiguousarray(frames).reshape(-1, *frames.shape[-3:])
+        dev = self.latent_mean.device
+        with torch.autocast(dev.type, enabled=False):
+            z = torch.cat([self.encode(from_uint8(torch.from_numpy(flat[i:i + batch])).to(dev)).float()
+                           for i in range(0, len(flat), batch)])
+        return z.reshape(*lead, *z.shape[1:])
+
+    @torch.no_grad()
+    def decode_frames(self, z: torch.Tensor, batch: int = 256) -> np.ndarray:
+        """Normalised latents (..., C, h, w) -> uint8 frames (..., H, W, 3) on the host, ``batch`` per call
+        (in the decoder's precision: see :meth:`decode`)."""
+        lead = z.shape[:-3]
+        flat = z.reshape(-1, *z.shape[-3:]).float()
+        x = torch.cat([to_uint8(self.decode(flat[i:i + batch]).float()).cpu() for i in range(0, len(flat), batch)])
+        return x.reshape(*lead, *x.shape[1:]).numpy()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents (N, C, 8, 8) -> images (N, 3, 64, 64) in [-1, 1] (rgb: unclamped;

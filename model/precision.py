@@ -127,10 +127,6 @@ def resolve(precision: str, device: torch.device | str = "cpu") -> str:
     return "bf16" if probe(device).bf16_faster else "fp32"
 
 
-def dtype_of(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    return DTYPES[resolve(precision, device)]
-
-
 def cast_for_inference(module: torch.nn.Module, dtype: torch.dtype, pack: bool = True) -> torch.nn.Module:
     """Cast a frozen module's floating-point weights and buffers to ``dtype`` once, in place; in bf16
     on a CPU its linear layers also get their weights pre-packed for oneDNN (:class:`PackedLinear`)."""

@@ -207,14 +207,11 @@ def _guided(v, null: torch.Tensor, scale: float):
 
 def _euler_cfg(v, noise: torch.Tensor, actions: torch.Tensor, null: torch.Tensor, sigmas: torch.Tensor,
                scale: float) -> torch.Tensor:
+    """The Euler solve of the PF-ODE from ``noise`` over ``sigmas``, with action CFG when ``scale`` != 1."""
     x = noise
     B, F = noise.shape[:2]
+    vel_of = _guided(v, null, scale) if scale != 1.0 else v
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
         sigma = torch.full((B, F), s, dtype=x.dtype, device=x.device)
-        if scale != 1.0:
-            both = v(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([actions, null]))
-            vel = flow.cfg_velocity(both[:B], both[B:], scale)
-        else:
-            vel = v(x, sigma, actions)
-        x = flow.euler_step(x, vel, s, s_next)
+        x = flow.euler_step(x, vel_of(x, sigma, actions), s, s_next)
     return x

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.autoencoder import Autoencoder, from_uint8, to_uint8
+from model.autoencoder import Autoencoder, from_uint8
 from model.precision import resolve
 from model.rollout import SamplerConfig, Session
 from model.transformer import FrameTransformer
@@ -191,26 +191,8 @@ class RecordedRollouts:
 
 
 # ------------------------------------------------------------------ model rollouts
-def encode(ae: Autoencoder, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> normalised latents (..., C, h, w)."""
-    lead = frames.shape[:-3]
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    with torch.no_grad():
-        z = torch.cat([ae.encode(from_uint8(torch.from_numpy(flat[i:i + batch])))
-                       for i in range(0, len(flat), batch)])
-    return z.reshape(*lead, *z.shape[1:])
-
-
-def decode(ae: Autoencoder, z: torch.Tensor, batch: int = 256) -> np.ndarray:
-    lead = z.shape[:-3]
-    flat = z.reshape(-1, *z.shape[-3:]).float()
-    with torch.no_grad():
-        x = torch.cat([to_uint8(ae.decode(flat[i:i + batch])) for i in range(0, len(flat), batch)])
-    return x.reshape(*lead, *x.shape[1:]).numpy()
-
-
 def reconstruct(ae: Autoencoder, frames: np.ndarray) -> np.ndarray:
-    return decode(ae, encode(ae, frames))
+    return ae.decode_frames(ae.encode_frames(frames))
 
 
 def inference_model(model: FrameTransformer, precision: str) -> FrameTransformer:
@@ -241,13 +223,13 @@ def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, acti
     out = []
     own = next(model.parameters()).dtype
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=own == torch.float32 and resolve(precision) == "bf16"):
-        sess.prime(encode(ae, context), acts[:, :C])
+        sess.prime(ae.encode_frames(context), acts[:, :C])
         t = C
         while t < C + T:
             k = min(K, C + T - t)
             out.append(sess.generate(acts[:, t:t + k], sampler).float())
             t += k
-    return decode(ae, torch.cat(out, 1))
+    return ae.decode_frames(torch.cat(out, 1))
 
 
 # ------------------------------------------------------------------ metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.autoencoder import Autoencoder, from_uint8
+from model.autoencoder import Autoencoder
 from model.io import load_autoencoder, resolve_checkpoint  # noqa: F401 - re-exported for the trainer
 from trainer.data import dataset_fingerprint, load_episodes
 
@@ -57,18 +57,13 @@ class LatentCache:
                 path.unlink()  # a damaged cache is rebuilt
         eps = load_episodes(dataset)
         lat = []
-        dev = next(ae.parameters()).device
         from tqdm import tqdm
 
         tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
         for e in tqdm(eps, desc="encode latents", dynamic_ncols=True, disable=os.environ.get("DREAMSTEP_NO_BAR") == "1"):
-            zs = []
-            for i in range(0, len(e.frames), batch):
-                # fp32 without TF32 on every device: the latents are those a CPU computes at play time
-                with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-                    z = ae.encode(from_uint8(torch.from_numpy(e.frames[i:i + batch])).to(dev))
-                zs.append(z.float().cpu().numpy().astype(np.float16))
-            lat.append(np.concatenate(zs))
+            # fp32 without TF32 on every device: the latents are those a CPU computes at play time
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                lat.append(ae.encode_frames(e.frames, batch).cpu().numpy().astype(np.float16))
         torch.backends.cuda.matmul.allow_tf32 = tf32
         offsets = np.cumsum([0] + [len(e) for e in eps])
         obj = cls(np.concatenate(lat), np.concatenate([e.actions for e in eps]),

@@ -87,16 +87,6 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_state_dict(module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Load a full state dict into a plain or a sharded module (every rank holds ``sd``)."""
-    if not is_sharded(module):
-        module.load_state_dict(sd)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(module, sd, options=StateDictOptions(full_state_dict=True))
-
-
 def optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state keyed by parameter names (sharded under FSDP, full otherwise)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict

@@ -288,9 +288,6 @@ class _Renderer:
         self.sprite_vao = self.ctx.vertex_array(self.sprite_prog, [
             (self.corner_vbo, "2f", "in_corner"), (self.inst_vbo, "3f/i", "in_sprite")])
 
-    def set_tile(self, tx: int, ty: int, kind: int) -> None:
-        self.map_tex.write(np.array([kind], np.uint8).tobytes(), viewport=(tx, ty, 1, 1))
-
     def render(self, size: int, cam: tuple[float, float], view: float, sprites: np.ndarray) -> np.ndarray:
         """Render the view with top-left world pixel ``cam``; ``sprites`` rows are (x, y, index)."""
         fbo, out = self._fbo(size)

@@ -120,15 +120,6 @@ def recorded_settings(root: str | Path | None, world: str) -> dict[str, Any]:
     return {}
 
 
-def episode_metadata(root: str | Path, episode: int) -> dict[str, Any]:
-    """The metadata of one counted episode."""
-    root = Path(root)
-    total = read_metadata(root)["total_episodes"]
-    if not 0 <= episode < total:
-        raise DatasetError(f"episode {episode} is out of range: {root} holds episodes 0..{total - 1}")
-    return json.loads((root / DATA / str(episode) / METADATA).read_text())
-
-
 def dir_size(path: Path) -> int:
     """Bytes of all files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

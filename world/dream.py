@@ -14,7 +14,6 @@ reward is 0 and episodes end only by ``max_steps`` (truncation).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.dreamer import Dreamer
 from model.io import SHIPPED
+from model.rollout import SamplerConfig
 from world.core import InvalidSettingError, StepResult, World, settings_from_kwargs
 
 #: the default dream: the first shipped of these (the CF++ student, its Stage 2 student, the teacher)
@@ -63,52 +64,46 @@ class DreamSettings:
                 f"need steps >= 0, context >= 1, max_steps >= 1; got {self.steps}, {self.context}, {self.max_steps}")
 
 
+def load_dreamer(s: DreamSettings) -> tuple[Dreamer, str, dict[str, Any]]:
+    """The :class:`model.dreamer.Dreamer` of dream settings, the real game it was trained on and that
+    game's settings; every loading problem is one :class:`InvalidSettingError` line."""
+    from model.dreamer import DreamerError
+    from model.io import CheckpointError
+    from world.paths import ROOT
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.set_flush_denormal(True)
+    if not Path(s.checkpoint).exists() and not Path(s.checkpoint).is_absolute() and (ROOT / s.checkpoint).exists():
+        s.checkpoint = str(ROOT / s.checkpoint)  # a repository path (assets/checkpoints/...) from another folder
+    if (Path(s.checkpoint) / "dream.safetensors").is_file():  # a trainer.pipeline run folder
+        s.checkpoint = str(Path(s.checkpoint) / "dream.safetensors")
+    if not Path(s.checkpoint).exists():
+        raise InvalidSettingError(
+            f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
+            f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
+    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if s.device == "auto" else s.device))
+    try:
+        dreamer = Dreamer.load(s.checkpoint, s.sampler, s.steps, s.cfg, s.heads, device, s.precision)
+    except CheckpointError as e:  # one line for the user (play, gym.make, evaluate), no traceback chain
+        raise InvalidSettingError(f"cannot load the dream checkpoint: {e}") from None
+    except DreamerError as e:
+        raise InvalidSettingError(str(e)) from None
+    return dreamer, dreamer.world, _recorded_settings(dreamer.config, dreamer.world)
+
+
 class DreamWorld(World):
     name = "dream"
     supports_state = True
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
-        from model.io import CheckpointError, load_autoencoder, load_world_model
-        from model.rollout import SamplerConfig
-
         self.settings = settings_from_kwargs(DreamSettings, settings, self.name)
-        s = self.settings
-        if s.threads:
-            torch.set_num_threads(s.threads)
-        torch.set_flush_denormal(True)
-        from world.paths import ROOT
-
-        if not Path(s.checkpoint).exists() and not Path(s.checkpoint).is_absolute() and (ROOT / s.checkpoint).exists():
-            s.checkpoint = str(ROOT / s.checkpoint)  # a repository path (assets/checkpoints/...) from another folder
-        if (Path(s.checkpoint) / "dream.safetensors").is_file():  # a trainer.pipeline run folder
-            s.checkpoint = str(Path(s.checkpoint) / "dream.safetensors")
-        if not Path(s.checkpoint).exists():
-            raise InvalidSettingError(
-                f"dream checkpoint {s.checkpoint!r} not found; give a run folder, a checkpoint folder or a "
-                f".safetensors with its model card (shipped: {sorted(p.name for p in SHIPPED.glob('*.safetensors'))})")
-        try:
-            self.model, self.config, self.model_id = load_world_model(s.checkpoint)
-            self.ae, self.ae_id = load_autoencoder(self.config["autoencoder"])
-        except CheckpointError as e:  # one line for the user (play, gym.make, evaluate), no traceback chain
-            raise InvalidSettingError(f"cannot load the dream checkpoint: {e}") from None
-        self.device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if s.device == "auto" else s.device))
-        self.model.to(self.device)
-        self.ae.to(self.device)
-        from model.precision import DTYPES, cast_for_inference, resolve
-
-        # bf16: the world model's and the decoder's weights are cast once here (the encoder stays
-        # fp32: the latents the models were trained on); the sampler's state stays fp32
-        self.precision = resolve(s.precision, self.device)
-        if self.precision != "fp32":
-            cast_for_inference(self.model, DTYPES[self.precision])
-            cast_for_inference(self.ae.decoder, DTYPES[self.precision])
-        kind = s.sampler if s.sampler != "auto" else (self.config.get("sampler") or {}).get("kind", "euler")
-        self.sampler = SamplerConfig.from_card(self.config, kind, s.steps or None, cfg=s.cfg or None,
-                                               default_steps=8 if kind == "euler" else 2)
-        self.real_world_name = self.config.get("world", "adventure")
-        self.real_settings = _recorded_settings(self.config, self.real_world_name)
+        self.dreamer, self.real_world_name, self.real_settings = load_dreamer(self.settings)
+        d = self.dreamer
+        self.model, self.ae, self.config, self.model_id, self.ae_id = d.model, d.ae, d.config, d.model_id, d.ae_id
+        self.device, self.precision = d.device, d.precision
         from world import make_world
 
         self._real = make_world(self.real_world_name, **self.real_settings)
@@ -118,53 +113,24 @@ class DreamWorld(World):
         self.tick_rate = self._real.tick_rate
         self.keymap_name = self._real.keymap_name
         self.name = f"dream:{self.real_world_name}"
-        try:
-            self.heads = self._load_heads(s.heads)
-        except CheckpointError as e:
-            raise InvalidSettingError(f"cannot load the reward/termination heads: {e}") from None
-        if self.heads is not None:
-            self.heads.to(self.device)
         self._session = None
         self._frame: np.ndarray | None = None
         self._z: torch.Tensor | None = None
-        if s.warmup:
+        if self.settings.warmup:
             self.warm_up(1)
 
-    def _load_heads(self, setting: str):
-        """Heads trained on this model's latents: the card's, else the world's shipped ones ("auto"),
-        used only if they read the same autoencoder's latents; or an explicit path (checked)."""
-        from model.io import (
-            CheckpointError,
-            default_heads,
-            file_hash,
-            load_heads,
-            resolve_checkpoint,
-        )
+    @property
+    def sampler(self) -> SamplerConfig:
+        """The sampler the dream plays with (the play window changes its steps)."""
+        return self.dreamer.sampler
 
-        auto = setting == "auto"
-        if auto:
-            found = self.config.get("heads") or default_heads(self.real_world_name)
-            setting = str(found) if found else ""
-        if not setting:
-            return None
-        if not Path(setting).exists():
-            if auto:
-                return None
-            raise InvalidSettingError(f"heads checkpoint {setting!r} not found; give a heads run folder or "
-                                      ".safetensors, 'auto' or '' (no rewards)")
-        heads, cfg = load_heads(setting)
-        ae_path = cfg.get("autoencoder", "")
-        try:
-            ae_id = file_hash(resolve_checkpoint(ae_path)[0]) if ae_path else None
-        except CheckpointError:
-            ae_id = None
-        if ae_id != self.ae_id:
-            if auto:
-                return None
-            raise InvalidSettingError(f"heads {setting!r} were trained on the latents of autoencoder {ae_path!r}, "
-                                      f"not on this world model's ({self.config['autoencoder']!r}); retrain them "
-                                      "with python -m trainer heads on this autoencoder")
-        return heads
+    @sampler.setter
+    def sampler(self, value: SamplerConfig) -> None:
+        self.dreamer.sampler = value
+
+    @property
+    def heads(self):  # -> model.heads.RewardHeads | None
+        return self.dreamer.heads
 
     def keymap(self):  # -> world.keymap.Keymap
         """The real game's keymap (a gym game's is built from its own action names)."""
@@ -172,8 +138,7 @@ class DreamWorld(World):
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        n = self.ae.cfg.image_size
-        return (n, n, 3)
+        return self.dreamer.frame_shape
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -183,46 +148,19 @@ class DreamWorld(World):
 
     # ----------------------------------------------------------------- on the model's device
     def autocast(self):
-        """No autocast: the weights were cast to the dream's precision once, at load (autocast under
-        no_grad would re-cast every weight on every call). Kept as the callers' context."""
-        return contextlib.nullcontext()
+        return self.dreamer.autocast()
 
     def session(self, batch: int, generator: torch.Generator):
-        from model.rollout import Session
+        return self.dreamer.session(batch, generator)
 
-        return Session(self.model, batch, device=self.device, generator=generator)
-
-    @torch.no_grad()
     def warm_up(self, batch: int = 1, frames: int = 3) -> None:
-        """Run a throwaway ``batch``-row session of a few frames (prime, the first frame's steps, fused
-        steps, decode) so that every kernel of the streaming step's fixed shapes is made now, at load,
-        not while the first played frames are waited for (oneDNN builds a kernel per new shape)."""
-        c = self.model.cfg
-        sess = self.session(batch, torch.Generator().manual_seed(0))
-        sess.prime(torch.zeros(batch, 1, c.latent_channels, c.latent_size, c.latent_size, device=self.device),
-                   torch.zeros(batch, 1, dtype=torch.long))
-        acts = torch.zeros(batch, 1, dtype=torch.long)
-        for _ in range(frames):
-            z = sess.generate(acts, self.sampler, fuse=True)
-            self.decode(z[:, 0].float())
+        self.dreamer.warm_up(batch, frames)
 
-    @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 frames (N, H, W, 3) -> fp32 latents (N, C, h, w) on the device (fp32 on every
-        device: the latents the models were trained on)."""
-        from model.autoencoder import from_uint8
+        return self.dreamer.encode(frames)
 
-        x = from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
-        with torch.autocast(self.device.type, enabled=False):  # also when called inside autocast
-            return self.ae.encode(x).float()
-
-    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        """Latents (N, C, h, w) -> uint8 frames (N, H, W, 3) on the host."""
-        from model.autoencoder import to_uint8
-
-        with self.autocast():
-            return to_uint8(self.ae.decode(z).float()).cpu().numpy()
+        return self.dreamer.decode(z)
 
     # ----------------------------------------------------------------- dynamics
     def _reset(self, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -249,10 +187,8 @@ class DreamWorld(World):
                 z = self._session.generate(torch.tensor([[action]]), self.sampler, fuse=True)
             z_cur = z[0].float()
             self._frame = self.decode(z_cur)[0]
-            reward, terminated = 0.0, False
-            if self.heads is not None:
-                r, t = self.heads.predict(self._z, z_cur, torch.tensor([action], device=self.device))
-                reward, terminated = float(r[0]), bool(t[0])
+            r, t = self.dreamer.outcomes(self._z, z_cur, torch.tensor([action], device=self.device))
+            reward, terminated = float(r[0]), bool(t[0])
             self._z = z_cur
         truncated = not terminated and self._steps + 1 >= self.settings.max_steps
         return StepResult(self._frame.copy(), reward, terminated, truncated,
