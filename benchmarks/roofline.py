@@ -90,6 +90,9 @@ class _Step:
         from trainer.loop import autocast
 
         with autocast(torch.device("cpu"), self.precision):
+            critic = getattr(self.stage, "critic_step", None)
+            if critic is not None:  # DMD's fake score steps its own optimizer first (as the loop does)
+                batch = critic(self.module, batch, 0)
             loss, _ = self.stage.loss(self.module, batch, 0)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

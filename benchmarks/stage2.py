@@ -77,9 +77,8 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     from trainer.config import from_dict
     from trainer.models import load_world_model
     from trainer.stages.autoencoder import DataConfig
-    from trainer.stages.cd import TeacherForcing
     from trainer.stages.ode import solve_teacher_ode
-    from trainer.stages.teacher import ClipData
+    from trainer.stages.teacher import ClipData, TeacherForcing
 
     cks = _cd_checkpoints(cd_run)
     if not cks:

@@ -33,14 +33,17 @@ def teacher_cfg_euler_step(x_t: torch.Tensor, v_cond: torch.Tensor, v_uncond: to
 
 
 def consistency_loss(x0_student: torch.Tensor, x0_target: torch.Tensor) -> torch.Tensor:
-    """x0-space MSE between the student at (x_t, sigma_n) and the EMA target at (x_t', sigma_{n+1});
-    the target carries no gradient."""
+    """x0-space MSE of the student's prediction against a regression target that carries no
+    gradient: the Stage 2 loss of both methods.
+
+    Causal CD: the student at ``(x_t, sigma_n)`` against the EMA target at ``(x_t', sigma_{n+1})``.
+    Causal ODE (``ode_regression_loss``, the same function): the student at a stored trajectory
+    state against the stored endpoint. The two differ only in where the target comes from."""
     return (x0_student.float() - x0_target.detach().float()).pow(2).mean()
 
 
-def ode_regression_loss(x0_student: torch.Tensor, endpoint: torch.Tensor) -> torch.Tensor:
-    """Causal ODE distillation: the student's x0 from a stored trajectory state vs the stored endpoint."""
-    return (x0_student.float() - endpoint.detach().float()).pow(2).mean()
+# Causal ODE distillation regresses onto the teacher's stored PF-ODE endpoint with the same x0 MSE.
+ode_regression_loss = consistency_loss
 
 
 def trajectory_indices(grid_steps: int, student_sigmas: list[float], shift: float) -> list[int]:

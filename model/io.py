@@ -135,26 +135,25 @@ def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
-def file_hash(path: str | Path) -> str:
-    """A short sha1 of a file's bytes (names weights in reports and caches)."""
+def _digest(path: str | Path, algorithm: str) -> str:
     import hashlib
 
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
-def content_hash(path: str | Path) -> str:
-    """The sha256 of a file's bytes (a model card records it; loading checks it)."""
-    import hashlib
-
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """A short sha1 of a file's bytes: the id that names weights in reports and latent caches (kept sha1:
+    another id would orphan every latent cache and change the ids of every earlier report)."""
+    return _digest(path, "sha1")[:12]
+
+
+def content_hash(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a model card records it; loading checks it)."""
+    return _digest(path, "sha256")
 
 
 def read_card(weights: Path) -> dict[str, Any]:

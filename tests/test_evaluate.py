@@ -259,13 +259,13 @@ def test_creatures_found_reads_the_moving_creatures_from_the_worlds_state():
     real = play_real("adventure", {}, 2, 12, 1_000_000)
     pos = real.creatures
     assert pos is not None and len(pos) == 2 and len(pos[0]) == 12
-    found, visible = creature_stats(real.frames, pos)
+    found, visible = creature_stats(real.frames, pos, find_creatures)
     assert sum(visible) > 0 and found == visible
     erased = real.frames.copy()
     for name in ("creature", "creature_light"):
         hit = (np.abs(erased.astype(int) - np.array(art.PALETTE[name])).sum(-1) < 90)
         erased[hit] = art.PALETTE["grass"]
-    assert sum(creature_stats(erased, pos)[0]) == 0
+    assert sum(creature_stats(erased, pos, find_creatures)[0]) == 0
     rng = np.random.default_rng(0)
     spots = rng.uniform(4, 60, (200, 2))
     frame, here = real.frames[0, 0], pos[0][0]

@@ -69,8 +69,10 @@ def user_error(e: BaseException) -> str | None:
     if isinstance(e, (DataError, DatasetError, CheckpointError, ConfigError, WorldError)):
         return str(e)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-        where = f" ({e.filename})" if e.filename else ""
-        return (f"{e.strerror}{where}; free some space or make the run folder writable, then run the same "
+        from world.io import write_failure
+
+        _kind, reason = write_failure(e, e.filename or ".", full_below=0)
+        return (f"{reason}; free some space or make the run folder writable, then run the same "
                 f"command again: it resumes from the last complete checkpoint")
     return None
 

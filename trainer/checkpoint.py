@@ -35,7 +35,7 @@ from model.io import (  # noqa: F401 - the read side lives in model.io (re-expor
     read_card,
     resolve_full,
 )
-from world.io import atomic_write_text, fsync_dir  # noqa: F401 - re-exported
+from world.io import atomic_write_text, fsync_dir, write_failure  # noqa: F401 - re-exported
 
 
 def rng_state() -> dict[str, Any]:
@@ -114,24 +114,10 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str,
 
 
 def _write_failure(e: BaseException, root: Path, step: int) -> str:
-    """Why a checkpoint could not be written, in words (torch and safetensors report a full disk
-    as "iostream error" or "enforce fail at inline_container.cc"), and what to do."""
-    import errno
-
-    try:
-        free = shutil.disk_usage(root if root.exists() else root.parent).free
-    except OSError:
-        free = None
+    """Why a checkpoint could not be written, in words, and what to do."""
     last = latest_checkpoint(root.parent)
     resume = f"it resumes from {last.name}" if last is not None else "it starts again from step 0"
-    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) \
-        or (free is not None and free < 64 << 20)
-    if full:
-        reason = f"No space left on device ({0 if free is None else free >> 20} MiB free in {root})"
-    elif getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM):
-        reason = f"{e.strerror} ({root} is not writable)"  # type: ignore[attr-defined]
-    else:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    _kind, reason = write_failure(e, root, full_below=64 << 20)
     return (f"could not write checkpoint step {step} to {root}: {reason}; the earlier checkpoints are intact: "
             f"fix that and run the same command again ({resume})")
 

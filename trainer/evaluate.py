@@ -251,9 +251,7 @@ def _masked_psnr_at(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> list[flo
     return out
 
 
-def _player_stats(frames: np.ndarray, real_pos: np.ndarray) -> tuple[list[float], list[float | None]]:
-    from world.adventure import find_player
-
+def _player_stats(frames: np.ndarray, real_pos: np.ndarray, find_player) -> tuple[list[float], list[float | None]]:
     found_at, err_at = [], []
     for h in range(frames.shape[1]):
         found, errs = 0, []
@@ -268,10 +266,9 @@ def _player_stats(frames: np.ndarray, real_pos: np.ndarray) -> tuple[list[float]
     return found_at, err_at
 
 
-def creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]]) -> tuple[list[int], list[int]]:
+def creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]], find_creatures
+                   ) -> tuple[list[int], list[int]]:
     """Per horizon: (creatures found in ``frames`` at the real positions, creatures visible in the real frame)."""
-    from world.adventure import find_creatures
-
     found_at, vis_at = [], []
     for h in range(frames.shape[1]):
         found = vis = 0
@@ -340,22 +337,26 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         r["seen_fraction_16"] = float(seen[:, :h16].mean())
     else:
         r["seen_psnr_at"] = r["seen_psnr_mean_16"] = r["copy_last_seen_psnr_mean_16"] = None
-    if world == "adventure":
-        found, err = _player_stats(gen, real.player[:, C:C + Hn])
+    from world import creature_finder, player_finder
+
+    find_player, find_creatures = player_finder(world), creature_finder(world)
+    if find_player is not None and real.player is not None:
+        found, err = _player_stats(gen, real.player[:, C:C + Hn], find_player)
         r["player_found_at"], r["player_pos_err_at"] = found, err
         r["player_found_16"] = float(np.mean(found[:h16]))
         r["player_pos_err_16"] = _mean(err[:h16])
-        ae_found, _ = _player_stats(recon[:, :h16], real.player[:, C:C + h16])
+        ae_found, _ = _player_stats(recon[:, :h16], real.player[:, C:C + h16], find_player)
         r["ae_player_found"] = float(np.mean(ae_found))
     else:
         r["player_found_16"] = r["player_pos_err_16"] = r["ae_player_found"] = None
-    if world == "adventure" and real.creatures:
+    if find_creatures is not None and real.creatures:
         # the moving creatures: the share of the real ones (from the world's state) drawn at their true
         # position in the generated frame, per horizon, and over the first 8 steps
-        found_at, vis_at = creature_stats(gen, [ep[C:C + Hn] for ep in real.creatures])
+        found_at, vis_at = creature_stats(gen, [ep[C:C + Hn] for ep in real.creatures], find_creatures)
         r["creatures_found_at"] = [None if v == 0 else f / v for f, v in zip(found_at, vis_at)]
         r["creatures_found_8"] = float(sum(found_at[:8]) / sum(vis_at[:8])) if sum(vis_at[:8]) else None
-        ae_f, ae_v = creature_stats(recon[:, :min(8, Hn)], [ep[C:C + min(8, Hn)] for ep in real.creatures])
+        ae_f, ae_v = creature_stats(recon[:, :min(8, Hn)], [ep[C:C + min(8, Hn)] for ep in real.creatures],
+                                    find_creatures)
         r["ae_creatures_found_8"] = float(sum(ae_f) / sum(ae_v)) if sum(ae_v) else None
     else:
         r["creatures_found_at"], r["creatures_found_8"], r["ae_creatures_found_8"] = None, None, None

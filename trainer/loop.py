@@ -96,7 +96,9 @@ class Stage(Protocol):
     def data_state(self) -> dict[str, Any]: ...
     def load_data_state(self, state: dict[str, Any]) -> None: ...
     def tokens_per_sample(self) -> int: ...
-    # optional: parallelize(par: Parallel) wraps the stage's own trained/following modules;
+    # optional: critic_step(model, batch, step) -> batch steps a second network's own optimizer
+    # before each loss (DMD's fake score) and returns the batch the loss takes;
+    # parallelize(par: Parallel) wraps the stage's own trained/following modules;
     # fsdp_blocks = False shards the trained module as one FSDP unit (a module called several
     # times per forward, e.g. a self-rollout)
 
@@ -366,7 +368,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
 
         bar = tqdm(total=cfg.steps, initial=step, desc=stage.name, dynamic_ncols=True,
                    disable=os.environ.get("DREAMSTEP_NO_BAR") == "1")
-    window_t, window_n, samples_seen = time.time(), 0, 0
+    window_t, window_n = time.time(), 0
     last_metrics: dict[str, float] = {}
     stop = _StopRequest(piece_minutes)
     try:
@@ -376,6 +378,9 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                 g["lr"] = lr_at(step, cfg)
             batch = stage.next_batch(per_rank, info)
             with autocast(info.device, precision):
+                critic_step = getattr(stage, "critic_step", None)
+                if critic_step is not None:  # e.g. DMD's fake score: its own optimizer steps, before the loss
+                    batch = critic_step(train_module, batch, step)
                 loss, metrics = stage.loss(train_module, batch, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{stage.name}] loss became {loss.item()} at step {step}; "
@@ -395,7 +400,6 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                 after(model)
             step += 1
             window_n += 1
-            samples_seen += cfg.batch_size
             if step % cfg.log_every == 0 or step == cfg.steps:
                 loss_avg = all_reduce_mean(loss.detach().float(), info).item()
                 dt = time.time() - window_t

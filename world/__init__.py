@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from world.core import (
@@ -31,6 +32,28 @@ GYM_PREFIX = "gym:"
 
 def list_worlds() -> list[str]:
     return sorted(BUILTIN_WORLDS)
+
+
+def world_class(name: str) -> type[World] | None:
+    """The World class of a built-in world (imported, not built), or None for another name."""
+    if name not in BUILTIN_WORLDS:
+        return None
+    import importlib
+
+    module_name, cls_name = BUILTIN_WORLDS[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def player_finder(name: str) -> Callable[..., tuple[float, float] | None] | None:
+    """The world's ``find_player`` (see :class:`world.core.World`), or None."""
+    cls = world_class(name)
+    return None if cls is None else cls.find_player
+
+
+def creature_finder(name: str) -> Callable[..., Any] | None:
+    """The world's ``find_creatures`` (see :class:`world.core.World`), or None."""
+    cls = world_class(name)
+    return None if cls is None else cls.find_creatures
 
 
 def make_world(name: str, **settings: Any) -> World:

@@ -671,3 +671,8 @@ def find_player(frame: np.ndarray, tol: float = 60.0, min_pixels: int = 4) -> tu
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     h = (y1 - y0) / 3.0 * 8.0  # sprite height from the tunic's 3 rows
     return (float((x0 + x1) / 2), float((y0 + y1) / 2 - (5.5 / 8.0 - 0.5) * h))
+
+
+# the adventure's evaluation capabilities (world.core.World.find_player / find_creatures)
+AdventureWorld.find_player = staticmethod(find_player)
+AdventureWorld.find_creatures = staticmethod(find_creatures)

@@ -25,6 +25,7 @@ import abc
 import dataclasses
 import numbers
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -104,6 +105,11 @@ class World(abc.ABC):
     name: ClassVar[str] = "world"
     #: whether get_state/set_state are exact
     supports_state: ClassVar[bool] = False
+    #: evaluation capabilities of a world whose frames can be read back (None: it has none):
+    #: ``find_player(frame) -> (x, y) | None``, the player's position in a (real or generated) frame;
+    #: ``find_creatures(frame, positions) -> bool array``, which of the creatures at ``positions`` are drawn
+    find_player: ClassVar[Callable[..., tuple[float, float] | None] | None] = None
+    find_creatures: ClassVar[Callable[..., np.ndarray] | None] = None
 
     action_names: tuple[str, ...] = ("NOOP",)
     #: steps per second of game time (the play window's default speed)

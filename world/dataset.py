@@ -94,7 +94,7 @@ def _require_dataset(root: Path) -> Path:
     meta = root / DATA / METADATA
     if not meta.is_file():
         raise DatasetError(
-            f"no dataset at {str(root)!r} (expected {meta}); record one with "
+            f"no dataset at {str(root.resolve())!r} (expected {meta.resolve()}); record one with "
             f"`python -m world.record --world adventure --policy explorer --out {root}`"
         )
     return meta

@@ -3,14 +3,17 @@
 - :func:`atomic_write_text` / :func:`atomic_write_json`: readers see the old file or the new one,
   never half of one (temporary file, fsync, ``os.replace``, fsync of the folder);
 - :func:`git_commit`: the commit of this checkout, for the provenance of reports, cards and datasets;
+- :func:`write_failure`: why a write failed, in words (a full disk, a read-only folder, ...);
 - :func:`parse_key_values`: ``key=value`` command-line items (``--set``, ``--setting``), values read
   as YAML scalars (``2`` int, ``0.5`` float, ``room`` str).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -98,3 +101,29 @@ def parse_key_values(items: Iterable[str], what: str, example: str = "key=value"
         else:
             out[key.strip()] = value
     return out
+
+
+# what an OSError's errno means for a write, in words
+_WRITE_ERRNO = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.ENOTDIR: "a file stands where a folder should be",
+                errno.EEXIST: "a file stands where a folder should be"}
+
+
+def write_failure(e: BaseException, where: str | Path, full_below: int = 1 << 20) -> tuple[str, str]:
+    """Why writing into ``where`` failed: (kind, reason in words). ``kind`` is "full" (no space left: the
+    error says so, or under ``full_below`` bytes are free there; torch and safetensors report a full
+    disk only as an I/O error), "denied" (read-only or not permitted, a file where a folder should
+    be) or "other" (the error's first line)."""
+    where = Path(where)
+    try:
+        free: int | None = shutil.disk_usage(where if where.exists() else where.parent).free
+    except OSError:
+        free = None
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) or (free is not None and free < full_below):
+        shown = "?" if free is None else (f"{free >> 20} MiB" if free >= 1 << 20 else f"{free >> 10} KiB")
+        return "full", f"No space left on device ({shown} free in {where})"
+    if code in _WRITE_ERRNO:
+        return "denied", f"{_WRITE_ERRNO[code]} ({getattr(e, 'filename', None) or where})"
+    text = str(e).strip()
+    return "other", text.splitlines()[0][:300] if text else type(e).__name__

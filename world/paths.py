@@ -22,10 +22,10 @@ def ensure_writable(path: str | Path, what: str) -> Path:
     """Check, before any work, that the file ``path`` can be written: its folder exists or can be made,
     and a file can be created in it. Raises :class:`world.core.OutputError` naming the path and what
     to do (a read-only folder, a full disk, a file where a folder should be)."""
-    import errno
     import os
 
     from world.core import OutputError
+    from world.io import write_failure
 
     path = Path(path)
     folder = path.parent
@@ -35,10 +35,6 @@ def ensure_writable(path: str | Path, what: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        why = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.ENOSPC: "no space left on device",
-               errno.ENOTDIR: "a file stands where a folder should be",
-               errno.EEXIST: "a file stands where a folder should be"}.get(e.errno or 0, e.strerror or str(e))
-        raise OutputError(f"cannot write {what} {str(path)!r}: {why} ({e.filename or folder}); "
-                          f"choose a writable folder") from None
+        _kind, why = write_failure(e, folder, full_below=0)
+        raise OutputError(f"cannot write {what} {str(path)!r}: {why}; choose a writable folder") from None
     return path

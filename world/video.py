@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from world.io import write_failure
 
 
 class VideoError(RuntimeError):
@@ -93,25 +93,15 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 15.0,
     return count
 
 
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
-
-
 def _why(e: BaseException, path: Path) -> str:
     """A one-line reason for a failed video write that names the file and what to do."""
-    text = f"{e}"
-    free = _free_bytes(path.parent)
-    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or (free is not None and free < 1 << 20):
-        return (f"could not write the video {str(path)!r}: No space left on device "
-                f"({0 if free is None else free // 1024} KiB free); free some space or choose another --out "
-                f"(any earlier file there is unchanged)")
-    if getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return f"could not write the video {str(path)!r}: {e.strerror}; choose a writable --out"
-    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
-    return f"could not write the video {str(path)!r}: {first} (any earlier file there is unchanged)"
+    kind, reason = write_failure(e, path.parent)
+    if kind == "full":
+        return f"could not write the video {str(path)!r}: {reason}; free some space or choose another --out " \
+               f"(any earlier file there is unchanged)"
+    if kind == "denied":
+        return f"could not write the video {str(path)!r}: {reason}; choose a writable --out"
+    return f"could not write the video {str(path)!r}: {reason} (any earlier file there is unchanged)"
 
 
 def _check_playable(tmp: Path, path: Path) -> None:

@@ -3,8 +3,9 @@
 Loss: L1 + L2 + an image-gradient term (keeps edges sharp), each pixel weighted up where
 the frame differs from the previous one (edges under a moving camera, and every moving
 object), so that what moves is not averaged away. Evaluation on held-out episodes:
-PSNR (the `ae_ceiling_psnr` of docs/EVALUATION.md section 3.2), sharpness ratio and, for the adventure
-world, the share of reconstructions in which the player is found where it really is.
+PSNR (the `ae_ceiling_psnr` of docs/EVALUATION.md section 3.2), sharpness ratio and, for a world
+that can find its player in a frame (``player_finder``: the adventure), the share of
+reconstructions in which the player is found where it really is.
 """
 
 from __future__ import annotations
@@ -216,9 +217,10 @@ def reconstruct(ae: nn.Module, frames: np.ndarray, precision: str = "auto", batc
 def evaluate_autoencoder(ae: nn.Module, frames: np.ndarray, world: str, precision: str = "auto") -> dict[str, float]:
     rec = reconstruct(ae, frames, precision)
     res = {"psnr": float(psnr_batch(rec, frames).mean()), "sharpness_ratio": sharpness_ratio(rec, frames)}
-    if world == "adventure":
-        from world.adventure import find_player
+    from world import player_finder
 
+    find_player = player_finder(world)
+    if find_player is not None:  # the share of reconstructions with the player where it really is
         found = 0
         total = 0
         for r, f in zip(rec, frames):
@@ -230,5 +232,3 @@ def evaluate_autoencoder(ae: nn.Module, frames: np.ndarray, world: str, precisio
             found += p is not None and np.hypot(p[0] - p_real[0], p[1] - p_real[1]) <= 2.0
         res["player_found"] = found / max(total, 1)
     return res
-
-

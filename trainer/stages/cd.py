@@ -21,19 +21,16 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from model import flow
 from model.distill import cd_timestep_pair, consistency_loss, ema_update, teacher_cfg_euler_step
 from model.precision import frozen_for_autocast
-from model.transformer import FrameTransformer, TransformerConfig
-from trainer.config import from_dict
 from trainer.distributed import DistInfo
-from trainer.loop import TrainConfig, autocast
+from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.teacher import ClipData, TeacherForcing
+from trainer.stages.common import Student, few_step_eval
 
 
 @dataclass
@@ -61,55 +58,6 @@ class CDExperiment:
 
     def __post_init__(self) -> None:
         self.eval_steps = tuple(self.eval_steps)
-
-
-def load_teacher(path: str) -> tuple[FrameTransformer, dict[str, Any]]:
-    from trainer.models import load_world_model
-
-    net, cfg, _ = load_world_model(path)
-    return net, cfg
-
-
-@dataclass
-class Student:
-    """What every distillation stage starts from: the frozen teacher, its config and shift, the
-    student's model config (the teacher's, with an optional block size), the clip data, and a
-    student initialised from the teacher."""
-    teacher: nn.Module            # frozen, teacher-forcing wrapper
-    teacher_config: dict[str, Any]
-    shift: float
-    model_cfg: TransformerConfig
-    data: ClipData
-    student: nn.Module            # trainable, teacher-forcing wrapper
-
-    @classmethod
-    def from_teacher(cls, teacher_path: str, shift: float, block_frames: int, data: DataConfig, frames: int,
-                     cache_dir: str, eval_windows: int, seed: int) -> Student:
-        teacher, tcfg = load_teacher(teacher_path)
-        shift = shift or float(tcfg.get("loss", {}).get("shift", 3.0))
-        model_cfg = dict(tcfg["model"])
-        if block_frames:
-            model_cfg["block_frames"] = block_frames
-        mcfg = from_dict(TransformerConfig, model_cfg, "student model")
-        clips = ClipData(tcfg["autoencoder"], data, frames, cache_dir, mcfg, eval_windows, seed)
-        student = FrameTransformer(mcfg)
-        student.load_from(teacher)
-        return cls(TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
-                   TeacherForcing(student))
-
-    def world_config(self, sampler: dict[str, Any]) -> dict[str, Any]:
-        return distilled_world_config(self.model_cfg, self.teacher_config, self.shift, sampler)
-
-
-def distilled_world_config(model_cfg: TransformerConfig, teacher_config: dict[str, Any], shift: float,
-                           sampler: dict[str, Any]) -> dict[str, Any]:
-    """The config keys that make a distilled run's checkpoints load like a teacher's (evaluation,
-    the dream, export): its model, the teacher's autoencoder and world, its few-step sampler."""
-    import dataclasses
-
-    return {"model": dataclasses.asdict(model_cfg), "autoencoder": teacher_config["autoencoder"],
-            "loss": {"shift": shift}, "world_settings": teacher_config.get("world_settings", {}),
-            "sampler": {"kind": "consistency", **sampler}}
 
 
 class CDStage:
@@ -144,29 +92,36 @@ class CDStage:
         return self.data.next_batch(batch_size, info)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """One causal CD step on a ground-truth clip (the numbered steps of the module docstring)."""
         x0, actions = batch
         B, F = x0.shape[:2]
         dev = x0.device
         self.teacher.to(dev)
         frozen_for_autocast(self.teacher)  # bf16 training: the frozen teacher cast once, not per call
         self.target.to(dev)
+        # 1. adjacent points n, n+1 of the shifted grid, one sigma for every frame of a clip
         _, s_n, s_next = cd_timestep_pair(B, self.cfg.loss.n_points, self.shift, self.gen)
         sigma = s_n.to(dev)[:, None].expand(B, F)
         sigma_next = s_next.to(dev)[:, None].expand(B, F)
+        # 2. x_t = (1 - sigma_n) x0 + sigma_n eps
         eps = torch.randn(x0.shape, generator=self.gen).to(dev)
         x_t = flow.add_noise(x0, eps, sigma)
-        zeros = torch.zeros(B, F, device=dev)
+        zeros = torch.zeros(B, F, device=dev)  # the clean history's sigma (teacher forcing)
         with torch.no_grad():
+            # 3. the teacher's guided Euler step sigma_n -> sigma_{n+1}: x_t'
             v_c = self.teacher(x0, x_t, sigma, actions, zeros).float()
             v_u = None
             if self.cfg.loss.cfg != 1.0:
                 null = torch.full_like(actions, self.model_cfg.null_action)
                 v_u = self.teacher(x0, x_t, sigma, null, zeros).float()
             x_next = teacher_cfg_euler_step(x_t, v_c, v_u, sigma, sigma_next, self.cfg.loss.cfg)
+            # 5. the target's x0 at (x_t', sigma_{n+1})
             x0_target = flow.x0_from_v(x_next, sigma_next, self.target(x0, x_next, sigma_next, actions, zeros).float())
+        # 4. the student's x0 at (x_t, sigma_n)
         x0_student = flow.x0_from_v(x_t, sigma, model(x0, x_t, sigma, actions, zeros).float())
         self.teacher_nfe += B * (1 if v_u is None else 2)
         self.samples += B
+        # 6. MSE between the two in x0 space (the target's EMA update is after_step)
         loss = consistency_loss(x0_student, x0_target)
         return loss, {"teacher_nfe": float(self.teacher_nfe), "teacher_nfe_per_sample":
                       float(self.teacher_nfe / max(self.samples, 1))}
@@ -196,32 +151,3 @@ class CDStage:
         self.teacher_nfe = int(state["teacher_nfe"])
         self.samples = int(state["samples"])
 
-
-@torch.no_grad()
-def few_step_eval(model: nn.Module, data: ClipData, steps_list: tuple[int, ...], shift: float,
-                  precision: str) -> dict[str, float]:
-    """Held-out x0 error of k-step consistency sampling, teacher-forced on the true history
-    (every frame at once): what the student gets right per frame before rollout drift."""
-    if not len(data.eval_windows):
-        return {}
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out: dict[str, list[float]] = {f"x0_mse_{k}step": [] for k in steps_list}
-    for i in range(0, len(data.eval_windows), 16):
-        x0, a = data.clips(data.eval_windows[i:i + 16], dev)
-        B, F = x0.shape[:2]
-        zeros = torch.zeros(B, F, device=dev)
-        for k in steps_list:
-            gen = torch.Generator().manual_seed(1234 + i)
-
-            def v(x: torch.Tensor, sigma: torch.Tensor, acts: torch.Tensor, clean: torch.Tensor = x0,
-                  zs: torch.Tensor = zeros) -> torch.Tensor:
-                with autocast(dev, precision):
-                    return model(clean, x, sigma, acts, zs).float()
-
-            noise = torch.randn(x0.shape, generator=gen).to(dev)
-            pred = flow.sample_consistency(v, noise, a, flow.step_list(k, shift), gen)
-            out[f"x0_mse_{k}step"].append(float((pred - x0).pow(2).mean()))
-    model.train(was)
-    return {key: float(np.mean(vals)) for key, vals in out.items()}

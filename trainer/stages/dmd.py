@@ -10,25 +10,31 @@ The real score is the frozen AR teacher (teacher-forced on the generated clip, C
 actions); the fake score is a copy trained online with the flow-matching loss on generator
 outputs, ``critic_updates`` updates per generator update (its weights and optimizer are in
 the checkpoint). The generator's EMA (``train.ema_decay``) is the inference model.
+
+One training step, in the loop's order: ``critic_step`` (the self-rollout, then the fake
+score's own optimizer steps on it; the loop calls it before the loss), ``loss`` (the
+distribution-matching loss of the rollout against both scores), then the loop's backward and
+optimizer step of the generator.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from model import flow
 from model.distill import dmd_gradient, dmd_loss, dmd_sigma
+from model.rollout import Session
 from model.transformer import FrameTransformer, KVCache, TransformerConfig
 from trainer.config import from_dict
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.cd import distilled_world_config, few_step_eval, load_teacher
+from trainer.stages.common import distilled_world_config, few_step_eval, load_teacher, teacher_shift
 from trainer.stages.teacher import (
     ClipData,
     TeacherForcing,
@@ -72,44 +78,68 @@ class DMDExperiment:
 def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Tensor, steps: int,
                  first_steps: int, shift: float, exit_step: int, gen: torch.Generator) -> torch.Tensor:
     """Generate frames ``context.shape[1]..F-1`` of a clip as at inference; only the exit step of
-    each block carries grad. Returns the generated clean latents (B, F - C, ...)."""
+    each block carries grad. Returns the generated clean latents (B, F - C, ...).
+
+    The KV cache is kept as at inference, by a :class:`~model.rollout.Session`: ``prime`` writes
+    the real context, ``write`` each finished block at sigma = 0 (both without grad). Each block
+    is sampled by :func:`exit_step_sample`, not by ``Session.generate`` (see there why)."""
     B, C = context.shape[:2]
     F = actions.shape[1]
     K = net.cfg.block_frames
     dev = context.device
-    cache = KVCache(net.cfg)
-    with torch.no_grad():
-        net(context, torch.zeros(B, C, device=dev), actions[:, :C], torch.arange(C),
-            torch.ones(C, dtype=torch.bool), cache=cache, write_cache=True)
-    outs = []
-    t = C
-    first = True
-    while t < F:
-        k = min(K, F - t)
-        times = torch.arange(t, t + k)
-        noisy = torch.zeros(k, dtype=torch.bool)
-        sigmas = flow.step_list(first_steps if first and first_steps else steps, shift)
-        exit_at = min(exit_step, len(sigmas) - 1)
-        x = torch.randn((B, k, *context.shape[2:]), generator=gen).to(dev)
-        a = actions[:, t:t + k]
-        x0 = x
-        for i, s in enumerate(sigmas):
-            sig = torch.full((B, k), float(s), device=dev)
-            if i < exit_at:
-                with torch.no_grad():
-                    x0 = flow.x0_from_v(x, sig, net(x, sig, a, times, noisy, cache=cache).float())
-                eps = torch.randn(x0.shape, generator=gen).to(dev)
-                x = flow.add_noise(x0, eps, torch.full((B, k), float(sigmas[i + 1]), device=dev))
-            else:
-                x0 = flow.x0_from_v(x, sig, net(x, sig, a, times, noisy, cache=cache).float())
-                break
+    session = Session(net, B, dev, cache="dynamic")
+    session.prime(context, actions[:, :C])
+    outs: list[torch.Tensor] = []
+    while session.t < F:
+        k = min(K, F - session.t)
+        times = torch.arange(session.t, session.t + k)
+        a = actions[:, session.t:session.t + k]
+        sigmas = flow.step_list(first_steps if not outs and first_steps else steps, shift)
+        noise = torch.randn((B, k, *context.shape[2:]), generator=gen).to(dev)
+        x0 = exit_step_sample(net, session.cache, noise, a, times, sigmas, exit_step, gen)
         outs.append(x0)
-        with torch.no_grad():
-            net(x0.detach(), torch.zeros(B, k, device=dev), a, times, torch.ones(k, dtype=torch.bool),
-                cache=cache, write_cache=True)
-        t += k
-        first = False
+        session.write(x0.detach(), a)
     return torch.cat(outs, 1)
+
+
+def exit_step_sample(net: FrameTransformer, cache: KVCache, noise: torch.Tensor, actions: torch.Tensor,
+                     times: torch.Tensor, sigmas: list[float], exit_step: int, gen: torch.Generator) -> torch.Tensor:
+    """The few-step consistency sampler of one block (the steps of ``flow.sample_consistency``:
+    predict x0 at each sigma, re-noise it with fresh noise to the next), attending to ``cache``
+    and stopped at the exit step (clamped to the step list): the steps before it run without
+    grad; the exit step's x0 prediction carries grad and is the block's output; later steps are
+    skipped.
+
+    Not ``Session.generate`` / ``flow.sample_consistency``: those run every step, without grad,
+    and draw the re-noising noise on the model's device. Here it is drawn on the host from
+    ``gen`` (the stage's CPU generator, saved in its resumable state) and then moved, as the
+    block's initial noise is."""
+    B, k = noise.shape[:2]
+    dev = noise.device
+    noisy = torch.zeros(k, dtype=torch.bool)
+    exit_at = min(exit_step, len(sigmas) - 1)
+    x = x0 = noise
+    for i, s in enumerate(sigmas):
+        sig = torch.full((B, k), float(s), device=dev)
+        if i < exit_at:
+            with torch.no_grad():
+                x0 = flow.x0_from_v(x, sig, net(x, sig, actions, times, noisy, cache=cache).float())
+            eps = torch.randn(x0.shape, generator=gen).to(dev)
+            x = flow.add_noise(x0, eps, torch.full((B, k), float(sigmas[i + 1]), device=dev))
+        else:
+            x0 = flow.x0_from_v(x, sig, net(x, sig, actions, times, noisy, cache=cache).float())
+            break
+    return x0
+
+
+class SelfRollout(NamedTuple):
+    """A DMD step's batch after :meth:`DMDStage.critic_step`: the real clip and its actions, the
+    generated frames (with the exit step's grad), the exit step, and the critic's mean loss."""
+    x0: torch.Tensor
+    actions: torch.Tensor
+    generated: torch.Tensor
+    exit_step: int
+    fake_loss: float
 
 
 class GeneratorModule(TeacherForcing):
@@ -131,7 +161,7 @@ class DMDStage:
         teacher, tcfg = load_teacher(cfg.teacher)
         generator, gcfg = load_teacher(cfg.generator)
         self.teacher_config = tcfg
-        self.shift = cfg.dmd.shift or float(tcfg.get("loss", {}).get("shift", 3.0))
+        self.shift = teacher_shift(tcfg, cfg.dmd.shift)
         self.model_cfg = from_dict(TransformerConfig, dict(gcfg["model"]), "generator model")
         if cfg.dmd.context < 1 or cfg.dmd.context % self.model_cfg.block_frames or cfg.dmd.context >= cfg.frames:
             raise ValueError(f"dmd.context={cfg.dmd.context} must be >= 1, a multiple of the generator's block size "
@@ -169,15 +199,16 @@ class DMDStage:
     def _clip(self, x0: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         return torch.cat([x0[:, :self.cfg.dmd.context], generated], 1)
 
-    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def critic_step(self, model: nn.Module, batch: Any, step: int) -> SelfRollout:
+        """Before the generator's loss (the loop calls it): roll the generator out once (its exit
+        step's graph kept for :meth:`loss`), then take the fake score's ``critic_updates`` optimizer
+        steps (its own AdamW) on that rollout, so that it learns the generator's current
+        distribution (flow matching). Returns the batch :meth:`loss` is computed on."""
         x0, actions = batch
-        B, F = x0.shape[:2]
         C = self.cfg.dmd.context
-        dev = x0.device
         exit_step = int(torch.randint(0, max(self.cfg.dmd.steps, 1), (1,), generator=self.gen))
         g = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
                            exit_step, self.gen))
-        # critic: the fake score learns the generator's current distribution (flow matching)
         clip = self._clip(x0, g.detach())
         fake_losses = []
         for _ in range(self.cfg.dmd.critic_updates):
@@ -187,7 +218,19 @@ class DMDStage:
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
             self.fake_opt.step()
             fake_losses.append(float(fl.detach()))
-        # generator: distribution matching gradient on a noised generated clip
+        return SelfRollout(x0, actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1))
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's distribution-matching loss on the rollout of :meth:`critic_step` (``batch``),
+        the real score (the teacher) against the fake score, on the clip noised at one sigma."""
+        if not isinstance(batch, SelfRollout):
+            raise TypeError("DMDStage.loss takes the SelfRollout that critic_step returns for the batch "
+                            "(call stage.critic_step(model, batch, step) first, as trainer.loop.train does)")
+        x0, actions, g, exit_step, fake_loss = batch
+        B, F = x0.shape[:2]
+        C = self.cfg.dmd.context
+        dev = x0.device
+        clip = self._clip(x0, g.detach())
         s = dmd_sigma(B, self.shift, self.cfg.dmd.sigma_min, self.cfg.dmd.sigma_max, self.gen).to(dev)
         sigma = s[:, None].expand(B, F)
         eps = torch.randn(clip.shape, generator=self.gen).to(dev)
@@ -203,8 +246,7 @@ class DMDStage:
             x0_fake = flow.x0_from_v(noisy, sigma, self.fake(clip, noisy, sigma, actions, zeros).float())[:, C:]
             grad = dmd_gradient(g.detach(), x0_fake, x0_real)
         loss = dmd_loss(g, grad)
-        return loss, {"fake_loss": sum(fake_losses) / max(len(fake_losses), 1), "exit_step": float(exit_step),
-                      "dmd_grad_norm": float(grad.abs().mean())}
+        return loss, {"fake_loss": fake_loss, "exit_step": float(exit_step), "dmd_grad_norm": float(grad.abs().mean())}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:

@@ -30,7 +30,7 @@ from trainer.data import EpochSampler
 from trainer.distributed import DistInfo, main_first
 from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
-from trainer.stages.cd import Student, few_step_eval
+from trainer.stages.common import Student, few_step_eval
 from trainer.stages.teacher import ClipData
 
 
