@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks import BenchmarkError
+from benchmarks import BenchmarkError, command
 from model.io import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -412,15 +412,8 @@ def first_frame_ratio(v: dict[str, Any], batch: int = 1) -> list[str]:
             f"{'s' if batch > 1 else ''} at once: {r:.2f} x.", ""]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--variant", action="append", default=[], metavar="NAME=CHECKPOINT",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks import BenchmarkError
+from benchmarks import BenchmarkError, command
 from model import flow
 
 
@@ -174,15 +174,8 @@ def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None
     return out
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stage2", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--cd-run", default="runs/adventure_cd_frame", help="a causal CD run folder (every checkpoint)")

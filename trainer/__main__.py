@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     info = init_distributed(args.device)
+    from world.log import get_logger, setup_logging
+
+    setup_logging(info.rank)  # rank 0 speaks; the other ranks keep their warnings and errors
     clean = False
     try:
         if info.is_main and args.fresh:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
             moved = archive_run(cfg.run_dir)  # the earlier run is kept aside, never pruned or resumed
             if moved is not None:
-                print(f"[{cfg.stage}] --fresh: the earlier run in {cfg.run_dir} (checkpoints, metrics, config) was "
+                get_logger().info(f"[{cfg.stage}] --fresh: the earlier run in {cfg.run_dir} (checkpoints, metrics, config) was "
                       f"moved to {moved}; delete that folder when you no longer need it")
         if info.is_main:
             record_command(cfg.run_dir, argv, args.fresh)

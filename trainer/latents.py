@@ -11,6 +11,7 @@ import torch
 from model.autoencoder import Autoencoder
 from model.io import load_autoencoder, resolve_checkpoint  # noqa: F401 - re-exported for the trainer
 from trainer.data import dataset_fingerprint, load_episodes
+from world.log import get_logger
 
 
 class LatentCache:
@@ -74,5 +75,5 @@ class LatentCache:
         np.savez(tmp, latents=obj.latents, actions=obj.actions, effective=obj.effective, rewards=obj.rewards,
                  terminated=obj.terminated, offsets=obj.offsets)
         tmp.replace(path)
-        print(f"latent cache: {len(obj.latents)} frames of {obj.num_episodes} episodes -> {path}")
+        get_logger().info(f"latent cache: {len(obj.latents)} frames of {obj.num_episodes} episodes -> {path}")
         return obj

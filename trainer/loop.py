@@ -47,6 +47,7 @@ from trainer.parallel import (
     optimizer_state,
     save_sharded,
 )
+from world.log import get_logger
 
 
 @dataclass
@@ -168,7 +169,7 @@ def record_config_changes(run_dir: Path, stage: str, step: int, old: dict[str, A
     if changes:
         shown = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:8])
         more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-        print(f"[{stage}] resumed with a changed config: {shown}{more} (recorded in {run_dir / 'config_changes.jsonl'})")
+        get_logger().info(f"[{stage}] resumed with a changed config: {shown}{more} (recorded in {run_dir / 'config_changes.jsonl'})")
         with open(run_dir / "config_changes.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "changes": changes}, default=str) + "\n")
@@ -284,24 +285,22 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
         if _meta.get("final") and step >= cfg.steps:
             # a finished run is left as it is: no second final evaluation, and its last checkpoint keeps
             # the config it was trained under (a smaller train.steps must not overwrite it)
-            if info.is_main:
-                print(f"[{stage.name}] {ckpt} is the final checkpoint of a finished run (step {step}, "
-                      f"train.steps={cfg.steps}): nothing to do")
+            get_logger().info(f"[{stage.name}] {ckpt} is the final checkpoint of a finished run (step {step}, "
+                              f"train.steps={cfg.steps}): nothing to do")
             return {"stage": stage.name, "steps": step, "checkpoint": str(ckpt),
                     "wall_s_total": float(_meta.get("wall_s_total", 0.0)), "already_complete": True}
         if info.is_main:
-            print(f"[{stage.name}] resumed from {ckpt} at step {step}"
-                  f"{' (sharded state)' if sharded else ''}")
+            get_logger().info(f"[{stage.name}] resumed from {ckpt} at step {step}"
+                              f"{' (sharded state)' if sharded else ''}")
             record_config_changes(run_dir, stage.name, step, _meta.get("config") or {}, config_dict)
     if cfg.compile:
         train_module = torch.compile(train_module, mode=cfg.compile_mode, backend=cfg.compile_backend)
-        if info.is_main:
-            print(f"[{stage.name}] torch.compile: mode {cfg.compile_mode}, backend {cfg.compile_backend}")
+        get_logger().info(f"[{stage.name}] torch.compile: mode {cfg.compile_mode}, backend {cfg.compile_backend}")
     log = MetricsLog(run_dir, step, info.is_main)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2))
-        print(f"[{stage.name}] precision {precision} (train.precision={cfg.precision}; {probe(info.device).reason})")
+        get_logger().info(f"[{stage.name}] precision {precision} (train.precision={cfg.precision}; {probe(info.device).reason})")
     per_rank = cfg.batch_size // info.world_size
     if per_rank * info.world_size != cfg.batch_size:
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the number of processes "
@@ -435,9 +434,8 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
                         bar.close()
                     log.close()
                     wall = wall_before + (time.time() - t_start)
-                    if info.is_main:
-                        print(f"[{stage.name}] piece ended at step {step}/{cfg.steps} ({stop.reason}); wrote {path}; "
-                              f"run the same command to continue from it")
+                    get_logger().info(f"[{stage.name}] piece ended at step {step}/{cfg.steps} ({stop.reason}); "
+                                      f"wrote {path}; run the same command to continue from it")
                     return {"stage": stage.name, "steps": step, "checkpoint": str(path) if path else None,
                             "wall_s_total": wall, "stopped": stop.reason,
                             **{f"final_{k}": v for k, v in last_metrics.items()}}
@@ -455,8 +453,7 @@ def train(stage: Stage, cfg: TrainConfig, run_dir: str | Path, info: DistInfo,
     summary = {"stage": stage.name, "steps": step, "checkpoint": str(path) if path else None,
                "wall_s_total": wall, **{f"final_{k}": v for k, v in last_metrics.items()},
                **{f"eval_{k}": v for k, v in final_eval.items()}}
-    if info.is_main:
-        ev = ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items())
-        print(f"[{stage.name}] done: {step} steps in {wall / 60:.1f} min (total), "
-              f"loss {last_metrics.get('loss', float('nan')):.4f}{', ' + ev if ev else ''}; wrote {path}")
+    ev = ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items())
+    get_logger().info(f"[{stage.name}] done: {step} steps in {wall / 60:.1f} min (total), "
+                      f"loss {last_metrics.get('loss', float('nan')):.4f}{', ' + ev if ev else ''}; wrote {path}")
     return summary

@@ -23,6 +23,7 @@ from model.io import (  # noqa: F401 - loading lives in model.io (re-exported fo
     strip_prefix,
 )
 from model.transformer import FrameTransformer, TransformerConfig
+from world.log import get_logger
 
 
 def init_from(net: torch.nn.Module, path: str | Path, what: str) -> Path:
@@ -41,11 +42,11 @@ def init_from(net: torch.nn.Module, path: str | Path, what: str) -> Path:
                 net.load_from(src)
             except (ValueError, RuntimeError) as e:
                 raise CheckpointError(f"cannot initialise the {what} from {weights}: {e}") from None
-            print(f"[{what}] initialised from {weights} (window {src_cfg.window} -> {net.cfg.window}, "
+            get_logger().info(f"[{what}] initialised from {weights} (window {src_cfg.window} -> {net.cfg.window}, "
                   f"sink {src_cfg.sink} -> {net.cfg.sink})")
             return weights
     load_into(net, state, str(weights))
-    print(f"[{what}] initialised from {weights}")
+    get_logger().info(f"[{what}] initialised from {weights}")
     return weights
 
 

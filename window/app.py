@@ -572,7 +572,7 @@ def scripted_policy(name: str, world: World, seed: int) -> Policy:
     """The named scripted policy; the explorer falls back to random where it cannot run (and
     looks no steps ahead in a dream, where each look-ahead step would be a model forward)."""
     try:
-        if name == "explorer" and getattr(world, "name", "").startswith("dream"):
+        if name == "explorer" and world.is_dream:
             return make_policy(name, world, seed, lookahead=False)
         return make_policy(name, world, seed)
     except PolicyError:
@@ -617,7 +617,7 @@ class Session:
         self.frame, self.info = self.world.reset(seed=self.seed)
         if self.twin is not None:
             self.twin_frame, _ = self.twin.reset(seed=self.seed)
-            for _ in range(getattr(getattr(self.world, "settings", None), "context", 1) - 1):  # a dream's context
+            for _ in range(self.world.context_frames - 1):  # a dream's context
                 self.twin_frame = self.twin.step(0).frame
             self.twin_done = False
         self.scripted.reset(self.seed)
@@ -1002,16 +1002,13 @@ class PlayWindow:
 
     def _sampling_steps(self) -> None:
         world = self.session.world
-        sampler = getattr(world, "sampler", None)
-        if sampler is None:
+        now = world.sampling_steps
+        if now is None:
             self.notify("sampling steps: only a dream samples (play.py --world dream)")
             return
-        import dataclasses
-
-        now = sampler.steps
         nxt = next((k for k in DREAM_STEP_CHOICES if k > now), DREAM_STEP_CHOICES[0])
-        world.sampler = dataclasses.replace(sampler, steps=nxt)
-        self.notify(f"sampling steps: {nxt} ({sampler.kind})")
+        world.sampling_steps = nxt
+        self.notify(f"sampling steps: {world.sampler_summary}")
 
     def _save(self) -> None:
         self.notify("state saved" if self.session.save_state() else "this world cannot save its state")
@@ -1040,8 +1037,7 @@ class PlayWindow:
             "recorded_episodes": rec.episodes_saved if rec is not None else 0,
             "message": self.message if time.perf_counter() < self.message_until else "",
             "frame_ms": s.frame_ms, "latency_ms": self.latency_ms, "view": self.view,
-            "sampler": (f"{s.world.sampler.kind} {s.world.sampler.steps} steps"
-                        if getattr(s.world, "sampler", None) is not None else ""),
+            "sampler": s.world.sampler_summary,
             "psnr": s.psnr,
         }
 
@@ -1119,11 +1115,7 @@ def run_window(cfg: PlayConfig, ctx: Any) -> int:
 
 def dream_twin(world: World) -> World | None:
     """For a dream: its real game with the settings it learned (to play side by side)."""
-    if not getattr(world, "name", "").startswith("dream"):
-        return None
-    from world import make_world
-
-    return make_world(world.real_world_name, **world.real_settings)
+    return world.real_twin()
 
 
 # ---------------------------------------------------------------------- headless

@@ -163,6 +163,33 @@ class World(abc.ABC):
         """The info dict of the last reset/step."""
         return dict(self._last_info)
 
+    # ------------------------------------------------------------ what a dream adds (the play window's interface)
+    #: a world whose frames a world model generates (world.dream.DreamWorld)
+    is_dream: ClassVar[bool] = False
+
+    @property
+    def context_frames(self) -> int:
+        """Real frames an episode starts from (a dream's context; 1 for a real game)."""
+        return 1
+
+    def real_twin(self) -> World | None:
+        """For a dream: its real game with the settings it learned (to play side by side); else None."""
+        return None
+
+    @property
+    def sampling_steps(self) -> int | None:
+        """A dream's sampling steps per frame (None for a real game)."""
+        return None
+
+    @sampling_steps.setter
+    def sampling_steps(self, steps: int) -> None:
+        raise InvalidSettingError(f"{self.name} is not a dream: it has no sampling steps")
+
+    @property
+    def sampler_summary(self) -> str:
+        """A dream's sampler in words (e.g. "consistency 2 steps"); "" for a real game."""
+        return ""
+
     def describe(self) -> dict[str, Any]:
         """JSON-able description used in dataset metadata and reports."""
         return {

@@ -132,6 +132,30 @@ class DreamWorld(World):
     def heads(self):  # -> model.heads.RewardHeads | None
         return self.dreamer.heads
 
+    # ----------------------------------------------------------------- World's dream interface
+    is_dream = True
+
+    @property
+    def context_frames(self) -> int:
+        return self.settings.context
+
+    def real_twin(self) -> World:
+        from world import make_world
+
+        return make_world(self.real_world_name, **self.real_settings)
+
+    @property
+    def sampling_steps(self) -> int:
+        return self.sampler.steps
+
+    @sampling_steps.setter
+    def sampling_steps(self, steps: int) -> None:
+        self.sampler = dataclasses.replace(self.sampler, steps=int(steps))
+
+    @property
+    def sampler_summary(self) -> str:
+        return f"{self.sampler.kind} {self.sampler.steps} steps"
+
     def keymap(self):  # -> world.keymap.Keymap
         """The real game's keymap (a gym game's is built from its own action names)."""
         return self._real.keymap()

@@ -22,6 +22,7 @@ from trainer.data import EpochSampler, load_episodes, split_episodes
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig, autocast
 from trainer.metrics import psnr_batch, sharpness_ratio
+from world.log import get_logger
 
 
 @dataclass
@@ -130,7 +131,7 @@ class AutoencoderStage:
         if cfg.model.output == "palette":
             colors, covered = measure_palette(self.frames, cfg.model.palette_size)
             self.net.set_palette(torch.from_numpy(colors))
-            print(f"[autoencoder] palette of {cfg.model.palette_size} colours covers {100 * covered:.2f}% of pixels")
+            get_logger().info(f"[autoencoder] palette of {cfg.model.palette_size} colours covers {100 * covered:.2f}% of pixels")
         if cfg.init:
             from trainer.models import init_from
 

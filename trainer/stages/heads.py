@@ -23,6 +23,7 @@ from trainer.data import DataError, EpochSampler, split_episodes
 from trainer.distributed import DistInfo
 from trainer.latents import LatentCache, load_autoencoder
 from trainer.loop import TrainConfig
+from world.log import get_logger
 
 
 @dataclass
@@ -116,7 +117,7 @@ class HeadsStage:
         self.term_pos_weight = float(np.sqrt((len(cls) - pos) / pos)) if pos else 1.0
         self.sampler = EpochSampler(len(cls), cfg.train.seed)
         self.net = RewardHeads(cfg.model)
-        print(f"[heads] {len(cls)} training transitions; reward values {values} with counts "
+        get_logger().info(f"[heads] {len(cls)} training transitions; reward values {values} with counts "
               f"{counts.astype(int).tolist()}; {int(pos)} episode ends; {len(self.hold_set.cur)} held out")
 
     def model(self) -> nn.Module:

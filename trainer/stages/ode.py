@@ -32,6 +32,7 @@ from trainer.loop import TrainConfig
 from trainer.stages.autoencoder import DataConfig
 from trainer.stages.common import Student, few_step_eval
 from trainer.stages.teacher import ClipData
+from world.log import get_logger
 
 
 @dataclass
@@ -153,7 +154,7 @@ class ODEStage:
             if not (store / "trajectories.npz").is_file():
                 cost = generate_trajectories(st.teacher, self.data, cfg.ode, self.shift,
                                              self.model_cfg.null_action, store, cfg.train.seed)
-                print(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
+                get_logger().info(f"[ode] stored {cost['samples']} trajectories: {cost['teacher_nfe']} teacher forwards, "
                       f"{cost['wall_s']:.0f} s, {cost['bytes_stored'] / 1e6:.1f} MB -> {store}")
         self.cost = json.loads((store / "trajectories.json").read_text())
         with np.load(store / "trajectories.npz") as z:
