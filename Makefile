@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve external \
+.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
 	dataset-doom-heldout external-report variants compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -75,6 +75,12 @@ teacher-long: setup
 teacher-long-curve: setup
 	$(PY) -m trainer.curve --run runs/adventure_teacher_long --out benchmarks/results/teacher_long_curve.json \
 		--baseline assets/checkpoints/adventure_teacher.safetensors --log docs/TRAINING_LOG.md --watch 10
+
+# The RL benchmark (issue 26): PPO trained in the real game and in the dream with the same settings and
+# steps (assets/configs/rl.yaml), every agent scored in the real game on held-out seeds; the transfer
+# ratio and the equal-real-data comparison (needs the world model's datasets: make dataset-teacher dataset-lava).
+rl: setup
+	$(PY) -m benchmarks.rl --out benchmarks/results/rl.json
 
 # The external-game world model (ViZDoom "basic", frame_skip 2): the whole pipeline on this CPU,
 # then the shipped model's report on held-out recorded episodes (ViZDoom has no get_state).

@@ -1,0 +1,359 @@
+"""``python -m benchmarks.rl --out benchmarks/results/rl.json``: train in the dream, score in the real game.
+
+The same agent (Stable-Baselines3 PPO, CnnPolicy, the settings of ``assets/configs/rl.yaml``) is
+trained for the same number of env steps in two places, with several training seeds each:
+
+- **real**: the real game (``dreamstep/Adventure-v0``, a TimeLimit of ``train.episode_steps``);
+- **dream**: the dream only (:class:`agent_env.dream_vec.DreamVectorEnv`: rewards and episode ends
+  from the reward/termination heads, every episode started from a real frame).
+
+Every agent is then played in the real game on held-out seeds (``eval.seed_base`` and up, never
+recorded into a training dataset), beside a uniform random policy on the same seeds. The report
+gives mean returns with 95% bootstrap intervals (episodes resampled within each training seed,
+seeds resampled), the **transfer ratio** (dream - random) / (real - random) with its interval, the
+wall time of each setting, and a learning curve (real-game returns at ``eval.curve_points`` points
+of training). With ``equal_data``, a third setting gives a real-game agent only as many real steps
+as the world model and its heads were trained on (DIAMOND's comparison: the dream's agent saw no
+real step beyond those).
+
+``--quick`` runs the whole protocol at toy sizes (one seed, a few hundred steps): a check that it
+works, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import BenchmarkError, command
+
+CONFIG = Path(__file__).resolve().parent.parent / "assets" / "configs" / "rl.yaml"
+
+
+@dataclass
+class DreamSection:
+    checkpoint: str = "assets/checkpoints/adventure_cfpp_frame2.safetensors"
+    steps: int = 2
+    episode_steps: int = 128
+    heads: str = "auto"
+
+
+@dataclass
+class TrainSection:
+    timesteps: int = 80_000
+    envs: int = 8
+    episode_steps: int = 128
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass
+class PPOSection:
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    ent_coef: float = 0.01
+    gamma: float = 0.99
+
+
+@dataclass
+class EvalSection:
+    episodes: int = 64
+    episode_steps: int = 256
+    seed_base: int = 1_000_000
+    curve_points: int = 8
+    curve_episodes: int = 16
+
+
+@dataclass
+class RLConfig:
+    world: str = "adventure"
+    dream: DreamSection = field(default_factory=DreamSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    equal_data: bool = True
+
+
+def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
+    import yaml
+
+    from model.io import ConfigError, from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"RL config {path} not found (the shipped one is {CONFIG})")
+    try:
+        cfg = from_dict(RLConfig, yaml.safe_load(path.read_text()), str(path))
+    except ConfigError as e:
+        raise BenchmarkError(str(e)) from None
+    if quick:  # the protocol at toy sizes
+        cfg.train = TrainSection(timesteps=256, envs=2, episode_steps=32, seeds=[0])
+        cfg.ppo = PPOSection(n_steps=64, batch_size=64, n_epochs=1)
+        cfg.dream.episode_steps = 32
+        cfg.eval = EvalSection(episodes=4, episode_steps=32, seed_base=cfg.eval.seed_base, curve_points=2,
+                               curve_episodes=2)
+        cfg.equal_data = False
+    if cfg.eval.seed_base < 1_000_000:
+        raise BenchmarkError(f"eval.seed_base must be >= 1,000,000 (held-out seeds), got {cfg.eval.seed_base}")
+    return cfg
+
+
+# ------------------------------------------------------------------ envs and agents
+def real_vec_env(cfg: RLConfig, seed: int):
+    """SB3 vector env of the real game (``train.envs`` copies, TimeLimit ``train.episode_steps``)."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    import agent_env  # noqa: F401 - registers the dreamstep ids
+    from agent_env.env import env_id_for
+
+    env_id = env_id_for(cfg.world)
+
+    def make(i: int):
+        def thunk():
+            return gym.make(env_id, max_episode_steps=cfg.train.episode_steps)
+        return thunk
+
+    venv = DummyVecEnv([make(i) for i in range(cfg.train.envs)])
+    venv.seed(seed)
+    return venv
+
+
+def dream_vec_env(cfg: RLConfig):
+    from agent_env.dream_vec import DreamVectorEnv
+    from agent_env.ppo import sb3_vec_env
+
+    venv = DreamVectorEnv(cfg.train.envs, max_episode_steps=cfg.dream.episode_steps, autoreset_mode="SameStep",
+                          checkpoint=cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps,
+                          heads=cfg.dream.heads)
+    if venv.dreamer.heads is None:
+        raise BenchmarkError(f"the dream {cfg.dream.checkpoint} has no reward/termination heads: nothing to learn "
+                             f"from (train them with python -m trainer heads, or set dream.heads)")
+    return sb3_vec_env(venv)
+
+
+def scores(cfg: RLConfig, policy, episodes: int) -> list[float]:
+    """Real-game returns of ``policy(obs) -> action`` on the held-out seeds."""
+    from agent_env.ppo import real_returns
+
+    return real_returns(cfg.world, {}, policy, episodes, cfg.eval.episode_steps, cfg.eval.seed_base)
+
+
+def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> dict[str, Any]:
+    """Train one PPO agent in ``place`` ("real" or "dream"); its real-game scores, curve and wall time."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.manual_seed(seed)
+    env = real_vec_env(cfg, seed) if place == "real" else dream_vec_env(cfg)
+    if place == "dream":
+        env.seed(seed)
+    model = PPO("CnnPolicy", env, seed=seed, verbose=0, device="cpu", **asdict(cfg.ppo))
+    marks = sorted({int(round(timesteps * (k + 1) / cfg.eval.curve_points)) for k in range(cfg.eval.curve_points)})
+    curve: list[dict[str, float]] = []
+    eval_s = [0.0]
+
+    def act(obs: np.ndarray) -> int:
+        return int(model.predict(obs, deterministic=False)[0])
+
+    class Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            while marks and self.num_timesteps >= marks[0]:
+                t0 = time.perf_counter()
+                ret = scores(cfg, act, cfg.eval.curve_episodes)
+                eval_s[0] += time.perf_counter() - t0
+                curve.append({"timesteps": marks.pop(0), "real_return": float(np.mean(ret))})
+            return True
+
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=timesteps, callback=Curve())
+    wall = time.perf_counter() - t0 - eval_s[0]
+    env.close()
+    final = scores(cfg, act, cfg.eval.episodes)
+    return {"seed": seed, "timesteps": timesteps, "train_wall_s": round(wall, 1), "returns": final,
+            "mean": float(np.mean(final)), "curve": curve}
+
+
+# ------------------------------------------------------------------ statistics
+def _boot_means(per_seed: list[list[float]], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bootstrap means of a setting: seeds resampled, then episodes within each drawn seed."""
+    arr = [np.asarray(r, np.float64) for r in per_seed]
+    out = np.empty(n)
+    for b in range(n):
+        seeds = rng.integers(0, len(arr), len(arr))
+        out[b] = np.mean([arr[s][rng.integers(0, len(arr[s]), len(arr[s]))].mean() for s in seeds])
+    return out
+
+
+def summarize(per_seed: list[list[float]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    boots = _boot_means(per_seed, np.random.default_rng(seed), n_boot)
+    return {"mean": float(np.mean([np.mean(r) for r in per_seed])),
+            "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+
+
+def transfer_ratio(dream: list[list[float]], real: list[list[float]], random: list[float], n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """(dream - random) / (real - random), with a 95% bootstrap interval (all three resampled)."""
+    note = "(dream - random) / (real - random) of the mean real-game returns"
+    gap = np.mean([np.mean(v) for v in real]) - np.mean(random)
+    if abs(gap) < 1e-9:  # the real-game agent learned nothing over random: no ratio
+        return {"ratio": None, "ci95": [None, None], "note": note + "; undefined: real equals random"}
+    rng = np.random.default_rng(seed)
+    d, r = _boot_means(dream, rng, n_boot), _boot_means(real, rng, n_boot)
+    x = _boot_means([random], rng, n_boot)
+    ok = np.abs(r - x) > 1e-9
+    ratios = (d[ok] - x[ok]) / (r[ok] - x[ok])
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    point = (np.mean([np.mean(v) for v in dream]) - np.mean(random)) / gap
+    return {"ratio": float(point), "ci95": [float(lo), float(hi)], "note": note}
+
+
+# ------------------------------------------------------------------ equal real data
+def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
+    """The distinct real env steps the dream's world model, autoencoder and heads were trained on:
+    the union of the episodes (world, seed) of every dataset their cards name."""
+    from model.io import default_heads, resolve_full
+    from world.dataset import iter_episodes, read_metadata
+
+    _, card = resolve_full(checkpoint)
+    sources = {"world model": card, "autoencoder": resolve_full(card["autoencoder"])[1]}
+    teacher = card.get("teacher")
+    if teacher:
+        try:
+            sources["teacher"] = resolve_full(teacher)[1]
+        except Exception:  # noqa: BLE001 - a teacher that is not shipped: its data is named in the card
+            pass
+    heads = card.get("heads") or default_heads(card.get("world", "adventure"))
+    if heads:
+        sources["heads"] = resolve_full(heads)[1]
+    datasets = sorted({str((c.get("data") or {}).get("dataset")) for c in sources.values()
+                       if (c.get("data") or {}).get("dataset")})
+    missing = [d for d in datasets if not (Path(d) / "data" / "metadata.json").is_file()]
+    if missing:
+        raise BenchmarkError(f"the world model's training data {missing} is not here: regenerate it (make dataset, "
+                             f"make dataset-teacher, make dataset-lava) or set equal_data: false")
+    seen: dict[tuple[str, int], int] = {}
+    for d in datasets:
+        rec = read_metadata(d).get("recording", {})
+        key = str(rec.get("world")) + str(sorted((rec.get("settings") or {}).items()))
+        for ep in iter_episodes(d):
+            seen[(key, int(ep.seed if ep.seed is not None else -1))] = len(ep)
+    return {"datasets": datasets, "episodes": len(seen), "steps": int(sum(seen.values()))}
+
+
+# ------------------------------------------------------------------ the report
+def render_markdown(rep: dict[str, Any]) -> str:
+    s = rep["settings"]
+    lines = [f"# RL: trained in the dream, scored in the real game ({rep['world']})", "",
+             f"Command: `{rep['command']}`. PPO (Stable-Baselines3), {rep['config']['train']['timesteps']} env steps "
+             f"per agent, seeds {rep['config']['train']['seeds']}; real-game evaluation on "
+             f"{rep['config']['eval']['episodes']} held-out seeds from {rep['config']['eval']['seed_base']}, episodes "
+             f"of {rep['config']['eval']['episode_steps']} steps.", "",
+             "| setting | env steps | mean real return | 95% interval | training wall (s, all seeds) |", "|---|---|---|---|---|"]
+    for name, v in s.items():
+        lines.append(f"| {name} | {v.get('timesteps', '')} | {v['mean']:.3f} | [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | "
+                     f"{v.get('train_wall_s', '')} |")
+    t = rep["transfer"]
+    if t["ratio"] is None:
+        lines += ["", "**Transfer ratio**: undefined (the real-game agents score as random does)."]
+    else:
+        lines += ["", f"**Transfer ratio** (dream - random) / (real - random): **{t['ratio']:.2f}** "
+                  f"(95% interval [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}])."]
+    if rep.get("equal_data"):
+        e = rep["equal_data"]
+        lines += ["", f"Equal real data: the world model and heads were trained on {e['steps']} real steps "
+                  f"({e['episodes']} episodes of {', '.join(e['datasets'])}); the `real_equal_data` row is PPO given "
+                  "only those."]
+    return "\n".join(lines) + "\n"
+
+
+def render_curve(rep: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in rep["settings"].items():
+        for i, run in enumerate(v.get("runs", [])):
+            if run["curve"]:
+                xs = [p["timesteps"] for p in run["curve"]]
+                ax.plot(xs, [p["real_return"] for p in run["curve"]], color=f"C{list(rep['settings']).index(name)}",
+                        alpha=0.8, label=name if i == 0 else None)
+    ax.axhline(rep["settings"]["random"]["mean"], color="grey", ls="--", label="random")
+    ax.set_xlabel("env steps in the training place")
+    ax.set_ylabel("mean real-game return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rl", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="report JSON (a .md table and a learning-curve .png beside it)")
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--quick", action="store_true", help="the protocol at toy sizes (a check, not a measurement)")
+    p.add_argument("--only", choices=["real", "dream"], default=None, help="train only this setting")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    import torch
+
+    from world.io import atomic_write_json, atomic_write_text, git_commit
+    from world.paths import ensure_writable
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = load_rl_config(a.config, a.quick)
+    out = ensure_writable(a.out, "the report (--out)")
+    rep: dict[str, Any] = {"world": cfg.world, "config": asdict(cfg), "quick": a.quick, "git_commit": git_commit(),
+                           "command": "python -m benchmarks.rl " + " ".join(sys.argv[1:] if argv is None else argv),
+                           "settings": {}}
+    from world import make_world
+
+    probe = make_world(cfg.world)
+    n_act = probe.num_actions
+    probe.close()
+    rng = np.random.default_rng(0)
+    random = scores(cfg, lambda o: int(rng.integers(n_act)), cfg.eval.episodes)
+    rep["settings"]["random"] = {"mean": float(np.mean(random)), "ci95": summarize([random])["ci95"],
+                                 "returns": random}
+    places = ["real", "dream"] if a.only is None else [a.only]
+    jobs = [(pl, cfg.train.timesteps) for pl in places]
+    if cfg.equal_data and a.only is None:
+        eq = world_model_real_steps(cfg.dream.checkpoint)
+        rep["equal_data"] = eq
+        jobs.append(("real_equal_data", eq["steps"]))
+    for name, steps in jobs:
+        runs = []
+        for seed in cfg.train.seeds:
+            t0 = time.perf_counter()
+            run = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
+            runs.append(run)
+            print(f"[rl] {name} seed {seed}: mean real return {run['mean']:.3f} (random {np.mean(random):.3f}); "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        rep["settings"][name] = {"timesteps": steps, **summarize([r["returns"] for r in runs]),
+                                 "train_wall_s": round(sum(r["train_wall_s"] for r in runs), 1), "runs": runs}
+    if "real" in rep["settings"] and "dream" in rep["settings"]:
+        rep["transfer"] = transfer_ratio([r["returns"] for r in rep["settings"]["dream"]["runs"]],
+                                         [r["returns"] for r in rep["settings"]["real"]["runs"]], random)
+    atomic_write_json(out, rep, indent=1)
+    if "transfer" in rep:
+        atomic_write_text(out.with_suffix(".md"), render_markdown(rep))
+        render_curve(rep, out.with_suffix(".png"))
+        print(render_markdown(rep))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
