@@ -73,7 +73,7 @@ teacher-long: setup
 	$(PY) -m trainer teacher --config assets/configs/adventure_teacher_long.yaml --minutes $(MINUTES)
 
 teacher-long-curve: setup
-	$(PY) -m trainer.curve --run runs/adventure_teacher_long --out benchmarks/results/teacher_long_curve.json \
+	$(PY) -m evaluation.curve --run runs/adventure_teacher_long --out benchmarks/results/teacher_long_curve.json \
 		--baseline assets/checkpoints/adventure_teacher.safetensors --log docs/TRAINING_LOG.md --watch 10
 
 # The RL benchmark (issue 26): PPO trained in the real game and in the dream with the same settings and

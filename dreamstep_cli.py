@@ -3,8 +3,8 @@
     dreamstep play [--world maze3d ...]          python play.py
     dreamstep record ...                         python -m world.record
     dreamstep train STAGE --config FILE ...      python -m trainer
-    dreamstep evaluate ...                       python -m trainer.evaluate
-    dreamstep curve ...                          python -m trainer.curve
+    dreamstep evaluate ...                       python -m evaluation (= python -m trainer.evaluate)
+    dreamstep curve ...                          python -m evaluation.curve
     dreamstep export ...                         python -m trainer.export
     dreamstep pipeline ...                       python -m trainer.pipeline
     dreamstep sweep ...                          python -m trainer.sweep
@@ -20,10 +20,10 @@ import runpy
 import sys
 from collections.abc import Sequence
 
-COMMANDS = {"play": "play", "record": "world.record", "train": "trainer", "evaluate": "trainer.evaluate",
-            "curve": "trainer.curve", "export": "trainer.export", "pipeline": "trainer.pipeline",
+COMMANDS = {"play": "play", "record": "world.record", "train": "trainer", "evaluate": "evaluation",
+            "curve": "evaluation.curve", "export": "trainer.export", "pipeline": "trainer.pipeline",
             "sweep": "trainer.sweep", "ppo": "agent_env.ppo"}
-BENCHMARKS = ("dream", "compare", "roofline", "engine", "stage2", "gpu")
+BENCHMARKS = ("dream", "compare", "roofline", "engine", "stage2", "gpu", "rl")
 
 
 def _usage() -> str:

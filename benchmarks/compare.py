@@ -123,8 +123,8 @@ def timing_only(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float, 
     dream)."""
     import copy
 
+    from evaluation.rollouts import EVAL_SEED_BASE, inference_model, play_real
     from model.precision import DTYPES, cast_for_inference, resolve
-    from trainer.evaluate import EVAL_SEED_BASE, inference_model, play_real
 
     loaded, ae, ae_id, world, settings = load_variants(paths, teacher_steps, teacher_cfg)
     precision = resolve(precision)
@@ -179,7 +179,7 @@ def write_variant_strip(real: np.ndarray, gens: dict[str, np.ndarray], path: str
     ``gens``), at horizons 1, 2, 4, 8, 12, 16; the first column is the last context frame."""
     from PIL import Image
 
-    from trainer.evaluate import STRIP_HORIZONS
+    from evaluation.report import STRIP_HORIZONS
 
     H = min(g.shape[1] for g in gens.values())
     hs = [h for h in STRIP_HORIZONS if h <= H]
@@ -196,7 +196,8 @@ def write_variant_strip(real: np.ndarray, gens: dict[str, np.ndarray], path: str
 
 def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_cfg: float, timing_frames: int,
             long_episodes: int, seed: int, strip: str | None = None) -> dict[str, Any]:
-    from trainer.evaluate import EVAL_SEED_BASE, fidelity, generate, play_real
+    from evaluation.fidelity import fidelity
+    from evaluation.rollouts import EVAL_SEED_BASE, generate, play_real
     from trainer.models import default_idm, load_idm
 
     loaded, ae, ae_id, world, settings = load_variants(paths, teacher_steps, teacher_cfg)
@@ -205,8 +206,8 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
     C, H = CONTEXT, 16
     real = play_real(world, settings, episodes, C + H, EVAL_SEED_BASE)
     long_real = play_real(world, settings, long_episodes, C + 256, EVAL_SEED_BASE + 10_000) if long_episodes else None
-    from trainer import metrics as M
-    from trainer.evaluate import idm_features
+    from evaluation import metrics as M
+    from evaluation.fidelity import idm_features
 
     out: dict[str, Any] = {}
     stage2: dict[str, Any] = {}

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from model.autoencoder import from_uint8
 
 
 @dataclass
@@ -63,3 +66,18 @@ class InverseDynamics(nn.Module):
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         return self.encoder(frames)
+
+
+@torch.no_grad()
+def predict_actions(model: nn.Module, prev: np.ndarray, cur: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Effective actions predicted for uint8 frame pairs (N, H, W, 3)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prev), batch):
+        p = from_uint8(torch.from_numpy(prev[i:i + batch])).to(dev)
+        c = from_uint8(torch.from_numpy(cur[i:i + batch])).to(dev)
+        out.append(model(p, c).argmax(1).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainer import curve
+from evaluation import curve
 
 
 def fake_run(root, steps):

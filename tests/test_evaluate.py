@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from model.autoencoder import Autoencoder, AutoencoderConfig
-from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, write_config
-from trainer.evaluate import (
+from evaluation.fidelity import fidelity, revisit_pairs, revisit_script
+from evaluation.report import pair_text
+from evaluation.rollouts import (
     EVAL_SEED_BASE,
     EvaluationError,
     RecordedRollouts,
     check_heldout,
-    fidelity,
     parse_actions,
     play_real,
-    revisit_pairs,
-    revisit_script,
 )
+from model.autoencoder import Autoencoder, AutoencoderConfig
+from tests.trainer_helpers import ROOT, record_tiny_dataset, tiny_ae_config, write_config
 
 ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
 SMALL = {"rooms_x": 2, "rooms_y": 2}
@@ -208,7 +207,7 @@ def test_evaluate_command_end_to_end(tmp_path):
 def test_idm_ae_accuracy_reads_the_autoencoder_reconstructions(monkeypatch, ae_kind):
     """idm_ae_accuracy is the IDM on reconstructions of the real transitions: with an exact
     autoencoder it equals the IDM on the real ones, with one that erases the frames it falls."""
-    import trainer.evaluate as E
+    import evaluation.fidelity as E
 
     rng = np.random.default_rng(0)
     M_, T, C, A = 3, 8, 2, 5
@@ -228,7 +227,7 @@ def test_idm_ae_accuracy_reads_the_autoencoder_reconstructions(monkeypatch, ae_k
 def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
     """action_accuracy_switch/_hold: a dream that follows a held key but not a new press scores
     1 on held keys and 0 on changes; the overall accuracy is their share-weighted mean."""
-    import trainer.evaluate as E
+    import evaluation.fidelity as E
 
     M_, T, C, A = 2, 10, 2, 4
     actions = np.array([[1, 1, 1, 2, 2, 2, 3, 3, 1, 1], [2, 2, 2, 2, 1, 1, 1, 1, 1, 3]])
@@ -246,14 +245,14 @@ def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
     assert r["action_accuracy_hold"] == 1.0 and r["action_accuracy_switch"] == 0.0
     assert r["idm_real_accuracy_hold"] == r["idm_real_accuracy_switch"] == 1.0
     assert r["action_accuracy"] == pytest.approx(1 - r["switch_share"])
-    assert E._pair(r, "action_accuracy_switch", "action_accuracy_hold") == "0.00 / 1.00"
-    assert E._pair({}, "action_accuracy_switch", "action_accuracy_hold") is None  # an older report
+    assert pair_text(r, "action_accuracy_switch", "action_accuracy_hold") == "0.00 / 1.00"
+    assert pair_text({}, "action_accuracy_switch", "action_accuracy_hold") is None  # an older report
 
 
 def test_creatures_found_reads_the_moving_creatures_from_the_worlds_state():
     """The real frames draw every visible creature at its state's position (found = 1); frames with the
     creatures painted over find none; empty spots away from creatures are not creatures."""
-    from trainer.evaluate import creature_stats, play_real
+    from evaluation.fidelity import creature_stats, play_real
     from world.adventure import art, find_creatures
 
     real = play_real("adventure", {}, 2, 12, 1_000_000)

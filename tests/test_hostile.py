@@ -176,8 +176,8 @@ def test_a_model_card_given_as_the_checkpoint_means_its_weights(tmp_path):
 
 
 def test_evaluate_rejects_empty_runs_and_defaults_to_the_cards_sampler(capsys):
+    from evaluation.cli import main
     from model.rollout import SamplerConfig
-    from trainer.evaluate import main
 
     card_sampler = SamplerConfig.from_card
 
@@ -195,7 +195,7 @@ def test_evaluate_rejects_empty_runs_and_defaults_to_the_cards_sampler(capsys):
 
 
 def test_evaluate_table_names_the_horizon_it_averaged():
-    from trainer.evaluate import render_markdown
+    from evaluation.report import render_markdown
 
     rep = {k: 1.0 for k in ("psnr_mean_16", "copy_last_psnr_mean_16", "ae_ceiling_psnr", "ssim_mean_16",
                             "changed_psnr_mean_16", "copy_last_changed_psnr_mean_16", "seen_psnr_mean_16",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("model", "world", "window", "agent_env", "trainer", "benchmarks")
+PACKAGES = ("model", "world", "window", "agent_env", "evaluation", "trainer", "benchmarks")
 
 
 def test_the_import_contracts_hold():

@@ -313,9 +313,9 @@ def test_window_plays_maze3d_turning(xvfb_display: str, tmp_path: Path) -> None:
 def test_window_plays_the_dream_with_keys_side_by_side(xvfb_display: str, tmp_path: Path) -> None:
     """The dream in the window: keys drive it (the IDM reads RIGHT in the recorded dream frames),
     F8 shows the real game beside it, F9 records the dream into a dataset."""
+    from model.idm import predict_actions
     from trainer.data import load_episodes
     from trainer.models import default_idm, load_idm
-    from trainer.stages.idm import predict_actions
 
     shot, rows = play_in_window(xvfb_display, tmp_path, "--world", "dream", "--scale", "4",
                                 "--record-dir", str(tmp_path / "rec"),

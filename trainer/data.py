@@ -14,54 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from world.dataset import DatasetError, EpisodeRecord, iter_episodes, read_metadata
+from world.dataset import (  # noqa: F401 - the clip convention lives with the datasets (re-exported)
+    DatasetError,
+    Episode,
+    episode_from_record,
+    read_metadata,
+)
+from world.dataset import load_clip_episodes as load_episodes  # noqa: F401
 
 DataError = DatasetError  # one error type for a missing, damaged or unsuitable dataset
-
-
-@dataclass
-class Episode:
-    frames: np.ndarray      # (T+1, H, W, 3) uint8
-    actions: np.ndarray     # (T+1,) int64, clip convention (actions[0] = 0)
-    effective: np.ndarray   # (T+1,) int64, the effective actions, same convention
-    rewards: np.ndarray     # (T+1,) float32, reward received on arriving at frame i
-    terminated: np.ndarray  # (T+1,) bool, frame i ended the episode
-    seed: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-
-def episode_from_record(rec: EpisodeRecord) -> Episode:
-    """A recorded episode (Minari's layout, :func:`world.dataset.iter_episodes`) in the clip convention."""
-    obs = np.asarray(rec.observations)
-    if obs.dtype != np.uint8 or obs.ndim != 4:
-        raise DataError(f"expected uint8 image observations (T+1, H, W, 3), got {obs.dtype} {obs.shape}")
-    T1 = len(obs)
-    acts = np.zeros(T1, np.int64)
-    acts[1:] = np.asarray(rec.actions, np.int64).reshape(-1)[: T1 - 1]
-    eff = acts.copy()
-    if "effective_action" in rec.infos:
-        e = np.asarray(rec.infos["effective_action"], np.int64).reshape(-1)
-        # infos has T+1 entries: info of the reset and of every step
-        eff = e[:T1].copy() if len(e) >= T1 else np.concatenate([[0], e])[:T1]
-        eff[0] = 0
-    rew = np.zeros(T1, np.float32)
-    rew[1:] = np.asarray(rec.rewards, np.float32).reshape(-1)[: T1 - 1]
-    term = np.zeros(T1, bool)
-    term[1:] = np.asarray(rec.terminations, bool).reshape(-1)[: T1 - 1]
-    return Episode(obs, acts, eff, rew, term, rec.seed)
-
-
-def load_episodes(dataset_dir: str | Path, episodes: list[int] | None = None) -> list[Episode]:
-    """Read episodes of a recorded dataset folder (the recorder's ``--out``) in the clip convention."""
-    return [episode_from_record(rec) for rec in iter_episodes(dataset_dir, episodes)]
 
 
 def dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:

@@ -177,8 +177,8 @@ class Pipeline:
             print(f"pipeline: evaluate: complete ({report}), skipped", flush=True)
             return
         o = {"episodes": 16, "long-episodes": 4, "revisit-episodes": 4, **self.opts["evaluate"]}
+        from evaluation.rollouts import EVAL_SEED_BASE
         from trainer.checkpoint import resolve_full
-        from trainer.evaluate import EVAL_SEED_BASE
 
         heldout = int(o.pop("heldout-episodes", 4 * (int(o["episodes"]) + int(o["long-episodes"]))))
         if not self.supports_state:  # nothing to replay from a seed and a state: evaluate on a recording

@@ -654,8 +654,9 @@ class Session:
         """PSNR (dB) between the real game and the dream on the current tick (a dream only)."""
         if self.twin_frame is None:
             return None
-        mse = float(np.mean((self.frame.astype(np.float32) - self.twin_frame.astype(np.float32)) ** 2))
-        return 99.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+        from evaluation.metrics import psnr
+
+        return psnr(self.frame, self.twin_frame)
 
     def save_state(self) -> bool:
         """Snapshot the world (and a dream's real twin) in memory; False if it has no state."""

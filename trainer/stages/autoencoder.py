@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from evaluation.metrics import psnr_batch, sharpness_ratio
 from model.autoencoder import Autoencoder, AutoencoderConfig, from_uint8, to_uint8
 from trainer.data import EpochSampler, load_episodes, split_episodes
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig, autocast
-from trainer.metrics import psnr_batch, sharpness_ratio
 from world.log import get_logger
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.autoencoder import from_uint8
-from model.idm import IDMConfig, InverseDynamics
+from model.idm import IDMConfig, InverseDynamics, predict_actions
 from trainer.data import EpochSampler, load_episodes, split_episodes
 from trainer.distributed import DistInfo
 from trainer.loop import TrainConfig
@@ -94,18 +94,3 @@ class IDMStage:
 
     def load_data_state(self, state: dict[str, Any]) -> None:
         self.sampler.load_state(state["sampler"])
-
-
-@torch.no_grad()
-def predict_actions(model: nn.Module, prev: np.ndarray, cur: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Effective actions predicted for uint8 frame pairs (N, H, W, 3)."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prev), batch):
-        p = from_uint8(torch.from_numpy(prev[i:i + batch])).to(dev)
-        c = from_uint8(torch.from_numpy(cur[i:i + batch])).to(dev)
-        out.append(model(p, c).argmax(1).cpu().numpy())
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
