@@ -29,7 +29,7 @@ from world.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="world-model run folder, checkpoint folder or .safetensors")
     p.add_argument("--world", default="adventure")
     p.add_argument("--episodes", type=int, default=16, help="held-out episodes (M)")

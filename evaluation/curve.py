@@ -1,7 +1,7 @@
 """``python -m evaluation.curve``: a world model's quality against training steps, on one fixed protocol.
 
 The training loop's own evaluation is the held-out flow-matching loss: cheap, but blind to what a
-player notices. This command runs the fidelity protocol (:func:`trainer.evaluate.evaluate`) on each
+player notices. This command runs the fidelity protocol (:func:`evaluation.fidelity.evaluate`) on each
 checkpoint of a run that the curve does not have yet, with a short fixed protocol (8 held-out
 episodes, 16 Euler steps, the 8-episode revisit test, no long rollouts), and keeps every point in
 one JSON file. Run it while the run trains (``--watch MINUTES``) so that no checkpoint is pruned
@@ -137,8 +137,9 @@ def write_log(log: Path, name: str, table: str) -> None:
     begin, end = BEGIN.format(name=name), END.format(name=name)
     text = log.read_text() if log.is_file() else ""
     block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    start = text.find(f"<!-- curve:{name} begin")  # whichever command wrote the marker
+    if start >= 0 and end in text[start:]:
+        text = text[:start] + block + text[text.index(end, start) + len(end):]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
     atomic_write_text(log, text)

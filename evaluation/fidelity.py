@@ -328,7 +328,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                             "autoencoder": str(cfg["autoencoder"]), "autoencoder_id": ae_id,
                             "idm": str(idm_src) if idm_src else None, "idm_id": idm_id,
                             "config": cfg, "git_commit": git_commit(),
-                            "command": " ".join(["python -m trainer.evaluate", *sys.argv[1:]]),
+                            "command": " ".join(["python -m evaluation", *sys.argv[1:]]),
                             "torch": torch.__version__, "threads": torch.get_num_threads(),
                             "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return report
