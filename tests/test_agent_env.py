@@ -359,16 +359,52 @@ def test_env_over_a_custom_world_factory(registered):
 
 
 # ---------------------------------------------------------------------- SB3
-def test_sb3_ppo_learns_a_few_steps():
+def _corridor_returns(env_id: str, policy, starts) -> list[float]:
+    """Returns of ``policy(obs) -> action`` in one episode from each start column (world seed)."""
+    env = gym.make(env_id)
+    out = []
+    for start in starts:
+        obs, _ = env.reset(options={"world_seed": start})
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(policy(obs)))
+            total, done = total + reward, terminated or truncated
+        out.append(total)
+    env.close()
+    return out
+
+
+def test_sb3_ppo_learns_to_walk_the_corridor_better_than_random(registered):
+    """PPO (Stable-Baselines3), through the adapter agent_env.ppo trains with, over a sync vector env
+    of a WorldEnv, learns the corridor: its sampled actions reach the end from every start column
+    within the time limit, where a uniform random policy and the untrained policy on the same starts
+    mostly do not. (Measured over 150 training seeds: this budget and half of it both reach 1.0 on
+    every one.)"""
+    import torch
     from stable_baselines3 import PPO
 
-    env = make_env("adventure")
-    model = PPO("CnnPolicy", env, n_steps=32, batch_size=32, n_epochs=1, device="cpu", seed=0)
-    model.learn(total_timesteps=64)
-    assert model.num_timesteps == 64
-    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
-    assert env.action_space.contains(int(action))
-    env.close()
+    from agent_env.ppo import sb3_vec_env
+
+    width = 8
+    env_id = registered("dreamtest/CorridorLearn-v0", CorridorWorld, max_episode_steps=12, width=width)
+    venv = gym.make_vec(env_id, num_envs=4, vectorization_mode="sync", vector_kwargs={"autoreset_mode": "SameStep"})
+    model = PPO("MlpPolicy", sb3_vec_env(venv), n_steps=32, batch_size=64, n_epochs=10, learning_rate=1e-3,
+                gamma=0.9, device="cpu", seed=0)
+    starts = list(range(width - 1)) * 4  # every start column (x = world seed: 1 to 7 steps from the end)
+
+    def agent_returns() -> list[float]:
+        torch.manual_seed(0)  # the policy's actions are sampled
+        return _corridor_returns(env_id, lambda o: model.predict(o, deterministic=False)[0], starts)
+
+    untrained = agent_returns()
+    model.learn(total_timesteps=4096)
+    model.get_env().close()
+    trained = agent_returns()
+    rng = np.random.default_rng(0)
+    rand = _corridor_returns(env_id, lambda o: rng.integers(3), starts)
+    assert np.mean(trained) >= 0.9, trained
+    assert np.mean(rand) < 0.6, rand  # random walks rarely make 7 net steps right in 12
+    assert np.mean(trained) - np.mean(rand) > 0.4 and np.mean(trained) - np.mean(untrained) > 0.4, (untrained, rand)
 
 
 def test_the_ppo_difference_interval():

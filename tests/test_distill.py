@@ -1,4 +1,4 @@
-"""The Stage 2/3 algorithm pieces on tiny tensors (ALGORITHMS.md sections 3-4)."""
+"""The Stage 2/3 algorithm pieces on tiny tensors (docs/ALGORITHMS.md sections 3-4)."""
 
 from __future__ import annotations
 
@@ -86,9 +86,11 @@ def test_ema():
     assert torch.allclose(e.weight, 0.99 * before + 0.01 * m.weight)
 
 
-def test_cd_stage_trains_and_resumes_its_target(tmp_path):
-    """Causal CD on a tiny teacher: the loss is finite and logged with the teacher NFE count,
-    the target network is in the checkpoint, and the student starts equal to the teacher."""
+def test_cd_stage_trains_and_resumes_its_target(tmp_path, monkeypatch, capsys):
+    """Causal CD on a tiny teacher: the loss is finite and logged with the teacher NFE count, the
+    target network is in the checkpoint, and a run resumed with more steps restores that target
+    (and its counters) and trains on to the new step count; then the later stages and reports
+    built on it, checked by their JSON fields."""
     import json
     import os
     import subprocess
@@ -157,6 +159,47 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     k = next(k for k in student if "mlp" in k or "qkv" in k)
     d_ts = (teacher[k] - student[k]).abs().sum()
     assert 0 < (tgt[k] - teacher[k]).abs().sum() < d_ts
+    # resume: a copy of the run goes on from its final step-6 checkpoint to 8 steps (the same command with
+    # --set train.steps=8, run in this process to read the target network the moment training resumes)
+    import shutil
+
+    from trainer.__main__ import main as trainer_main
+    from trainer.stages.cd import CDStage
+
+    assert ck.name == "step_00000006"
+    more = tmp_path / "cd_more"
+    shutil.copytree(tmp_path / "cd", more)
+    at_resume: list[dict[str, torch.Tensor]] = []
+    after_step = CDStage.after_step
+
+    def spy(self, model):  # the target before the first EMA update after the resume
+        if not at_resume:
+            at_resume.append({n: v.detach().clone() for n, v in self.target.state_dict().items()})
+        after_step(self, model)
+
+    with monkeypatch.context() as m:
+        m.setattr(CDStage, "after_step", spy)
+        m.setenv("DREAMSTEP_NO_BAR", "1")
+        m.chdir(ROOT)  # the trainer's main changes to the repository: undone after it
+        capsys.readouterr()
+        assert trainer_main(["cd", "--config", str(cd_cfg), "--device", "cpu", "--set", f"run_dir={more}",
+                             "--set", "train.steps=8"]) == 0
+    said = capsys.readouterr().out
+    assert f"resumed from {more / 'checkpoints' / ck.name} at step 6" in said, said[-2000:]
+    assert at_resume and at_resume[0].keys() == tgt.keys()
+    assert all(torch.equal(at_resume[0][n], tgt[n]) for n in tgt)  # the saved target, not a new teacher copy
+    changes = [json.loads(ln) for ln in (more / "config_changes.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in changes] == [6] and changes[0]["changes"]["train.steps"] == [6, 8]
+    recs2 = [json.loads(ln) for ln in (more / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs2 if "loss" in x] == [2, 4, 6, 8]  # the first run's, then the resumed step
+    resumed = next(x for x in recs2 if "loss" in x and x["step"] == 8)
+    assert np.isfinite(resumed["loss"]) and resumed["teacher_nfe"] == 8 * 4 * 2  # counted on from 48
+    ck2 = latest_checkpoint(more)
+    meta2 = json.loads((ck2 / "meta.json").read_text())
+    assert ck2.name == "step_00000008" and meta2["final"] and meta2["config"]["train"]["steps"] == 8
+    tgt2 = load_weights(ck2, "target")
+    assert all(torch.isfinite(v).all() for v in tgt2.values())
+    assert any(not torch.equal(tgt2[n], tgt[n]) for n in tgt)  # and its EMA went on from there
     # Stage 3 on the CD student: self-rollout DMD with an online fake score
     dmd_cfg = write_config(tmp_path / "dmd.yaml", "adventure_cfpp_frame2.yaml", run_dir=str(tmp_path / "dmd"),
                            generator=str(tmp_path / "cd"), teacher=str(tmp_path / "teacher"),
@@ -273,16 +316,26 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
     assert v["sampler"] == {"kind": "consistency", "steps": 2, "cfg": 1.0, "first_frame_steps": 4}
     assert rep["variants"]["teacher"]["sampler"]["kind"] == "euler"
     assert v["first_frame_ms"] > 0 and v["stage2_teacher_nfe"] == 48
-    md = (tmp_path / "RESULTS.md").read_text()
-    assert "benchmarks.compare" in md and "Stage 2 cost at equal flow-map error" in md
-    assert "At the claim's budget, 0.35 x the ODE student's teacher forwards (21)" in md  # 0.35 x 60: step 0 only
-    assert "Schedule:" not in md  # one schedule throughout
+    # the flow-map comparison it carries, by its JSON: the stage2 report as written, whose points within the
+    # claim's budget (0.35 x the ODE student's 60 teacher forwards) are step 0 only, under one schedule throughout
+    flow = json.loads(s2.read_text())
+    assert rep["command"].startswith("python -m benchmarks.compare ") and rep["stage2_flow_maps"] == [flow]
+    assert flow["causal_ode"]["teacher_nfe"] == 60 and flow["causal_cd"]["grid"] == grid
+    assert [p["step"] for p in flow["causal_cd"]["curve"] if p["teacher_nfe"] <= 0.35 * 60] == [0]
+    assert {p["schedule_steps"] for p in flow["causal_cd"]["curve"] if "schedule_steps" in p} == {6}
+    # the Markdown is that JSON rendered: one flow-map section, untitled for one run, a schedule note only
+    # where the schedule changed (headings and notes counted, their wording not read)
     from benchmarks.compare import render_markdown
 
+    def lines(md: str, start: str) -> list[str]:
+        return [ln for ln in md.splitlines() if ln.startswith(start)]
+
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert md == render_markdown(rep, rep["command"])
+    assert len(lines(md, "## Stage 2 cost at equal flow-map error")) == 1
+    assert not lines(md, "### Causal CD run") and not lines(md, "Schedule:")
     rep["stage2_flow_maps"][0]["causal_cd"]["curve"][2]["schedule_steps"] = 12  # as if resumed to 12 steps after 3
-    assert "trained to step 3 under a cosine learning-rate schedule of 6 steps and was then resumed with 12" in \
-        render_markdown(rep, rep["command"])
-    assert "### Causal CD run" not in md and f"{grid['points']}-point grid is at" in md
+    assert len(lines(render_markdown(rep, rep["command"]), "Schedule:")) == 1
     # two CD runs (e.g. two grids) against the one ODE student: a section each, named by run and grid
     other = json.loads(s2.read_text())
     other["causal_cd"]["run"] = "runs/other_cd"
@@ -293,9 +346,12 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                         str(tmp_path / "RESULTS.md"), "--stage2", str(s2), "--stage2", str(s2b)],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    rep2 = json.loads(out.read_text())
+    assert [(f["causal_cd"]["run"], f["causal_cd"]["grid"]["points"]) for f in rep2["stage2_flow_maps"]] == \
+        [(flow["causal_cd"]["run"], grid["points"]), ("runs/other_cd", 8)]
     md2 = (tmp_path / "RESULTS.md").read_text()
-    assert md2.count("### Causal CD run") == 2 and "### Causal CD run `runs/other_cd`: points 8" in md2
-    assert md2.count("## Stage 2 cost at equal flow-map error") == 1
+    assert md2 == render_markdown(rep2, rep2["command"])
+    assert len(lines(md2, "## Stage 2 cost at equal flow-map error")) == 1 and len(lines(md2, "### Causal CD run")) == 2
     # speed alone, several streams at once (a vector env), rendered beside the batch-1 table
     tb = tmp_path / "timing_b2.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(tb), "--timing-only",
@@ -323,7 +379,9 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path):
                         str(tmp_path / "RESULTS.md"), "--timing", str(tb)], cwd=ROOT, env=env, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "### 2 streams at once" in (tmp_path / "RESULTS.md").read_text()
+    rep3 = json.loads(out.read_text())
+    assert rep3["timings"] == [tr]  # the batch-2 timing report, rendered beside the batch-1 table
+    assert (tmp_path / "RESULTS.md").read_text() == render_markdown(rep3, rep3["command"])
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--out", str(tb), "--timing-only", "--only",
                         "cfpp_frame3"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "'cfpp_frame3' is not a variant" in r.stderr
