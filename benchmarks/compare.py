@@ -93,8 +93,7 @@ def timings(models: dict[str, tuple[Any, Any]], ae, ctx_frames: np.ndarray, fram
 def load_variants(paths: dict[str, Path], teacher_steps: int, teacher_cfg: float):
     """Each variant as (model, config, model id, card, sampler), with the one autoencoder that
     decodes them all, the world and its recorded settings."""
-    from trainer.latents import load_autoencoder
-    from trainer.models import load_world_model
+    from model.io import load_autoencoder, load_world_model
     from world.dataset import recorded_settings
 
     loaded = {}
@@ -198,7 +197,7 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
             long_episodes: int, seed: int, strip: str | None = None) -> dict[str, Any]:
     from evaluation.fidelity import fidelity
     from evaluation.rollouts import EVAL_SEED_BASE, generate, play_real
-    from trainer.models import default_idm, load_idm
+    from model.io import default_idm, load_idm
 
     loaded, ae, ae_id, world, settings = load_variants(paths, teacher_steps, teacher_cfg)
     idm_src = default_idm(world)

@@ -138,7 +138,7 @@ def matmul_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict[
 def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **settings: Any) -> dict[str, Any]:
     from evaluation import metrics as M
     from evaluation.fidelity import idm_features
-    from trainer.models import default_idm, load_idm
+    from model.io import default_idm, load_idm
     from world import make_world
 
     w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1, **settings)

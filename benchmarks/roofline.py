@@ -123,7 +123,7 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
     """name -> (make a step function and its batch, FLOPs per step or 0 (count it), windows per step);
     ``batch`` replaces the shipped configs' batch sizes (0: keep them)."""
     from model import flops as FL
-    from trainer.models import load_world_model
+    from model.io import load_world_model
     from trainer.stages.cd import CDStage
     from trainer.stages.dmd import DMDStage, GeneratorModule
     from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, TeacherStage
@@ -286,8 +286,8 @@ def time_dream(rounds: int, auto: str, batch_big: int, frames: int) -> dict[str,
 
 
 def time_autoencoder(rounds: int, auto: str, batch: int = 64) -> dict[str, Any]:
+    from model.io import load_autoencoder
     from model.precision import DTYPES, cast_for_inference
-    from trainer.latents import load_autoencoder
 
     ae32, _ = load_autoencoder(SHIPPED / "adventure_ae.safetensors")
     aes = {"fp32": ae32}
@@ -319,8 +319,7 @@ def summarise(paths: dict[str, Any], peaks: dict[str, Any], auto: str) -> None:
     """Add each path's headline fields: the auto precision's GFLOP/s, % of its peak, speed-up."""
     from model import flops as FL
     from model.autoencoder import AutoencoderConfig
-    from trainer.latents import load_autoencoder
-    from trainer.models import load_world_model
+    from model.io import load_autoencoder, load_world_model
 
     net, cfg, _ = load_world_model(SHIPPED / "adventure_cfpp_frame2.safetensors")
     ae_cfg: AutoencoderConfig = load_autoencoder(cfg["autoencoder"])[0].cfg

@@ -73,9 +73,9 @@ def _card_walls(run: Path, card_path: str) -> dict[int, float]:
 @torch.no_grad()
 def flow_map_report(teacher_path: str | None, cd_run: Path, ode_path: str | None, windows: int, solve_steps: int,
                     cfg_scale: float | None, seed: int, cd_card: str | None = None) -> dict[str, Any]:
+    from model.io import load_world_model
     from model.transformer import TransformerConfig
     from trainer.config import from_dict
-    from trainer.models import load_world_model
     from trainer.stages.autoencoder import DataConfig
     from trainer.stages.ode import solve_teacher_ode
     from trainer.stages.teacher import ClipData, TeacherForcing
