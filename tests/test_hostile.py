@@ -210,7 +210,8 @@ def test_evaluate_table_names_the_horizon_it_averaged():
 
 
 def test_play_rejects_a_bad_script_key_headless_too(tmp_path):
-    from window.app import PlayError, parse_args
+    from window.app import parse_args
+    from window.input import PlayError
 
     with pytest.raises(PlayError, match="unknown key name 'jump'"):
         parse_args(["--headless", "--script-keys", "jump*3"])

@@ -14,23 +14,19 @@ import pytest
 from PIL import Image
 
 import play
-from window.app import (
+from window.input import (
     ActionInput,
     Bindings,
     PlayError,
-    Rect,
-    Session,
-    TickClock,
     auto_keymap,
     axis_action,
-    fit_scale,
     hat_actions,
-    layout_row,
     parse_script,
     resolve_keymap,
     script_timeline,
-    scripted_policy,
 )
+from window.presenter import Rect, fit_scale, layout_row
+from window.session import Session, TickClock, scripted_policy
 from world import make_world
 from world.dataset import load_episodes
 from world.keymap import Keymap
