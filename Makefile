@@ -77,7 +77,7 @@ teacher-long-curve: setup
 		--baseline assets/checkpoints/adventure_teacher.safetensors --log docs/TRAINING_LOG.md --watch 10
 
 # The RL benchmark (issue 26): PPO trained in the real game and in the dream with the same settings and
-# steps (assets/configs/rl.yaml), every agent scored in the real game on held-out seeds; the transfer
+# steps (benchmarks/rl.yaml), every agent scored in the real game on held-out seeds; the transfer
 # ratio and the equal-real-data comparison (needs the world model's datasets: make dataset-teacher dataset-lava).
 rl: setup
 	$(PY) -m benchmarks.rl --out benchmarks/results/rl.json

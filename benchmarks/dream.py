@@ -115,7 +115,7 @@ def vector_rate(checkpoint: str, steps: int, batch: int, env_steps: int, repeats
     envs.close()
     out = _stats(rates, 1)
     out["gflop_per_env_step"] = round(flops / batch / 1e9, 3)
-    out["gflops"] = round(out["median"] * flops / batch / 1e9, 1)  # achieved (matmul, conv, attention)
+    out["gflops"] = float(f"{out['median'] * flops / batch / 1e9:.3g}")  # achieved (3 digits: a tiny model is not 0)
     out["precision"] = d.precision
     return out
 
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         rep["batch_speedup"] = round(rep["env_steps_per_s"][bs[-1]]["median"] / rep["env_steps_per_s"][bs[0]]["median"], 2)
     # how far batching can go here: the fp32 matmul ceiling over what batch 1 already achieves
     rep["matmul_gflops"] = matmul_gflops(dtype=torch.bfloat16 if rep["precision"] == "bf16" else torch.float32)
-    rep["batch_speedup_ceiling"] = round(rep["matmul_gflops"]["max"] / rep["env_steps_per_s"][bs[0]]["gflops"], 2)
+    achieved = rep["env_steps_per_s"][bs[0]]["gflops"]  # rounded to 0.1: a tiny model can read 0
+    rep["batch_speedup_ceiling"] = round(rep["matmul_gflops"]["max"] / achieved, 2) if achieved > 0 else None
     print(f"{rep['precision']} matmul {rep['matmul_gflops']} GFLOP/s; batch {bs[0]} achieves "
           f"{rep['env_steps_per_s'][bs[0]]['gflops']}: batching can give at most {rep['batch_speedup_ceiling']}x",
           flush=True)

@@ -1,6 +1,6 @@
 """``python -m benchmarks.rl --out benchmarks/results/rl.json``: train in the dream, score in the real game.
 
-The same agent (Stable-Baselines3 PPO, CnnPolicy, the settings of ``assets/configs/rl.yaml``) is
+The same agent (Stable-Baselines3 PPO, CnnPolicy, the settings of ``benchmarks/rl.yaml``) is
 trained for the same number of env steps in two places, with several training seeds each:
 
 - **real**: the real game (``dreamstep/Adventure-v0``, a TimeLimit of ``train.episode_steps``);
@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks import BenchmarkError, command
 
-CONFIG = Path(__file__).resolve().parent.parent / "assets" / "configs" / "rl.yaml"
+CONFIG = Path(__file__).resolve().parent / "rl.yaml"
 
 
 @dataclass
