@@ -25,7 +25,7 @@ play: setup
 	$(PY) play.py $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
