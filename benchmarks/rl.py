@@ -116,12 +116,10 @@ def real_vec_env(cfg: RLConfig, seed: int):
 
     env_id = env_id_for(cfg.world)
 
-    def make(i: int):
-        def thunk():
-            return gym.make(env_id, max_episode_steps=cfg.train.episode_steps)
-        return thunk
+    def make():
+        return gym.make(env_id, max_episode_steps=cfg.train.episode_steps)
 
-    venv = DummyVecEnv([make(i) for i in range(cfg.train.envs)])
+    venv = DummyVecEnv([make] * cfg.train.envs)
     venv.seed(seed)
     return venv
 
@@ -220,8 +218,10 @@ def transfer_ratio(dream: list[list[float]], real: list[list[float]], random: li
 def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     """The distinct real env steps the dream's world model, autoencoder and heads were trained on:
     the union of the episodes (world, seed) of every dataset their cards name."""
+    import json
+
     from model.io import default_heads, resolve_full
-    from world.dataset import iter_episodes, read_metadata
+    from world.dataset import read_metadata
 
     _, card = resolve_full(checkpoint)
     sources = {"world model": card, "autoencoder": resolve_full(card["autoencoder"])[1]}
@@ -244,8 +244,9 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     for d in datasets:
         rec = read_metadata(d).get("recording", {})
         key = str(rec.get("world")) + str(sorted((rec.get("settings") or {}).items()))
-        for ep in iter_episodes(d):
-            seen[(key, int(ep.seed if ep.seed is not None else -1))] = len(ep)
+        for i in range(int(read_metadata(d)["total_episodes"])):  # each episode's metadata, not its frames
+            ep = json.loads((Path(d) / "data" / str(i) / "metadata.json").read_text())
+            seen[(key, int(ep["seed"] if ep.get("seed") is not None else -1))] = int(ep["total_steps"])
     return {"datasets": datasets, "episodes": len(seen), "steps": int(sum(seen.values()))}
 
 

@@ -96,12 +96,13 @@ def update(run: Path, out: Path, world: str, baseline: str | None = None) -> lis
         todo.append(("baseline", 0, baseline, 0.0))
     todo += [("run", s, str(p), w) for s, p, w in run_checkpoints(run) if ("run", s) not in done]
     new = []
+    losses = heldout_losses(run)
     for label, step, ckpt, wall in todo:
         if label == "run" and not (Path(ckpt) / "meta.json").is_file():
             continue  # pruned while an earlier point was measured
         t0 = time.time()
         point = {"label": label, "step": step, "checkpoint": ckpt, "train_wall_s": wall, **measure(ckpt, world)}
-        point["heldout_loss"] = heldout_losses(run).get(step) if label == "run" else None
+        point["heldout_loss"] = losses.get(step) if label == "run" else None
         curve["points"].append(point)
         curve["points"].sort(key=lambda p: (p["label"] != "baseline", p["step"]))
         curve["run"], curve["world"] = str(run), world
