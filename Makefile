@@ -78,8 +78,12 @@ teacher-long-curve: setup
 
 # The RL benchmark (issue 26): PPO trained in the real game and in the dream with the same settings and
 # steps (benchmarks/rl.yaml), every agent scored in the real game on held-out seeds; the transfer
-# ratio and the equal-real-data comparison (needs the world model's datasets: make dataset-teacher dataset-lava).
+# ratio, the equal-real-data comparison (the world model's datasets are recorded first if missing) and
+# where transfer is lost (benchmarks/transfer.py).
 rl: setup
+	test -d data/datasets/adventure-explorer-v0 || $(MAKE) dataset
+	test -d data/datasets/adventure-explorer480-v0 || $(MAKE) dataset-teacher
+	test -d data/datasets/adventure-lavamore-v0 || $(MAKE) dataset-lava
 	$(PY) -m benchmarks.rl --out benchmarks/results/rl.json
 
 # The external-game world model (ViZDoom "basic", frame_skip 2): the whole pipeline on this CPU,

@@ -16,6 +16,12 @@ of training). With ``equal_data``, a third setting gives a real-game agent only 
 as the world model and its heads were trained on (DIAMOND's comparison: the dream's agent saw no
 real step beyond those).
 
+Every agent of the real and dream settings is saved (``--agents``) and diagnosed on its own real-game
+episodes (:mod:`benchmarks.transfer`): the heads' recall and precision of coin pickups and episode ends
+on those real transitions (``heads_pickup_recall`` pools the dream agents'), how far the dream follows
+the real game when it replays the agent's actions, and how often the agent meets each event beside the
+world model's dataset. Both places play the game with the settings the world model was trained on.
+
 ``--quick`` runs the whole protocol at toy sizes (one seed, a few hundred steps): a check that it
 works, not a measurement.
 """
@@ -72,12 +78,20 @@ class EvalSection:
 
 
 @dataclass
+class DiagnoseSection:
+    episodes: int = 16      # real-game episodes of each agent, read by the heads and replayed in the dream
+    horizon: int = 32       # steps the dream replays each episode's real actions
+    tolerance: int = 2      # a dream pickup matches a real one this many steps apart
+
+
+@dataclass
 class RLConfig:
     world: str = "adventure"
     dream: DreamSection = field(default_factory=DreamSection)
     train: TrainSection = field(default_factory=TrainSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    diagnose: DiagnoseSection = field(default_factory=DiagnoseSection)
     equal_data: bool = True
 
 
@@ -99,6 +113,7 @@ def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
         cfg.dream.episode_steps = 32
         cfg.eval = EvalSection(episodes=4, episode_steps=32, seed_base=cfg.eval.seed_base, curve_points=2,
                                curve_episodes=2)
+        cfg.diagnose = DiagnoseSection(episodes=2, horizon=8, tolerance=cfg.diagnose.tolerance)
         cfg.equal_data = False
     if cfg.eval.seed_base < 1_000_000:
         raise BenchmarkError(f"eval.seed_base must be >= 1,000,000 (held-out seeds), got {cfg.eval.seed_base}")
@@ -106,8 +121,19 @@ def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
 
 
 # ------------------------------------------------------------------ envs and agents
+def real_settings(cfg: RLConfig) -> dict[str, Any]:
+    """The real game's settings: those the dream's world model was trained on (its card's, else its
+    dataset's), so that both places play the same game."""
+    from model.io import resolve_full
+    from world.dream import trained_settings
+
+    _, card = resolve_full(cfg.dream.checkpoint)
+    return trained_settings(card, cfg.world)
+
+
 def real_vec_env(cfg: RLConfig, seed: int):
-    """SB3 vector env of the real game (``train.envs`` copies, TimeLimit ``train.episode_steps``)."""
+    """SB3 vector env of the real game (``train.envs`` copies, TimeLimit ``train.episode_steps``), with the
+    dream's trained settings."""
     import gymnasium as gym
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -115,9 +141,10 @@ def real_vec_env(cfg: RLConfig, seed: int):
     from agent_env.env import env_id_for
 
     env_id = env_id_for(cfg.world)
+    settings = real_settings(cfg)
 
     def make():
-        return gym.make(env_id, max_episode_steps=cfg.train.episode_steps)
+        return gym.make(env_id, max_episode_steps=cfg.train.episode_steps, **settings)
 
     venv = DummyVecEnv([make] * cfg.train.envs)
     venv.seed(seed)
@@ -141,11 +168,12 @@ def scores(cfg: RLConfig, policy, episodes: int) -> list[float]:
     """Real-game returns of ``policy(obs) -> action`` on the held-out seeds."""
     from agent_env.ppo import real_returns
 
-    return real_returns(cfg.world, {}, policy, episodes, cfg.eval.episode_steps, cfg.eval.seed_base)
+    return real_returns(cfg.world, real_settings(cfg), policy, episodes, cfg.eval.episode_steps, cfg.eval.seed_base)
 
 
-def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> dict[str, Any]:
-    """Train one PPO agent in ``place`` ("real" or "dream"); its real-game scores, curve and wall time."""
+def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> tuple[dict[str, Any], Any]:
+    """Train one PPO agent in ``place`` ("real" or "dream"): its real-game scores, curve and wall time,
+    and the agent (an SB3 PPO)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -177,7 +205,25 @@ def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> dict[st
     env.close()
     final = scores(cfg, act, cfg.eval.episodes)
     return {"seed": seed, "timesteps": timesteps, "train_wall_s": round(wall, 1), "returns": final,
-            "mean": float(np.mean(final)), "curve": curve}
+            "mean": float(np.mean(final)), "curve": curve}, model
+
+
+def diagnose(cfg: RLConfig, dreamer: Any, policy, dataset: str | None) -> dict[str, Any]:
+    """Where transfer is lost, on the agent's own real trajectories (:mod:`benchmarks.transfer`)."""
+    from benchmarks import transfer
+
+    trajs = transfer.play_agent(cfg.world, real_settings(cfg), policy, cfg.diagnose.episodes,
+                                cfg.eval.episode_steps, cfg.eval.seed_base)
+    return {"heads_on_real": transfer.heads_on_real(dreamer, trajs),
+            "dream_follow": transfer.dream_follow(dreamer, trajs, cfg.diagnose.horizon, tolerance=cfg.diagnose.tolerance),
+            "coverage": transfer.coverage(trajs, dataset)}
+
+
+def pooled_recall(diags: list[dict[str, Any]]) -> float | None:
+    """Coin-pickup recall of the heads over the real transitions of several agents together."""
+    real = sum(d["heads_on_real"]["pickup"]["real"] for d in diags)
+    hits = sum(d["heads_on_real"]["pickup"]["hits"] for d in diags)
+    return hits / real if real else None
 
 
 # ------------------------------------------------------------------ statistics
@@ -214,6 +260,14 @@ def transfer_ratio(dream: list[list[float]], real: list[list[float]], random: li
     return {"ratio": float(point), "ci95": [float(lo), float(hi)], "note": note}
 
 
+def difference(a: list[list[float]], b: list[list[float]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """mean(a) - mean(b) of two settings (per-seed returns) with its 95% bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    d = _boot_means(a, rng, n_boot) - _boot_means(b, rng, n_boot)
+    point = float(np.mean([np.mean(v) for v in a]) - np.mean([np.mean(v) for v in b]))
+    return {"difference": point, "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+
+
 # ------------------------------------------------------------------ equal real data
 def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     """The distinct real env steps the dream's world model, autoencoder and heads were trained on:
@@ -234,8 +288,8 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     heads = card.get("heads") or default_heads(card.get("world", "adventure"))
     if heads:
         sources["heads"] = resolve_full(heads)[1]
-    datasets = sorted({str((c.get("data") or {}).get("dataset")) for c in sources.values()
-                       if (c.get("data") or {}).get("dataset")})
+    datasets = sorted({str(d) for c in sources.values()
+                       for d in [(c.get("data") or {}).get("dataset"), *(c.get("datasets") or [])] if d})
     missing = [d for d in datasets if not (Path(d) / "data" / "metadata.json").is_file()]
     if missing:
         raise BenchmarkError(f"the world model's training data {missing} is not here: regenerate it (make dataset, "
@@ -251,6 +305,32 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the report
+def headline(rep: dict[str, Any], cfg: RLConfig) -> dict[str, Any]:
+    """The report's top-level fields (issue 26's names) from its settings."""
+    S = rep["settings"]
+    out: dict[str, Any] = {"seeds": list(cfg.train.seeds)}
+    for k in ("random", "real", "dream"):
+        if k in S:
+            out[k] = {"mean": S[k]["mean"], "ci95": S[k]["ci95"]}
+    out["wall_s"] = {k: S[k]["train_wall_s"] for k in ("real", "dream") if k in S}
+    if "transfer" in rep:
+        out["transfer_ratio"] = rep["transfer"]["ratio"]
+        out["transfer_ratio_ci95"] = rep["transfer"]["ci95"]
+    for k, field_name in (("dream", "heads_pickup_recall"), ("real", "heads_pickup_recall_real_agents")):
+        diags = [r["diagnose"] for r in S.get(k, {}).get("runs", []) if "diagnose" in r]
+        if diags:
+            out[field_name] = pooled_recall(diags)
+    if "real_equal_data" in S and "dream" in S:
+        d = difference([r["returns"] for r in S["dream"]["runs"]], [r["returns"] for r in S["real_equal_data"]["runs"]])
+        out["equal_real_data"] = {"real_steps": S["real_equal_data"]["timesteps"],
+                                  "model_free": {"mean": S["real_equal_data"]["mean"],
+                                                 "ci95": S["real_equal_data"]["ci95"]},
+                                  "dream": out["dream"], "difference": d["difference"],
+                                  "difference_ci95": d["ci95"]}
+    return out
+
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
     s = rep["settings"]
     lines = [f"# RL: trained in the dream, scored in the real game ({rep['world']})", "",
@@ -273,7 +353,40 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"Equal real data: the world model and heads were trained on {e['steps']} real steps "
                   f"({e['episodes']} episodes of {', '.join(e['datasets'])}); the `real_equal_data` row is PPO given "
                   "only those."]
+    if rep.get("equal_real_data"):
+        e = rep["equal_real_data"]
+        lines += [f"At equal real data ({e['real_steps']} real steps): dream - model-free = {e['difference']:.3f} "
+                  f"(95% interval [{e['difference_ci95'][0]:.3f}, {e['difference_ci95'][1]:.3f}])."]
+    lines += diagnosis_markdown(s)
     return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None, spec: str = "{:.2f}") -> str:
+    return "n/a" if x is None else spec.format(x)
+
+
+def diagnosis_markdown(settings: dict[str, Any]) -> list[str]:
+    """Where transfer is lost: one row per agent with diagnostics (benchmarks.transfer)."""
+    rows = []
+    for name in ("real", "dream"):
+        for run in settings.get(name, {}).get("runs", []):
+            d = run.get("diagnose")
+            if not d:
+                continue
+            h, f, c = d["heads_on_real"], d["dream_follow"], d["coverage"]
+            psnr = f.get("psnr_at") or []
+            at = " / ".join(_fmt(psnr[k - 1], "{:.1f}") for k in (1, 8, 16, 32) if k <= len(psnr))
+            rows.append(f"| {name} {run['seed']} | {_fmt(h['pickup']['recall'])} ({h['pickup']['real']}) | "
+                        f"{_fmt(h['pickup']['precision'])} | {_fmt(h['termination']['recall'])} "
+                        f"({h['termination']['real']}) | {at} | {_fmt(f.get('pickup_recall'))} "
+                        f"(+{f.get('dream_pickups_unmatched', 0)}) | {_fmt(c['agent']['pickups_per_1000'], '{:.1f}')} / "
+                        f"{_fmt(c.get('dataset', {}).get('pickups_per_1000'), '{:.1f}')} |")
+    if not rows:
+        return []
+    return ["", "## Where transfer is lost (each agent's own real-game episodes)", "",
+            "| agent | heads: pickup recall (real pickups) | pickup precision | end recall (real ends) | "
+            "dream PSNR at step 1 / 8 / 16 / 32 (dB) | dream pickups matched (+ unmatched) | "
+            "pickups per 1,000 steps: agent / dataset |", "|---|---|---|---|---|---|---|", *rows]
 
 
 def render_curve(rep: dict[str, Any], path: Path) -> None:
@@ -306,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the protocol at toy sizes (a check, not a measurement)")
     p.add_argument("--only", choices=["real", "dream"], default=None, help="train only this setting")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--agents", default="runs/rl_agents", help="folder for the trained agents (SB3 .zip)")
     a = p.parse_args(argv)
     import torch
 
@@ -334,11 +448,22 @@ def main(argv: list[str] | None = None) -> int:
         eq = world_model_real_steps(cfg.dream.checkpoint)
         rep["equal_data"] = eq
         jobs.append(("real_equal_data", eq["steps"]))
+    from model.dreamer import Dreamer
+
+    dreamer = Dreamer.load(cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps, heads=cfg.dream.heads)
+    dataset = (dreamer.config.get("data") or {}).get("dataset")
+    agents = Path(a.agents)
     for name, steps in jobs:
         runs = []
         for seed in cfg.train.seeds:
             t0 = time.perf_counter()
-            run = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
+            run, model = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
+            agents.mkdir(parents=True, exist_ok=True)
+            model.save(agents / f"{name}_seed{seed}.zip")
+            run["agent"] = str(agents / f"{name}_seed{seed}.zip")
+            if name in ("real", "dream") and dreamer.heads is not None:
+                run["diagnose"] = diagnose(cfg, dreamer, lambda o, m=model: int(m.predict(o, deterministic=False)[0]),
+                                           dataset)
             runs.append(run)
             print(f"[rl] {name} seed {seed}: mean real return {run['mean']:.3f} (random {np.mean(random):.3f}); "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -347,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if "real" in rep["settings"] and "dream" in rep["settings"]:
         rep["transfer"] = transfer_ratio([r["returns"] for r in rep["settings"]["dream"]["runs"]],
                                          [r["returns"] for r in rep["settings"]["real"]["runs"]], random)
+    rep.update(headline(rep, cfg))
     atomic_write_json(out, rep, indent=1)
     if "transfer" in rep:
         atomic_write_text(out.with_suffix(".md"), render_markdown(rep))

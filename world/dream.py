@@ -90,7 +90,7 @@ def load_dreamer(s: DreamSettings) -> tuple[Dreamer, str, dict[str, Any]]:
         raise InvalidSettingError(f"cannot load the dream checkpoint: {e}") from None
     except DreamerError as e:
         raise InvalidSettingError(str(e)) from None
-    return dreamer, dreamer.world, _recorded_settings(dreamer.config, dreamer.world)
+    return dreamer, dreamer.world, trained_settings(dreamer.config, dreamer.world)
 
 
 class DreamWorld(World):
@@ -246,7 +246,7 @@ class DreamWorld(World):
         self._real.close()
 
 
-def _recorded_settings(config: dict[str, Any], world: str) -> dict[str, Any]:
+def trained_settings(config: dict[str, Any], world: str) -> dict[str, Any]:
     """The real world's settings the model was trained on (its card, else its dataset's metadata)."""
     from world.dataset import recorded_settings
 

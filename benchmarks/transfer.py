@@ -1,0 +1,170 @@
+"""Where an agent's transfer from the dream to the real game is lost, measured on its own trajectories.
+
+:mod:`benchmarks.rl` calls these on every trained agent; each works on any policy ``obs -> action``:
+
+- :func:`play_agent`: the agent's episodes in the real game (held-out seeds), frames, actions,
+  rewards and episode ends kept;
+- :func:`heads_on_real`: the dream's reward/termination heads read the *real* transitions the agent
+  made: recall and precision of coin pickups (reward > 0), penalties (reward < 0) and episode ends.
+  A head that misses pickups never pays the agent for them in the dream;
+- :func:`dream_follow`: the dream replays the agent's real actions from the same first frame
+  (open loop, the way :class:`agent_env.dream_vec.DreamVectorEnv` starts an episode): frame PSNR
+  against the real game at each horizon, and the share of real pickups the dream's heads report
+  in the dream within ``tolerance`` steps (and how many it reports that the real game did not);
+- :func:`coverage`: how often the agent meets each event per 1,000 steps, beside the recorded
+  dataset the world model learnt from (a policy that goes where the data never went exploits a
+  wrong world).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Trajectory:
+    seed: int
+    frames: np.ndarray      # (T + 1, H, W, 3) uint8: the reset frame and one per step
+    actions: np.ndarray     # (T,) int64
+    rewards: np.ndarray     # (T,) float64
+    terminated: np.ndarray  # (T,) bool
+
+
+def play_agent(world: str, settings: dict[str, Any], policy: Callable[[np.ndarray], int], episodes: int,
+               steps: int, seed_base: int) -> list[Trajectory]:
+    """``episodes`` real-game episodes of ``policy`` on seeds ``seed_base + i`` (at most ``steps`` steps)."""
+    from world import make_world
+
+    w = make_world(world, **settings)
+    out = []
+    for i in range(episodes):
+        obs, _ = w.reset(seed=seed_base + i)
+        frames, acts, rews, ends = [obs], [], [], []
+        for _ in range(steps):
+            a = int(policy(obs))
+            r = w.step(a)
+            obs = r.frame
+            frames.append(obs)
+            acts.append(a)
+            rews.append(r.reward)
+            ends.append(r.terminated)
+            if r.terminated or r.truncated:
+                break
+        out.append(Trajectory(seed_base + i, np.stack(frames), np.asarray(acts, np.int64),
+                              np.asarray(rews, np.float64), np.asarray(ends, bool)))
+    w.close()
+    return out
+
+
+def event_scores(real: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Recall and precision of boolean events (None where undefined: no real / no predicted event)."""
+    real, predicted = np.asarray(real, bool), np.asarray(predicted, bool)
+    hit = int((real & predicted).sum())
+    return {"real": int(real.sum()), "predicted": int(predicted.sum()), "hits": hit,
+            "recall": hit / int(real.sum()) if real.any() else None,
+            "precision": hit / int(predicted.sum()) if predicted.any() else None}
+
+
+def heads_on_real(dreamer: Any, trajs: Sequence[Trajectory]) -> dict[str, Any]:
+    """The dreamer's heads on the real transitions of ``trajs``: pickups, penalties, episode ends."""
+    import torch
+
+    rew, end, real_r, real_t = [], [], [], []
+    for tr in trajs:
+        if not len(tr.actions):
+            continue
+        z = dreamer.encode(tr.frames)
+        r, t = dreamer.outcomes(z[:-1], z[1:], torch.from_numpy(tr.actions))
+        rew.append(r)
+        end.append(t)
+        real_r.append(tr.rewards)
+        real_t.append(tr.terminated)
+    r, t = np.concatenate(rew), np.concatenate(end)
+    rr, rt = np.concatenate(real_r), np.concatenate(real_t)
+    return {"transitions": int(len(r)), "pickup": event_scores(rr > 0, r > 0),
+            "penalty": event_scores(rr < 0, r < 0), "termination": event_scores(rt, t)}
+
+
+def matched_events(real: np.ndarray, predicted: np.ndarray, tolerance: int) -> tuple[int, int]:
+    """(real events with a predicted one within ``tolerance`` steps, predicted events with no real
+    one within ``tolerance`` steps) of two boolean sequences; each predicted event matches once."""
+    used = np.zeros(len(predicted), bool)
+    hits = 0
+    pred_idx = np.flatnonzero(predicted)
+    for i in np.flatnonzero(real):
+        near = [j for j in pred_idx if abs(j - i) <= tolerance and not used[j]]
+        if near:
+            used[min(near, key=lambda j: abs(j - i))] = True
+            hits += 1
+    return hits, int((predicted & ~used).sum())
+
+
+def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: int = 0,
+                 tolerance: int = 2) -> dict[str, Any]:
+    """The dream replays each trajectory's real actions from its first frame, ``horizon`` steps
+    (shorter episodes are left out): PSNR against the real frames by step, and pickups."""
+    import torch
+
+    from evaluation.metrics import psnr_batch
+
+    keep = [tr for tr in trajs if len(tr.actions) >= horizon]
+    if not keep:
+        return {"episodes": 0, "horizon": horizon, "psnr_at": [], "note": f"no episode lasted {horizon} steps"}
+    B = len(keep)
+    acts = torch.from_numpy(np.stack([tr.actions[:horizon] for tr in keep]))
+    z0 = dreamer.encode(np.stack([tr.frames[0] for tr in keep]))
+    sess = dreamer.session(B, torch.Generator().manual_seed(seed))
+    zs = [z0]
+    with torch.no_grad(), dreamer.autocast():
+        sess.prime(z0[:, None], torch.zeros(B, 1, dtype=torch.long))
+        for t in range(horizon):
+            zs.append(sess.generate(acts[:, t:t + 1], dreamer.sampler)[:, 0].float())
+    psnr = []
+    d_rew = []
+    for t in range(horizon):
+        frames = dreamer.decode(zs[t + 1])
+        psnr.append(float(psnr_batch(frames, np.stack([tr.frames[t + 1] for tr in keep])).mean()))
+        r, _ = dreamer.outcomes(zs[t], zs[t + 1], acts[:, t])
+        d_rew.append(r)
+    d_rew = np.stack(d_rew, 1)  # (B, horizon)
+    hits = false = n_real = 0
+    for b, tr in enumerate(keep):
+        real = tr.rewards[:horizon] > 0
+        h, f = matched_events(real, d_rew[b] > 0, tolerance)
+        hits, false, n_real = hits + h, false + f, n_real + int(real.sum())
+    return {"episodes": B, "horizon": horizon, "psnr_at": psnr, "tolerance": tolerance,
+            "real_pickups": n_real, "dream_pickups_matched": hits, "dream_pickups_unmatched": false,
+            "pickup_recall": hits / n_real if n_real else None,
+            "real_return": float(np.mean([tr.rewards[:horizon].sum() for tr in keep])),
+            "dream_return": float(d_rew.sum(1).mean())}
+
+
+def event_rates(rewards: np.ndarray, terminated: np.ndarray) -> dict[str, float]:
+    n = max(len(rewards), 1)
+    return {"steps": int(len(rewards)), "pickups_per_1000": 1000.0 * float((rewards > 0).sum()) / n,
+            "penalties_per_1000": 1000.0 * float((rewards < 0).sum()) / n,
+            "ends_per_1000": 1000.0 * float(np.asarray(terminated, bool).sum()) / n}
+
+
+def coverage(trajs: Sequence[Trajectory], dataset: str | None, max_episodes: int = 64) -> dict[str, Any]:
+    """Events per 1,000 steps of the agent, and of the dataset the world model was trained on."""
+    out: dict[str, Any] = {"agent": event_rates(np.concatenate([t.rewards for t in trajs]),
+                                                np.concatenate([t.terminated for t in trajs])),
+                           "agent_actions": np.bincount(np.concatenate([t.actions for t in trajs])).tolist()}
+    if dataset and not (Path(dataset) / "data" / "metadata.json").is_file():
+        out["dataset"] = {"path": str(dataset), "note": "not here: regenerate it to compare (make dataset)"}
+    elif dataset:
+        from world.dataset import iter_episodes, open_dataset
+
+        n = min(open_dataset(dataset).total_episodes, max_episodes)
+        rs, ts = [], []
+        for ep in iter_episodes(dataset, range(n)):
+            rs.append(ep.rewards)
+            ts.append(ep.terminations)
+        out["dataset"] = {"path": str(dataset), "episodes": n, **event_rates(np.concatenate(rs), np.concatenate(ts))}
+    return out
