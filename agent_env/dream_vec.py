@@ -131,7 +131,8 @@ class DreamVectorEnv(VectorEnv):
             if len(resets):
                 z[rz] = self._start(resets)
             with self.dreamer.autocast():
-                self._session.write(z[:, None], a, defer=True)  # fused into the next step's first forward
+                # fused into the next step's first forward (at the sampler's context noise level)
+                self._session.write_generated(z[:, None], a, self.dreamer.sampler, defer=True)
                 if len(resets):
                     self._session.reset_rows(rz, z[rz])
             live = ~self._needs_reset

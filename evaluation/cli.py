@@ -23,7 +23,7 @@ import torch
 
 from evaluation.fidelity import evaluate
 from evaluation.report import render_markdown, render_plot
-from evaluation.rollouts import HORIZON, EvaluationError
+from evaluation.rollouts import EVAL_SEED_BASE, HORIZON, EvaluationError
 from model.rollout import SamplerConfig
 from world.io import atomic_write_json
 
@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
                         "--sampler is the card's kind, else 1")
     p.add_argument("--shift", type=float, default=None, help="default: the checkpoint's training shift")
     p.add_argument("--first-frame-steps", type=int, default=None, help="default: the card's (consistency)")
+    p.add_argument("--context-sigma", type=float, default=None,
+                   help="noise level the model's own frames enter its cache at (default: the card's "
+                        "loss.generated_sigma, else 0)")
+    p.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
+                   help=f"first held-out seed (>= {EVAL_SEED_BASE}); another range than the report's to tune "
+                        "a setting without tuning it on the test episodes")
     p.add_argument("--idm", help="IDM checkpoint (default: the shipped one, else runs/<world>_idm)")
     p.add_argument("--long-episodes", type=int, default=4, help="long rollouts for the Fréchet drift (0: skip)")
     p.add_argument("--long-horizon", type=int, default=256)
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("episodes", "horizon", "context", "long_horizon"):
             if getattr(args, name) < 1:
                 raise EvaluationError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.first_seed < EVAL_SEED_BASE:
+            raise EvaluationError(f"--first-seed must be >= {EVAL_SEED_BASE} (held-out seeds), got {args.first_seed}")
         for name in ("long_episodes", "revisit_episodes"):
             if getattr(args, name) < 0:
                 raise EvaluationError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -78,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_writable(args.out, "the report (--out)")  # before minutes of evaluation, not after
         card = resolve_full(args.checkpoint)[1]
-        sampler = SamplerConfig.from_card(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift)
+        sampler = SamplerConfig.from_card(card, args.sampler, args.steps, args.first_frame_steps, args.cfg, args.shift,
+                                          context_sigma=args.context_sigma)
         report = evaluate(args.checkpoint, args.world, args.episodes, args.context, args.horizon, sampler,
                           args.seed, args.actions, args.idm, args.long_episodes, args.long_horizon,
-                          args.revisit_episodes, args.precision, rollouts=args.rollouts, strip=args.strip)
+                          args.revisit_episodes, args.precision, first_seed=args.first_seed, rollouts=args.rollouts,
+                          strip=args.strip)
     except (EvaluationError, CheckpointError, WorldError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -253,7 +253,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
     settings: dict[str, Any] = recorded_settings(dataset, world)
     settings.update(cfg.get("world_settings", {}) or {})
     if sampler is None:
-        sampler = SamplerConfig(kind="euler", steps=48, cfg=1.0, shift=float(cfg.get("loss", {}).get("shift", 3.0)))
+        sampler = SamplerConfig.from_card(cfg, "euler", 48, cfg=1.0)
     K = model.cfg.block_frames
     if context % K:
         raise EvaluationError(f"--context {context} must be a multiple of the model's block size {K}")
@@ -311,7 +311,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["copy_last_revisit_psnr"] = float(M.psnr_batch(rreal.frames[:, context - 1],
                                                                rreal.frames[:, -1]).mean())
     report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,
-                         "first_frame_steps": sampler.first_frame_steps}
+                         "first_frame_steps": sampler.first_frame_steps, "context_sigma": sampler.context_sigma}
     report["protocol"] = {"world": world, "settings": settings, "episodes": episodes, "context": context,
                           "horizon": horizon, "long_episodes": long_episodes, "long_horizon": long_horizon,
                           "revisit_episodes": revisit_episodes, "seed": seed, "eval_seeds": seeds_used,

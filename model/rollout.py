@@ -25,24 +25,30 @@ class SamplerConfig:
     cfg: float = 1.0         # action guidance scale (consistency: on each step's x0, off at 1.0)
     shift: float = 3.0
     first_frame_steps: int = 0  # consistency: steps for the first generated frame (0 = same)
+    # noise level at which generated frames enter the cache, told to the model (0 = clean): a model
+    # trained with memory spans (teacher loss.memory_span) trusts real frames above its own
+    context_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("euler", "consistency"):
             raise ValueError(f"sampler kind must be 'euler' or 'consistency', got {self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.context_sigma < 1.0:
+            raise ValueError(f"sampler context_sigma must be in [0, 1), got {self.context_sigma}")
 
     @classmethod
     def from_card(cls, card: dict[str, Any], kind: str | None = None, steps: int | None = None,
                   first_frame_steps: int | None = None, cfg: float | None = None, shift: float | None = None,
-                  default_steps: int = 48) -> SamplerConfig:
+                  default_steps: int = 48, context_sigma: float | None = None) -> SamplerConfig:
         """The sampler a model card plays with, each field overridable (None: the card's).
 
         The one rule: the card's ``sampler`` section (a distilled student's few-step consistency
         sampler; a card without one is a teacher's: euler) gives the kind; its steps, first-frame
         steps and action guidance apply only to a sampler of the card's own kind (a student's
         2 steps or guidance are not a teacher's), else ``default_steps``, 0 and 1 (off). The shift
-        is the card's training shift."""
+        is the card's training shift; ``context_sigma`` the card's ``loss.generated_sigma`` (the level
+        the model was trained to read its own frames at), 0 without one."""
         from model.io import card_guidance
 
         own = card.get("sampler") or {}
@@ -51,9 +57,11 @@ class SamplerConfig:
         steps = steps or (int(own.get("steps", default_steps)) if mine else default_steps)
         if first_frame_steps is None:
             first_frame_steps = int(own.get("first_frame_steps", 0)) if mine and kind == "consistency" else 0
+        loss = card.get("loss") or {}
         return cls(kind=kind, steps=steps, cfg=cfg if cfg is not None else card_guidance(card, kind),
-                   shift=shift if shift is not None else float(card.get("loss", {}).get("shift", 3.0)),
-                   first_frame_steps=first_frame_steps)
+                   shift=shift if shift is not None else float(loss.get("shift", 3.0)),
+                   first_frame_steps=first_frame_steps,
+                   context_sigma=float(loss.get("generated_sigma", 0.0)) if context_sigma is None else context_sigma)
 
 
 class Session:
@@ -75,9 +83,10 @@ class Session:
         self.t = 0  # time index of the next frame
         self.generated = 0
         self.gen = generator
-        # fused cache write: a finished frame waits here and is written by the next frame's first
-        # model call (one forward instead of two); None when everything is in the cache
-        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # fused cache write: a finished frame (latents, actions, times, noise levels) waits here and is
+        # written by the next frame's first model call (one forward instead of two); None when
+        # everything is in the cache
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _shape(self, frames: int) -> tuple[int, ...]:
         c = self.cfg
@@ -88,24 +97,38 @@ class Session:
         """Write a pending finished frame into the cache now (unfused)."""
         if self.pending is None:
             return
-        lat, acts, times = self.pending
+        lat, acts, times, sigma = self.pending
         self.pending = None
-        sigma = torch.zeros(self.batch, lat.shape[1], device=self.device, dtype=self.dtype)
         self.model(lat, sigma, acts, times, torch.ones(len(times), dtype=torch.bool), cache=self.cache,
                    write_cache=True)
 
     @torch.no_grad()
-    def write(self, latents: torch.Tensor, actions: torch.Tensor, defer: bool = False) -> None:
-        """Write clean frames (B, F, C, h, w) with their actions (B, F) into the cache; with
-        ``defer`` they are written by the next frame's first model call (fused)."""
+    def write(self, latents: torch.Tensor, actions: torch.Tensor, defer: bool = False, sigma: float = 0.0) -> None:
+        """Write frames (B, F, C, h, w) with their actions (B, F) into the cache, at noise level
+        ``sigma`` (0: clean; the latents are expected noised already); with ``defer`` they are
+        written by the next frame's first model call (fused)."""
         self.flush()
         F = latents.shape[1]
-        self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), torch.arange(self.t, self.t + F))
+        sig = torch.full((self.batch, F), float(sigma), device=self.device, dtype=self.dtype)
+        self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), torch.arange(self.t, self.t + F),
+                        sig)
         self.t += F
         if not defer:
             self.flush()
 
     prime = write
+
+    @torch.no_grad()
+    def write_generated(self, latents: torch.Tensor, actions: torch.Tensor, sampler: SamplerConfig,
+                        defer: bool = False) -> None:
+        """Write the model's own finished frames: clean, or noised to ``sampler.context_sigma`` and
+        marked so (the level a memory-trained model was taught to trust less than real frames)."""
+        s = sampler.context_sigma
+        if s > 0:
+            eps = torch.randn(latents.shape, generator=self.gen, dtype=torch.float32).to(latents.device, latents.dtype)
+            latents = flow.add_noise(latents, eps, torch.full(latents.shape[:2], s, device=latents.device,
+                                                               dtype=latents.dtype))
+        self.write(latents, actions, defer=defer, sigma=s)
 
     def _velocity(self, times: torch.Tensor):
         K = len(times)
@@ -114,10 +137,10 @@ class Session:
         def v(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
             B = x.shape[0]
             if B == self.batch and self.pending is not None:  # fused: write the last frame, denoise this
-                lat, acts, ptimes = self.pending
+                lat, acts, ptimes, psigma = self.pending
                 self.pending = None
                 P = lat.shape[1]
-                out = self.model(torch.cat([lat, x], 1), torch.cat([sigma.new_zeros(B, P), sigma], 1),
+                out = self.model(torch.cat([lat, x], 1), torch.cat([psigma.to(sigma.dtype), sigma], 1),
                                  torch.cat([acts, actions], 1), torch.cat([ptimes, times]),
                                  torch.cat([torch.ones(P, dtype=torch.bool), noisy]), cache=self.cache,
                                  write_cache=True)
@@ -154,7 +177,7 @@ class Session:
                 v = _guided(v, torch.full_like(actions, self.cfg.null_action), sampler.cfg)
             x0 = flow.sample_consistency(v, noise, actions, flow.step_list(steps, sampler.shift), self.gen)
         if write:
-            self.write(x0, actions, defer=fuse)
+            self.write_generated(x0, actions, sampler, defer=fuse)
         self.generated += K
         return x0
 

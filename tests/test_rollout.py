@@ -127,7 +127,7 @@ def test_fused_cache_write_matches_the_separate_write():
     z0 = torch.randn(2, 1, 3, 4, 4)
     acts = [torch.tensor([[i % 5], [(i + 2) % 5]]) for i in range(8)]
     for sampler in (SamplerConfig("consistency", steps=2, first_frame_steps=3), SamplerConfig("euler", steps=3),
-                    SamplerConfig("euler", steps=2, cfg=2.0)):
+                    SamplerConfig("euler", steps=2, cfg=2.0), SamplerConfig("consistency", steps=2, context_sigma=0.2)):
         outs = {}
         for fuse in (False, True):
             s = Session(model, batch=2, generator=torch.Generator().manual_seed(7))
@@ -143,3 +143,25 @@ def test_fused_cache_write_matches_the_separate_write():
                 assert s.pending is None and s.cache.num_frames <= model.cfg.window + model.cfg.sink
         for a, b in zip(outs[False], outs[True]):
             assert torch.allclose(a, b, atol=1e-4), (sampler, (a - b).abs().max())
+
+
+def test_generated_frames_enter_the_cache_at_the_card_s_context_sigma():
+    """A card's loss.generated_sigma becomes the sampler's context_sigma; the session writes its own
+    frames noised to that level and marked so (real frames stay clean), which changes what follows."""
+    card = {"loss": {"shift": 3.0, "generated_sigma": 0.25}}
+    assert SamplerConfig.from_card(card, "euler", 4).context_sigma == 0.25
+    assert SamplerConfig.from_card({"loss": {}}, "euler", 4).context_sigma == 0.0
+    with pytest.raises(ValueError, match="context_sigma"):
+        SamplerConfig(context_sigma=1.0)
+    model = tiny_model(window=4)
+    outs = {}
+    for sig in (0.0, 0.25):
+        s = Session(model, batch=1, generator=torch.Generator().manual_seed(5))
+        s.prime(torch.randn(1, 1, 3, 4, 4, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 1, dtype=torch.long))
+        assert s.pending is None
+        sampler = SamplerConfig("consistency", steps=1, context_sigma=sig)
+        first = s.generate(torch.tensor([[1]]), sampler, fuse=True)
+        assert s.pending is not None and torch.all(s.pending[3] == sig)  # the level it is written at
+        outs[sig] = (first, s.generate(torch.tensor([[2]]), sampler))
+    assert torch.equal(outs[0.0][0], outs[0.25][0])          # the first frame saw only the real frame
+    assert not torch.allclose(outs[0.0][1], outs[0.25][1])   # the second read a noised, marked frame

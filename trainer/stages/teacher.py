@@ -35,6 +35,22 @@ class TeacherLossConfig:
     context_noise: float = 0.0       # max sigma of context noise augmentation (0 = off)
     context_noise_prob: float = 0.5  # share of clips that get context noise
     change_weight: float = 4.0       # token weight = 1 + change_weight * (change / mean change)
+    # memory spans: a clip's run of up to memory_span context frames is noised to a level in
+    # [memory_sigma, 1] (the model is told it), so that frames after it must take what they need
+    # from before it: how a long window learns to recall a place that left the view (0 = off)
+    memory_span: int = 0
+    memory_prob: float = 0.5         # share of clips with a span
+    memory_sigma: float = 0.3        # lowest noise level of a span's frames
+    # the level the model's own generated frames enter its cache at, in every rollout (the sampler
+    # reads it from the card: model.rollout.SamplerConfig.from_card); 0 = clean
+    generated_sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.memory_span < 0 or not 0 <= self.memory_prob <= 1 or not 0 <= self.memory_sigma <= 1:
+            raise ValueError(f"loss.memory_span must be >= 0, memory_prob and memory_sigma in [0, 1]; got "
+                             f"{self.memory_span}, {self.memory_prob}, {self.memory_sigma}")
+        if not 0 <= self.generated_sigma < 1:
+            raise ValueError(f"loss.generated_sigma must be in [0, 1), got {self.generated_sigma}")
 
 
 @dataclass
@@ -85,12 +101,32 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
         use = (torch.rand(B, 1, generator=gen) < cfg.context_noise_prob).float().to(dev)
         clean_sigma = torch.rand(B, F, generator=gen).to(dev) * cfg.context_noise * use
         clean = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
+    if cfg.memory_span > 0 and F > 2:
+        clean, clean_sigma = memory_spans(x0, clean, clean_sigma, cfg, gen)
     v = model(clean, x_t, sigma, acts, clean_sigma)
     target = flow.velocity_target(x0, eps)
     w = token_change_weights(x0, cfg.change_weight)
     err = (v.float() - target).pow(2)
     loss = (err * w).mean()
     return loss, {"mse_unweighted": err.detach().mean().item()}
+
+
+def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tensor, cfg: TeacherLossConfig,
+                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise one run of context frames per chosen clip (``memory_prob``): length 1..``memory_span``,
+    starting after frame 0, each frame at its own level in [``memory_sigma``, 1]; frame 0 and the
+    frames outside the run keep their context. Returns the new (clean, clean_sigma)."""
+    B, F = x0.shape[:2]
+    dev = x0.device
+    use = torch.rand(B, generator=gen) < cfg.memory_prob
+    length = torch.randint(1, min(cfg.memory_span, F - 2) + 1, (B,), generator=gen)
+    start = (torch.rand(B, generator=gen) * (F - 1 - length).clamp(min=1)).long() + 1
+    t = torch.arange(F)
+    span = (use[:, None] & (t[None] >= start[:, None]) & (t[None] < (start + length)[:, None])).to(dev)
+    level = (cfg.memory_sigma + (1 - cfg.memory_sigma) * torch.rand(B, F, generator=gen)).to(dev)
+    new_sigma = torch.where(span, level, clean_sigma)
+    noised = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), new_sigma)
+    return torch.where(span[..., None, None, None], noised, clean), new_sigma
 
 
 class TeacherForcing(nn.Module):

@@ -1,0 +1,57 @@
+"""The long-context teacher's memory spans: which context frames are hidden, how, and the config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.stages.teacher import TeacherLossConfig, memory_spans
+
+
+def test_a_span_hides_one_run_of_context_frames_after_the_first():
+    B, F = 64, 12
+    x0 = torch.randn(B, F, 3, 4, 4)
+    clean, clean_sigma = x0.clone(), torch.zeros(B, F)
+    cfg = TeacherLossConfig(memory_span=6, memory_prob=0.5, memory_sigma=0.3)
+    out, sig = memory_spans(x0, clean, clean_sigma, cfg, torch.Generator().manual_seed(0))
+    hidden = sig > 0
+    assert not hidden[:, 0].any() and not hidden[:, -1].any()  # the first frame (the sink) always seen
+    assert 0.2 < hidden.any(1).float().mean() < 0.8            # about memory_prob of the clips
+    for b in range(B):
+        idx = torch.nonzero(hidden[b]).flatten()
+        if len(idx):
+            assert 1 <= len(idx) <= 6 and torch.equal(idx, torch.arange(idx[0], idx[0] + len(idx)))  # one run
+    assert torch.all(sig[hidden] >= 0.3) and torch.all(sig[hidden] <= 1.0)
+    assert torch.equal(out[~hidden], x0[~hidden])               # the rest keeps its context
+    assert not torch.allclose(out[hidden], x0[hidden])
+    # the noise is the flow's: (1 - s) x0 + s eps, so the residual scales with the level
+    r = (out - (1 - sig[..., None, None, None]) * x0)[hidden]
+    assert torch.allclose(r.flatten(1).std(1), sig[hidden], rtol=0.6)
+
+
+def test_memory_settings_are_checked():
+    with pytest.raises(ValueError, match="memory_span"):
+        TeacherLossConfig(memory_span=-1)
+    with pytest.raises(ValueError, match="generated_sigma"):
+        TeacherLossConfig(generated_sigma=1.0)
+
+
+def test_the_teacher_loss_with_memory_spans_trains():
+    from model.transformer import FrameTransformer, TransformerConfig
+    from trainer.stages.teacher import TeacherForcing, teacher_forcing_loss
+
+    torch.manual_seed(0)
+    net = FrameTransformer(TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=2, heads=2,
+                                             window=8))
+    m = TeacherForcing(net)
+    x0, acts = torch.randn(4, 8, 3, 4, 4), torch.randint(0, 5, (4, 8))
+    cfg = TeacherLossConfig(memory_span=4, memory_prob=1.0)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    losses = []
+    for i in range(30):
+        loss, _ = teacher_forcing_loss(m, x0, acts, cfg, net.cfg.null_action, torch.Generator().manual_seed(i % 3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
