@@ -84,7 +84,7 @@ rl: setup
 	test -d data/datasets/adventure-explorer-v0 || $(MAKE) dataset
 	test -d data/datasets/adventure-explorer480-v0 || $(MAKE) dataset-teacher
 	test -d data/datasets/adventure-lavamore-v0 || $(MAKE) dataset-lava
-	$(PY) -m benchmarks.rl --out benchmarks/results/rl.json
+	$(PY) -m benchmarks.rl --out benchmarks/results/rl.json --resume
 
 # The external-game world model (ViZDoom "basic", frame_skip 2): the whole pipeline on this CPU,
 # then the shipped model's report on held-out recorded episodes (ViZDoom has no get_state).

@@ -305,6 +305,24 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the report
+def previous_runs(out: Path, rep: dict[str, Any]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The finished agents of an earlier report at ``out`` of the same config and mode, by (setting,
+    seed, steps); {} when there is none. Another config is an error (a resumed report mixes nothing)."""
+    import json
+
+    if not out.is_file():
+        return {}
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError) as e:
+        raise BenchmarkError(f"--resume: {out} is not a readable report ({e}); move it away to start over") from None
+    if old.get("config") != rep["config"] or old.get("quick") != rep["quick"]:
+        raise BenchmarkError(f"--resume: {out} was written with another config (or --quick); use another --out "
+                             f"or move it away to start over")
+    found = old.get("partial_runs") or {k: v.get("runs", []) for k, v in (old.get("settings") or {}).items()}
+    return {(name, int(r["seed"]), int(r["timesteps"])): r for name, runs in found.items() for r in runs}
+
+
 def headline(rep: dict[str, Any], cfg: RLConfig) -> dict[str, Any]:
     """The report's top-level fields (issue 26's names) from its settings."""
     S = rep["settings"]
@@ -420,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["real", "dream"], default=None, help="train only this setting")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--agents", default="runs/rl_agents", help="folder for the trained agents (SB3 .zip)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the agents an interrupted run of the same config already wrote to --out (the report "
+                        "is rewritten after every agent) and train only the rest")
     a = p.parse_args(argv)
     import torch
 
@@ -453,9 +474,17 @@ def main(argv: list[str] | None = None) -> int:
     dreamer = Dreamer.load(cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps, heads=cfg.dream.heads)
     dataset = (dreamer.config.get("data") or {}).get("dataset")
     agents = Path(a.agents)
+    done = previous_runs(out, rep) if a.resume else {}
+    rep["partial_runs"] = {}
     for name, steps in jobs:
         runs = []
         for seed in cfg.train.seeds:
+            kept = done.get((name, seed, steps))
+            if kept is not None:
+                runs.append(kept)
+                rep["partial_runs"].setdefault(name, []).append(kept)
+                print(f"[rl] {name} seed {seed}: kept from {out} (--resume)", flush=True)
+                continue
             t0 = time.perf_counter()
             run, model = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
             agents.mkdir(parents=True, exist_ok=True)
@@ -465,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["diagnose"] = diagnose(cfg, dreamer, lambda o, m=model: int(m.predict(o, deterministic=False)[0]),
                                            dataset)
             runs.append(run)
+            rep["partial_runs"].setdefault(name, []).append(run)
+            atomic_write_json(out, {**rep, "complete": False}, indent=1)  # a killed run loses at most one agent
             print(f"[rl] {name} seed {seed}: mean real return {run['mean']:.3f} (random {np.mean(random):.3f}); "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         rep["settings"][name] = {"timesteps": steps, **summarize([r["returns"] for r in runs]),
@@ -473,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         rep["transfer"] = transfer_ratio([r["returns"] for r in rep["settings"]["dream"]["runs"]],
                                          [r["returns"] for r in rep["settings"]["real"]["runs"]], random)
     rep.update(headline(rep, cfg))
+    rep.pop("partial_runs")
+    rep["complete"] = True
     atomic_write_json(out, rep, indent=1)
     if "transfer" in rep:
         atomic_write_text(out.with_suffix(".md"), render_markdown(rep))

@@ -36,6 +36,17 @@ def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path):
         assert all(np.isfinite(d["dream_follow"]["psnr_at"]))
         assert d["coverage"]["agent"]["steps"] == d["heads_on_real"]["transitions"]
     assert "heads_pickup_recall" in rep and "Where transfer is lost" in out.with_suffix(".md").read_text()
+    assert rep["complete"] is True and "partial_runs" not in rep
+    # --resume keeps every finished agent: nothing is trained again, the numbers are the same
+    assert rl.main(["--quick", "--out", str(out), "--threads", "1", "--agents", str(tmp_path / "agents"),
+                    "--resume"]) == 0
+    again = json.loads(out.read_text())
+    assert again["settings"]["dream"]["runs"] == rep["settings"]["dream"]["runs"]
+    assert again["transfer_ratio"] == rep["transfer_ratio"]
+    # a report of another config is not resumed into
+    other = tmp_path / "other.yaml"
+    other.write_text(rl.CONFIG.read_text().replace("  steps: 2 ", "  steps: 1 "))
+    assert rl.main(["--quick", "--config", str(other), "--out", str(out), "--resume"]) == 2
     assert out.with_suffix(".png").stat().st_size > 0 and out.with_suffix(".md").is_file()
 
 
