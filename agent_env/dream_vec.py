@@ -3,7 +3,8 @@
 ``DreamVectorEnv`` is a :class:`gymnasium.vector.VectorEnv`: one world model, one KV cache
 with a batch row per env, one batched sampler call, one batched decode and one batched
 reward/termination read per ``step``. Episodes start from the real game's first frame (the
-real game is reset with the env's seed, as the single dream does), and autoreset follows
+real game is reset with the env's seed, as the single dream does) or from a start-state buffer
+of real frames (:meth:`DreamVectorEnv.set_start_frames`), and autoreset follows
 Gymnasium's default (next-step) mode: the step after an episode ends returns the first frame
 of the next episode with reward 0; the row's cached history is rebuilt from that frame while
 the other rows stream on (``Session.reset_rows``).
@@ -74,21 +75,45 @@ class DreamVectorEnv(VectorEnv):
         self._steps = np.zeros(num_envs, np.int64)
         self._needs_reset = np.zeros(num_envs, bool)
         self._seeds = np.zeros(num_envs, np.int64)
+        self._start_index = np.full(num_envs, -1, np.int64)
+        self._start_frames: np.ndarray | None = None
         self._rng = np.random.default_rng()
+
+    def set_start_frames(self, frames: np.ndarray | None) -> None:
+        """Start every later episode from a real frame drawn from ``frames`` (N, H, W, 3) uint8 (a
+        start-state buffer, e.g. frames an agent met in the real game, spread over the map) instead
+        of the real game's first frame; None goes back to the first frames. The draws follow the
+        env's seed (``reset(seed=...)``), and ``info["start_index"]`` says which frame (-1: a reset)."""
+        if frames is None:
+            self._start_frames = None
+            return
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != self.dreamer.frame_shape or frames.dtype != np.uint8 \
+                or not len(frames):
+            raise ValueError(f"start frames must be a non-empty uint8 array (N, {', '.join(map(str, self.dreamer.frame_shape))}), "
+                             f"got {frames.dtype} {frames.shape}")
+        self._start_frames = frames
 
     # ----------------------------------------------------------------- helpers
     def _start(self, rows: np.ndarray) -> torch.Tensor:
         """Reset the real games of ``rows`` with fresh seeds; their first frames' latents."""
         frames = []
         for i in rows:
-            self._seeds[i] = int(self._rng.integers(2**31))
-            frame, _ = self._reals[i].reset(seed=int(self._seeds[i]))
+            if self._start_frames is not None:
+                self._seeds[i] = -1
+                self._start_index[i] = int(self._rng.integers(len(self._start_frames)))
+                frame = self._start_frames[self._start_index[i]]
+            else:
+                self._seeds[i] = int(self._rng.integers(2**31))
+                self._start_index[i] = -1
+                frame, _ = self._reals[i].reset(seed=int(self._seeds[i]))
             frames.append(frame)
             self._obs[i] = frame
         return self.dreamer.encode(np.stack(frames))
 
     def _infos(self, extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = {"world_seed": self._seeds.copy(), "_world_seed": np.ones(self.num_envs, bool)}
+        info: dict[str, Any] = {"world_seed": self._seeds.copy(), "_world_seed": np.ones(self.num_envs, bool),
+                                "start_index": self._start_index.copy(), "_start_index": np.ones(self.num_envs, bool)}
         for k, v in (extra or {}).items():
             info[k], info[f"_{k}"] = v, np.ones(self.num_envs, bool)
         return info

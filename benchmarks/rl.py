@@ -85,6 +85,15 @@ class DiagnoseSection:
 
 
 @dataclass
+class OnlineSection:
+    enabled: bool = False   # also train agents in the online mode (benchmarks/online.py)
+    real_steps: int = 20_000  # real-game steps each online agent may play, in all its rounds
+    rounds: int = 4         # real play -> heads fine-tuned -> dream training, this many times
+    head_steps: int = 200   # fine-tuning steps of the heads per round
+    head_lr: float = 3e-4
+
+
+@dataclass
 class RLConfig:
     world: str = "adventure"
     dream: DreamSection = field(default_factory=DreamSection)
@@ -92,6 +101,7 @@ class RLConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
     eval: EvalSection = field(default_factory=EvalSection)
     diagnose: DiagnoseSection = field(default_factory=DiagnoseSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
     equal_data: bool = True
 
 
@@ -114,6 +124,7 @@ def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
         cfg.eval = EvalSection(episodes=4, episode_steps=32, seed_base=cfg.eval.seed_base, curve_points=2,
                                curve_episodes=2)
         cfg.diagnose = DiagnoseSection(episodes=2, horizon=8, tolerance=cfg.diagnose.tolerance)
+        cfg.online = OnlineSection(enabled=cfg.online.enabled, real_steps=96, rounds=2, head_steps=5)
         cfg.equal_data = False
     if cfg.eval.seed_base < 1_000_000:
         raise BenchmarkError(f"eval.seed_base must be >= 1,000,000 (held-out seeds), got {cfg.eval.seed_base}")
@@ -206,6 +217,32 @@ def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> tuple[d
     final = scores(cfg, act, cfg.eval.episodes)
     return {"seed": seed, "timesteps": timesteps, "train_wall_s": round(wall, 1), "returns": final,
             "mean": float(np.mean(final)), "curve": curve}, model
+
+
+def train_online_agent(cfg: RLConfig, seed: int) -> tuple[dict[str, Any], Any]:
+    """One agent of the online mode (:mod:`benchmarks.online`), scored in the real game."""
+    import torch
+    from stable_baselines3 import PPO
+
+    from agent_env.dream_vec import DreamVectorEnv
+    from agent_env.ppo import sb3_vec_env
+    from benchmarks.online import train_online
+
+    torch.manual_seed(seed)
+
+    def make_env():
+        venv = DreamVectorEnv(cfg.train.envs, max_episode_steps=cfg.dream.episode_steps, autoreset_mode="SameStep",
+                              checkpoint=cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps,
+                              heads=cfg.dream.heads)
+        if venv.dreamer.heads is None:
+            raise BenchmarkError(f"the online mode fine-tunes the dream's heads, and {cfg.dream.checkpoint} has none")
+        return venv, sb3_vec_env(venv)
+
+    run, model = train_online(cfg, seed, make_env,
+                              lambda env: PPO("CnnPolicy", env, seed=seed, verbose=0, device="cpu", **asdict(cfg.ppo)),
+                              real_settings(cfg))
+    final = scores(cfg, lambda o: int(model.predict(o, deterministic=False)[0]), cfg.eval.episodes)
+    return {**run, "returns": final, "mean": float(np.mean(final)), "curve": []}, model
 
 
 def diagnose(cfg: RLConfig, dreamer: Any, policy, dataset: str | None) -> dict[str, Any]:
@@ -316,11 +353,20 @@ def previous_runs(out: Path, rep: dict[str, Any]) -> dict[tuple[str, int, int], 
         old = json.loads(out.read_text())
     except (OSError, ValueError) as e:
         raise BenchmarkError(f"--resume: {out} is not a readable report ({e}); move it away to start over") from None
-    if old.get("config") != rep["config"] or old.get("quick") != rep["quick"]:
+    defaults = asdict(RLConfig())
+    new, was = rep["config"], dict(old.get("config") or {})
+    # the online section changes only the online agents (kept when it is the same); a section added
+    # since the report was written must be at its defaults
+    online_same = was.pop("online", defaults["online"]) == new["online"]
+    rest = {k: v for k, v in new.items() if k != "online"}
+    same = {k: v for k, v in rest.items() if k in was} == was and all(
+        rest[k] == defaults[k] for k in rest if k not in was)
+    if not same or old.get("quick") != rep["quick"]:
         raise BenchmarkError(f"--resume: {out} was written with another config (or --quick); use another --out "
                              f"or move it away to start over")
     found = old.get("partial_runs") or {k: v.get("runs", []) for k, v in (old.get("settings") or {}).items()}
-    return {(name, int(r["seed"]), int(r["timesteps"])): r for name, runs in found.items() for r in runs}
+    return {(name, int(r["seed"]), int(r["timesteps"])): r for name, runs in found.items() for r in runs
+            if name != "online" or online_same}
 
 
 def headline(rep: dict[str, Any], cfg: RLConfig) -> dict[str, Any]:
@@ -338,6 +384,13 @@ def headline(rep: dict[str, Any], cfg: RLConfig) -> dict[str, Any]:
         diags = [r["diagnose"] for r in S.get(k, {}).get("runs", []) if "diagnose" in r]
         if diags:
             out[field_name] = pooled_recall(diags)
+    if "online" in S:
+        runs = S["online"]["runs"]
+        out["online"] = {"mean": S["online"]["mean"], "ci95": S["online"]["ci95"],
+                         "real_steps": int(np.mean([r["real_steps"] for r in runs]))}
+        if "dream" in S:
+            out["online"]["minus_offline_dream"] = difference([r["returns"] for r in runs],
+                                                              [r["returns"] for r in S["dream"]["runs"]])
     if "real_equal_data" in S and "dream" in S:
         d = difference([r["returns"] for r in S["dream"]["runs"]], [r["returns"] for r in S["real_equal_data"]["runs"]])
         out["equal_real_data"] = {"real_steps": S["real_equal_data"]["timesteps"],
@@ -435,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="report JSON (a .md table and a learning-curve .png beside it)")
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--quick", action="store_true", help="the protocol at toy sizes (a check, not a measurement)")
-    p.add_argument("--only", choices=["real", "dream"], default=None, help="train only this setting")
+    p.add_argument("--only", choices=["real", "dream", "online"], default=None,
+                   help="train only this setting (online: whatever online.enabled says)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--agents", default="runs/rl_agents", help="folder for the trained agents (SB3 .zip)")
     p.add_argument("--resume", action="store_true",
@@ -463,8 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     random = scores(cfg, lambda o: int(rng.integers(n_act)), cfg.eval.episodes)
     rep["settings"]["random"] = {"mean": float(np.mean(random)), "ci95": summarize([random])["ci95"],
                                  "returns": random}
-    places = ["real", "dream"] if a.only is None else [a.only]
+    places = ["real", "dream"] if a.only is None else [a.only] if a.only != "online" else []
     jobs = [(pl, cfg.train.timesteps) for pl in places]
+    if cfg.online.enabled and a.only in (None, "online"):
+        jobs.append(("online", cfg.train.timesteps))
     if cfg.equal_data and a.only is None:
         eq = world_model_real_steps(cfg.dream.checkpoint)
         rep["equal_data"] = eq
@@ -486,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[rl] {name} seed {seed}: kept from {out} (--resume)", flush=True)
                 continue
             t0 = time.perf_counter()
-            run, model = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
+            if name == "online":
+                run, model = train_online_agent(cfg, seed)
+            else:
+                run, model = train_agent(cfg, "dream" if name == "dream" else "real", seed, steps)
             agents.mkdir(parents=True, exist_ok=True)
             model.save(agents / f"{name}_seed{seed}.zip")
             run["agent"] = str(agents / f"{name}_seed{seed}.zip")

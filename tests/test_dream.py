@@ -274,3 +274,26 @@ def test_the_shipped_external_dream_plays_with_the_games_own_keys():
     r = w.step(2)
     assert r.frame.shape == frame.shape == (64, 64, 3) and w.heads is not None
     w.close()
+
+
+def test_dream_vector_env_starts_from_a_seeded_start_state_buffer(checkpoint):
+    from agent_env import DreamVectorEnv
+
+    envs = DreamVectorEnv(4, checkpoint=checkpoint, steps=1, sampler="consistency", heads="", max_episode_steps=2)
+    buffer = np.stack([np.full((64, 64, 3), 10 * k, np.uint8) for k in range(6)])
+    envs.set_start_frames(buffer)
+    starts = []
+    for _ in range(2):
+        obs, info = envs.reset(seed=3)
+        starts.append(info["start_index"].copy())
+        for i in range(4):  # each row starts on the buffer frame it names
+            assert np.array_equal(obs[i], buffer[info["start_index"][i]])
+        assert (info["world_seed"] == -1).all()
+    assert np.array_equal(starts[0], starts[1])  # the draws follow the seed
+    assert not np.array_equal(envs.reset(seed=4)[1]["start_index"], starts[0]) or len(set(starts[0])) == 1
+    with pytest.raises(ValueError, match="start frames must be"):
+        envs.set_start_frames(buffer[:, :32])
+    envs.set_start_frames(None)  # back to the real game's first frames
+    obs, info = envs.reset(seed=3)
+    assert (info["start_index"] == -1).all() and (info["world_seed"] >= 0).all()
+    envs.close()
