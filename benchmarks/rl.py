@@ -149,13 +149,12 @@ def real_vec_env(cfg: RLConfig, seed: int):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     import agent_env  # noqa: F401 - registers the dreamstep ids
-    from agent_env.env import env_id_for
+    from agent_env.env import WORLD_ENV_ID
 
-    env_id = env_id_for(cfg.world)
     settings = real_settings(cfg)
 
-    def make():
-        return gym.make(env_id, max_episode_steps=cfg.train.episode_steps, **settings)
+    def make():  # the generic id: any world (built-in, gym:..., a registered own game) by name
+        return gym.make(WORLD_ENV_ID, world=cfg.world, max_episode_steps=cfg.train.episode_steps, **settings)
 
     venv = DummyVecEnv([make] * cfg.train.envs)
     venv.seed(seed)
