@@ -302,7 +302,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["frechet_frames"] = [[1, w], [long_horizon - w + 1, long_horizon]]
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
-    report["revisit_psnr"] = report["copy_last_revisit_psnr"] = None
+    report["revisit_psnr"] = report["copy_last_revisit_psnr"] = report["revisit_teacher_forced_psnr"] = None
+    report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
     if revisit_episodes and pairs:
         rreal, rgen = rollout_pair(revisit_episodes, context + 32, first_seed + 20_000,
@@ -310,6 +311,12 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["revisit_psnr"] = float(M.psnr_batch(rgen[:, -1], rreal.frames[:, -1]).mean())
         report["copy_last_revisit_psnr"] = float(M.psnr_batch(rreal.frames[:, context - 1],
                                                                rreal.frames[:, -1]).mean())
+        # where the return is lost: PSNR at every step of the walk out and back, and the last frame
+        # predicted from all the real frames before it (memory without the model's own drift)
+        report["revisit_psnr_at"] = [float(M.psnr_batch(rgen[:, t], rreal.frames[:, context + t]).mean())
+                                     for t in range(rgen.shape[1])]
+        last = generate(model, ae, rreal.frames[:, :-1], rreal.actions, sampler, seed, precision)
+        report["revisit_teacher_forced_psnr"] = float(M.psnr_batch(last[:, -1], rreal.frames[:, -1]).mean())
     report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,
                          "first_frame_steps": sampler.first_frame_steps, "context_sigma": sampler.context_sigma}
     report["protocol"] = {"world": world, "settings": settings, "episodes": episodes, "context": context,

@@ -139,6 +139,9 @@ def test_evaluate_command_end_to_end(tmp_path):
                 "idm_real_accuracy", "frechet_early", "frechet_late", "revisit_psnr", "sampler", "provenance"):
         assert key in rep, key
     assert len(rep["psnr_at"]) == 4 and rep["sampler"]["steps"] == 2
+    # the revisit walk (32 steps) by step, and its return frame predicted from real frames only
+    assert len(rep["revisit_psnr_at"]) == 32 and rep["revisit_psnr_at"][-1] == pytest.approx(rep["revisit_psnr"])
+    assert np.isfinite(rep["revisit_teacher_forced_psnr"]) and rep["sampler"]["context_sigma"] == 0.0
     assert 0.0 <= rep["action_accuracy"] <= 1.0 and np.isfinite(rep["frechet_late"])
     assert 0.0 <= rep["idm_ae_accuracy"] <= 1.0
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
