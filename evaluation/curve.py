@@ -25,7 +25,9 @@ from world.io import atomic_write_json, atomic_write_text
 # across the points of one curve, not with a full report)
 PROTOCOL = {"episodes": 8, "euler_steps": 16, "revisit_episodes": 8, "long_episodes": 0, "seed": 0}
 # (label, report key, format) of the Markdown table
-COLUMNS = (("revisit PSNR", "revisit_psnr", "{:.2f}"), ("action acc.", "action_accuracy", "{:.3f}"),
+COLUMNS = (("revisit PSNR", "revisit_psnr", "{:.2f}"),
+           ("revisit from real frames", "revisit_teacher_forced_psnr", "{:.2f}"),
+           ("action acc.", "action_accuracy", "{:.3f}"),
            ("acc. key changed", "action_accuracy_switch", "{:.3f}"),
            ("changed PSNR", "changed_psnr_mean_16", "{:.2f}"), ("PSNR 1-16", "psnr_mean_16", "{:.2f}"),
            ("player found", "player_found_16", "{:.3f}"), ("creatures found 1-8", "creatures_found_8", "{:.3f}"))
