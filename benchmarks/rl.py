@@ -29,6 +29,7 @@ works, not a measurement.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -134,12 +135,16 @@ def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
 # ------------------------------------------------------------------ envs and agents
 def real_settings(cfg: RLConfig) -> dict[str, Any]:
     """The real game's settings: those the dream's world model was trained on (its card's, else its
-    dataset's), so that both places play the same game."""
+    dataset's), so that both places play the same game (read once per checkpoint)."""
+    return dict(_trained_settings(cfg.dream.checkpoint, cfg.world))
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_settings(checkpoint: str, world: str) -> dict[str, Any]:
     from model.io import resolve_full
     from world.dream import trained_settings
 
-    _, card = resolve_full(cfg.dream.checkpoint)
-    return trained_settings(card, cfg.world)
+    return trained_settings(resolve_full(checkpoint)[1], world)
 
 
 def real_vec_env(cfg: RLConfig, seed: int):
@@ -162,6 +167,7 @@ def real_vec_env(cfg: RLConfig, seed: int):
 
 
 def dream_vec_env(cfg: RLConfig):
+    """The dream's vector env (``train.envs`` dreams, same-step autoreset) and its SB3 adapter."""
     from agent_env.dream_vec import DreamVectorEnv
     from agent_env.ppo import sb3_vec_env
 
@@ -171,7 +177,7 @@ def dream_vec_env(cfg: RLConfig):
     if venv.dreamer.heads is None:
         raise BenchmarkError(f"the dream {cfg.dream.checkpoint} has no reward/termination heads: nothing to learn "
                              f"from (train them with python -m trainer heads, or set dream.heads)")
-    return sb3_vec_env(venv)
+    return venv, sb3_vec_env(venv)
 
 
 def scores(cfg: RLConfig, policy, episodes: int) -> list[float]:
@@ -189,7 +195,7 @@ def train_agent(cfg: RLConfig, place: str, seed: int, timesteps: int) -> tuple[d
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.manual_seed(seed)
-    env = real_vec_env(cfg, seed) if place == "real" else dream_vec_env(cfg)
+    env = real_vec_env(cfg, seed) if place == "real" else dream_vec_env(cfg)[1]
     if place == "dream":
         env.seed(seed)
     model = PPO("CnnPolicy", env, seed=seed, verbose=0, device="cpu", **asdict(cfg.ppo))
@@ -223,21 +229,10 @@ def train_online_agent(cfg: RLConfig, seed: int) -> tuple[dict[str, Any], Any]:
     import torch
     from stable_baselines3 import PPO
 
-    from agent_env.dream_vec import DreamVectorEnv
-    from agent_env.ppo import sb3_vec_env
     from benchmarks.online import train_online
 
     torch.manual_seed(seed)
-
-    def make_env():
-        venv = DreamVectorEnv(cfg.train.envs, max_episode_steps=cfg.dream.episode_steps, autoreset_mode="SameStep",
-                              checkpoint=cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps,
-                              heads=cfg.dream.heads)
-        if venv.dreamer.heads is None:
-            raise BenchmarkError(f"the online mode fine-tunes the dream's heads, and {cfg.dream.checkpoint} has none")
-        return venv, sb3_vec_env(venv)
-
-    run, model = train_online(cfg, seed, make_env,
+    run, model = train_online(cfg, seed, lambda: dream_vec_env(cfg),
                               lambda env: PPO("CnnPolicy", env, seed=seed, verbose=0, device="cpu", **asdict(cfg.ppo)),
                               real_settings(cfg))
     final = scores(cfg, lambda o: int(model.predict(o, deterministic=False)[0]), cfg.eval.episodes)
@@ -332,9 +327,10 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
                              f"make dataset-teacher, make dataset-lava) or set equal_data: false")
     seen: dict[tuple[str, int], int] = {}
     for d in datasets:
-        rec = read_metadata(d).get("recording", {})
+        meta = read_metadata(d)
+        rec = meta.get("recording", {})
         key = str(rec.get("world")) + str(sorted((rec.get("settings") or {}).items()))
-        for i in range(int(read_metadata(d)["total_episodes"])):  # each episode's metadata, not its frames
+        for i in range(int(meta["total_episodes"])):  # each episode's metadata, not its frames
             ep = json.loads((Path(d) / "data" / str(i) / "metadata.json").read_text())
             seen[(key, int(ep["seed"] if ep.get("seed") is not None else -1))] = int(ep["total_steps"])
     return {"datasets": datasets, "episodes": len(seen), "steps": int(sum(seen.values()))}
