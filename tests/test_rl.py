@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,64 @@ def test_equal_data_difference_and_pooled_recall():
     diags = [{"heads_on_real": {"pickup": {"real": 4, "hits": 3}}}, {"heads_on_real": {"pickup": {"real": 0, "hits": 0}}}]
     assert rl.pooled_recall(diags) == pytest.approx(0.75)
     assert rl.pooled_recall(diags[1:]) is None
+
+
+def test_equal_data_counts_each_real_episode_of_every_card_once(tmp_path, monkeypatch):
+    """The world model's, the autoencoder's and the heads' datasets (the heads' ``datasets:`` list
+    included) are pooled; an episode (world, settings, seed) in two datasets counts once, and a
+    teacher that is not here is skipped."""
+    import model.io
+    from world.record import record
+
+    small = {"rooms_x": 2, "rooms_y": 2}
+    a, b, other = tmp_path / "a-v0", tmp_path / "b-v0", tmp_path / "c-v0"
+    record("adventure", "explorer", episodes=3, steps=6, out=a, seed=0, settings=small, progress=False)
+    record("adventure", "explorer", episodes=2, steps=6, out=b, seed=2, settings=small, progress=False)
+    record("adventure", "explorer", episodes=1, steps=6, out=other, seed=0,
+           settings={**small, "coins_per_room": 1}, progress=False)  # the same seed in another game: its own episode
+
+    def seeds_steps(d):
+        rows = [json.loads(p.read_text()) for p in sorted((d / "data").glob("*/metadata.json"))]
+        return {(str(d.name), int(r["seed"])): int(r["total_steps"]) for r in rows}
+
+    cards = {"wm": {"data": {"dataset": str(a)}, "autoencoder": "ae", "teacher": "gone", "heads": "h"},
+             "ae": {"data": {"dataset": str(a)}},
+             "h": {"data": {"dataset": str(a)}, "datasets": [str(b), str(other)]}}
+
+    def fake_resolve(path):
+        if str(path) not in cards:
+            raise FileNotFoundError(path)
+        return Path(str(path)), cards[str(path)]
+
+    monkeypatch.setattr(model.io, "resolve_full", fake_resolve)
+    got = rl.world_model_real_steps("wm")
+    assert got["datasets"] == sorted([str(a), str(b), str(other)])
+    # seeds 0,1,2 of a and 2,3 of b: 4 episodes of this game; seed 0 of the other game is a fifth
+    per = {**seeds_steps(a), **seeds_steps(b), **seeds_steps(other)}
+    distinct = {s: n for (name, s), n in per.items() if name != "c-v0"}
+    assert sorted(distinct) == [0, 1, 2, 3] and got["episodes"] == 5
+    assert got["steps"] == sum(distinct.values()) + per[("c-v0", 0)]
+    # a dataset a card names that is not here is a clear error, not a silent undercount
+    cards["h"]["datasets"].append(str(tmp_path / "missing-v0"))
+    with pytest.raises(rl.BenchmarkError, match="missing-v0"):
+        rl.world_model_real_steps("wm")
+
+
+def test_the_real_game_is_played_with_the_settings_the_dream_was_trained_on(monkeypatch):
+    import model.io
+
+    card = {"world_settings": {"rooms_x": 2, "rooms_y": 3}}
+    monkeypatch.setattr(model.io, "resolve_full", lambda path: (Path(str(path)), card))
+    rl._trained_settings.cache_clear()
+    try:
+        cfg = rl.RLConfig()
+        cfg.dream.checkpoint, cfg.train.envs = "a-card-with-settings", 2
+        assert rl.real_settings(cfg) == {"rooms_x": 2, "rooms_y": 3}
+        venv = rl.real_vec_env(cfg, seed=0)
+        try:
+            worlds = [env.unwrapped.world for env in venv.envs]
+            assert [(w.settings.rooms_x, w.settings.rooms_y) for w in worlds] == [(2, 3), (2, 3)]
+        finally:
+            venv.close()
+    finally:
+        rl._trained_settings.cache_clear()
