@@ -9,7 +9,7 @@ EXTRAS ?= dev,games,minari
 ARGS   ?=
 
 .PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
-	dataset-doom-heldout external-report variants compare stage2 stage2-long stage2-grid clean-venv
+	dataset-doom-heldout external-report variants variants-long compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	bash .ci/system-deps.sh
@@ -129,6 +129,19 @@ variants: setup
 		dir=assets/checkpoints; [ $$v = ode_frame2 ] && dir=runs/exports; \
 		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 --out-dir $$dir --force \
 			--command "make variants CD_STEPS=$(CD_STEPS) ODE_STEPS=$(ODE_STEPS) ODE_SAMPLES=$(ODE_SAMPLES) DMD_STEPS=$(DMD_STEPS)" || exit 1; \
+	done
+
+# CF++ frame-2 and frame-1 from the long-context teacher (issue 24; assets/configs/*_long.yaml): causal CD
+# on 40-frame clips of the revisit dataset, then DMD on 40-frame self-rollouts. Each command resumes
+# its run (a complete one returns at once); the students export to runs/exports until they are shipped.
+variants-long: setup
+	test -d data/datasets/adventure-revisit-v0 || $(MAKE) dataset-revisit
+	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2_long.yaml
+	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame2_long.yaml
+	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame1_long.yaml
+	for v in cfpp_frame2_long cfpp_frame1_long; do \
+		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 --out-dir runs/exports --force \
+			--command "make variants-long" || exit 1; \
 	done
 
 compare: setup
