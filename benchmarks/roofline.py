@@ -1,6 +1,6 @@
 """How close each hot path comes to this machine's measured matrix-multiply peak, fp32 and bf16.
 
-    python -m benchmarks.roofline --out benchmarks/results/roofline.json [--rounds 5] [--quick]
+    python -m benchmarks.roofline --out benchmarks/results/roofline.json [--rounds 5] [--quick] [--compile inductor]
 
 1. **Peaks.** fp32 and bf16 matrix multiplies (``F.linear``) at a few square sizes and at the world
    model's widest layer shape, each timed ``--rounds`` times (min/median/max GFLOP/s); a dtype's peak
@@ -75,10 +75,13 @@ def matmul_peaks(rounds: int, quick: bool = False) -> dict[str, Any]:
 class _Step:
     """One training step of a stage's loss as :func:`trainer.loop.train` runs it."""
 
-    def __init__(self, stage: Any, module: torch.nn.Module, lr: float, ema_decay: float, precision: str) -> None:
+    def __init__(self, stage: Any, module: torch.nn.Module, lr: float, ema_decay: float, precision: str,
+                 compile_backend: str = "") -> None:
         from model.precision import resolve
 
         self.stage, self.module = stage, module
+        # the loss reads the module through torch.compile, as trainer.loop does with train.compile
+        self.call = torch.compile(module, backend=compile_backend) if compile_backend else module
         self.precision = resolve(precision)
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.99))
@@ -92,8 +95,8 @@ class _Step:
         with autocast(torch.device("cpu"), self.precision):
             critic = getattr(self.stage, "critic_step", None)
             if critic is not None:  # DMD's fake score steps its own optimizer first (as the loop does)
-                batch = critic(self.module, batch, 0)
-            loss, _ = self.stage.loss(self.module, batch, 0)
+                batch = critic(self.call, batch, 0)
+            loss, _ = self.stage.loss(self.call, batch, 0)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -119,9 +122,10 @@ def _config(stage: str, name: str) -> Any:
     return build(stage, str(CONFIGS / name), {})[0]
 
 
-def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[], Any], int, int]]:
+def training_paths(precision: str, batch: int = 0, compile_backend: str = "") -> dict[str, tuple[Callable[[], Any], int, int]]:
     """name -> (make a step function and its batch, FLOPs per step or 0 (count it), windows per step);
-    ``batch`` replaces the shipped configs' batch sizes (0: keep them)."""
+    ``batch`` replaces the shipped configs' batch sizes (0: keep them); ``compile_backend`` runs the
+    teacher and CD losses through ``torch.compile`` (the DMD step is always eager)."""
     from model import flops as FL
     from model.io import load_world_model
     from trainer.stages.cd import CDStage
@@ -146,7 +150,7 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
         net, _cfg, _ = load_world_model(teacher_path)
         net.train().requires_grad_(True)
         stage = _bare(TeacherStage, cfg=tc, gen=torch.Generator().manual_seed(0))
-        return _Step(stage, TeacherForcing(net), tc.train.lr, tc.train.ema_decay, precision), \
+        return _Step(stage, TeacherForcing(net), tc.train.lr, tc.train.ema_decay, precision, compile_backend), \
             batch_of(net.cfg, tc.train.batch_size, tc.frames)
 
     out["teacher_train"] = (teacher, FL.teacher_train_step(tc.model, tc.train.batch_size, tc.frames),
@@ -159,7 +163,7 @@ def training_paths(precision: str, batch: int = 0) -> dict[str, tuple[Callable[[
         stage = _bare(CDStage, cfg=cc, teacher=TeacherForcing(t).eval(), target=copy.deepcopy(wrapped).requires_grad_(False),
                       shift=float(tcfg["loss"]["shift"]), model_cfg=t.cfg, gen=torch.Generator().manual_seed(0),
                       teacher_nfe=0, samples=0)
-        return _Step(stage, wrapped, cc.train.lr, cc.train.ema_decay, precision), \
+        return _Step(stage, wrapped, cc.train.lr, cc.train.ema_decay, precision, compile_backend), \
             batch_of(t.cfg, cc.train.batch_size, cc.frames)
 
     t_model = load_world_model(teacher_path)[0].cfg
@@ -197,8 +201,9 @@ def count_flops(step: Callable, batch: Any) -> int:
         T.attention = orig
 
 
-def time_training(rounds: int, quick: bool, auto: str, batch: int = 0) -> dict[str, Any]:
-    """Interleaved fp32 / auto step times of each training path."""
+def time_training(rounds: int, quick: bool, auto: str, batch: int = 0, compile_backend: str = "") -> dict[str, Any]:
+    """Interleaved fp32 / auto step times of each training path; with ``compile_backend``, the teacher
+    and CD steps also compiled, in both precisions (keys ``fp32+compile``, ``bf16+compile``)."""
     res: dict[str, Any] = {}
     for name, (make, flops, windows) in training_paths("fp32", batch).items():
         if quick and name == "dmd_train":
@@ -206,11 +211,15 @@ def time_training(rounds: int, quick: bool, auto: str, batch: int = 0) -> dict[s
         makes = {"fp32": make}
         if auto != "fp32":
             makes[auto] = training_paths(auto, batch)[name][0]
+        if compile_backend and name != "dmd_train":
+            for prec in dict.fromkeys(("fp32", auto)):
+                makes[f"{prec}+compile"] = training_paths(prec, batch, compile_backend)[name][0]
         steps = {p: m() for p, m in makes.items()}
         if not flops:
             flops = count_flops(*steps["fp32"])
         times: dict[str, list[float]] = {p: [] for p in steps}
-        for fn, clip in steps.values():  # warm-up: allocator, oneDNN kernels, autocast caches
+        for fn, clip in steps.values():  # warm-up: allocator, oneDNN kernels, autocast caches, compiling
+            fn(clip)
             fn(clip)
         for _ in range(rounds):
             for p, (fn, clip) in steps.items():
@@ -343,11 +352,18 @@ def summarise(paths: dict[str, Any], peaks: dict[str, Any], auto: str) -> None:
             per_s = {p: 1 / v["s_per_step"]["median"] for p, v in by.items()}
         for p, v in by.items():
             v["gflops"] = round(flops * per_s[p] / 1e9, 1)
-            v["pct_of_peak"] = round(100 * v["gflops"] / peaks[p]["peak"], 1)
+            v["pct_of_peak"] = round(100 * v["gflops"] / peaks[p.split("+")[0]]["peak"], 1)
         rep["precision"] = auto
         rep["gflops"] = by[auto]["gflops"]
         rep["pct_of_peak"] = by[auto]["pct_of_peak"]
         rep["speedup_vs_fp32"] = round(per_s[auto] / per_s["fp32"], 2)
+        if f"{auto}+compile" in by:  # torch.compile (train.compile: true): against eager fp32 and compiled fp32
+            c = f"{auto}+compile"
+            rep["compiled"] = {"precision": c, "gflops": by[c]["gflops"], "pct_of_peak": by[c]["pct_of_peak"],
+                               "windows_per_s": by[c]["windows_per_s"],
+                               "speedup_vs_fp32": round(per_s[c] / per_s["fp32"], 2),
+                               "speedup_vs_fp32_compiled": round(per_s[c] / per_s["fp32+compile"], 2),
+                               "speedup_vs_eager": round(per_s[c] / per_s[auto], 2)}
     for name in ("dream_b1_1step", "dream_b1_2step"):
         if name in paths:
             by = paths[name]["by_precision"][auto]
@@ -388,6 +404,11 @@ def render_markdown(rep: dict[str, Any]) -> str:
             return f"{v['ms_per_frame']:.3f} ms/frame"
         lines.append(f"| {name} | {p['precision']} | {unit(a)} | {a['gflops']} | {a['pct_of_peak']}% | {unit(f)} | "
                      f"{f['gflops']} | {p['speedup_vs_fp32']}x |")
+        if "compiled" in p:
+            c = p["compiled"]
+            lines.append(f"| {name} | {c['precision']} | {unit(by[c['precision']])} | {c['gflops']} | "
+                         f"{c['pct_of_peak']}% | {unit(by['fp32+compile'])} (compiled) | {by['fp32+compile']['gflops']} | "
+                         f"{c['speedup_vs_fp32']}x ({c['speedup_vs_fp32_compiled']}x vs compiled fp32) |")
     lines += ["", "FLOPs from `model.flops` (matrix products only; a training step is 3x its forward), "
               "the DMD step's from torch's flop counter. Interleaved rounds, medians."]
     return "\n".join(lines) + "\n"
@@ -403,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["peaks", "train", "dream", "ae"], action="append",
                    help="measure only these groups (repeatable)")
     p.add_argument("--quick", action="store_true", help="one peak shape, no DMD step (for tests)")
+    p.add_argument("--compile", default="", metavar="BACKEND",
+                   help="also time the teacher and CD steps under torch.compile with this backend (inductor, as "
+                        "train.compile: true runs them), in fp32 and in the auto precision")
     p.add_argument("--train-batch", type=int, default=0,
                    help="batch size of the training steps (default 0: the shipped configs')")
     a = p.parse_args(argv)
@@ -425,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({probe().reason})", flush=True)
     paths: dict[str, Any] = {}
     if "train" in groups:
-        paths.update(time_training(a.rounds, a.quick, auto, a.train_batch))
+        paths.update(time_training(a.rounds, a.quick, auto, a.train_batch, a.compile))
     if "dream" in groups:
         paths.update(time_dream(a.rounds, auto, a.batch, a.frames))
     if "ae" in groups:

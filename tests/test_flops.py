@@ -100,3 +100,34 @@ def test_roofline_quick_report_has_the_fields(tmp_path):
     assert paths["teacher_train"]["windows_per_s"] > 0 and paths["teacher_train"]["flops"] > 0
     assert rep["machine"]["cpu_flags"] is not None
     assert "| dream_b1_2step |" in out.with_suffix(".md").read_text()
+
+
+def test_roofline_compiled_training_step_matches_eager_and_is_reported_beside_it():
+    """--compile times the teacher step through torch.compile (aot_eager here: no C++ build); the
+    compiled step computes the same loss, and its headline sits beside the eager one, against both
+    the eager and the compiled fp32 step."""
+    import torch
+
+    from benchmarks import roofline as R
+
+    torch.manual_seed(0)
+    eager_step, batch = R.training_paths("fp32", 1)["teacher_train"][0]()
+    torch.manual_seed(0)
+    compiled_step, batch2 = R.training_paths("fp32", 1, "aot_eager")["teacher_train"][0]()
+    assert compiled_step.call is not compiled_step.module
+    assert compiled_step(batch2) == pytest.approx(eager_step(batch), rel=1e-4)
+
+    def by(s):
+        return {"s_per_step": {"median": s}, "windows_per_s": round(8 / s, 2)}
+
+    paths = {"teacher_train": {"flops": 10**11, "windows_per_step": 8,
+                               "by_precision": {"fp32": by(1.0), "bf16": by(0.5), "fp32+compile": by(0.8),
+                                                "bf16+compile": by(0.25)}}}
+    peaks = {"fp32": {"peak": 200.0}, "bf16": {"peak": 1000.0}}
+    R.summarise(paths, peaks, "bf16")
+    t = paths["teacher_train"]
+    assert t["speedup_vs_fp32"] == 2.0 and t["gflops"] == 200.0 and t["pct_of_peak"] == 20.0
+    c = t["compiled"]
+    assert c["precision"] == "bf16+compile" and c["gflops"] == 400.0 and c["pct_of_peak"] == 40.0
+    assert (c["speedup_vs_fp32"], c["speedup_vs_fp32_compiled"], c["speedup_vs_eager"]) == (4.0, 3.2, 2.0)
+    assert t["by_precision"]["fp32+compile"]["pct_of_peak"] == 62.5  # against the fp32 peak
