@@ -13,13 +13,12 @@ from tests.trainer_helpers import ROOT
 
 
 @pytest.mark.parametrize("world, settings, actions", [
-    ("gym:ALE/Breakout-v5", [], 4),
     ("gym:ALE/Pong-v5", [], 6),
     ("gym:ALE/Breakout-v5", ["--setting", "env_kwargs={full_action_space: true}"], 18),
     ("maze3d", [], 5),
 ])
 def test_the_tiny_pipeline_runs_to_the_end_on_games_nobody_trained_on(tmp_path, world, settings, actions):
-    """Other action counts (Atari's 4, 6 and 18) and other worlds: every stage sizes itself from the game."""
+    """Other action counts (Atari's 6 and 18) and other worlds: every stage sizes itself from the game."""
     if world.startswith("gym:ALE"):
         pytest.importorskip("ale_py")
     out = tmp_path / "run"
