@@ -303,6 +303,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
     report["revisit_psnr"] = report["copy_last_revisit_psnr"] = report["revisit_teacher_forced_psnr"] = None
+    report["revisit_center_psnr"] = report["revisit_aligned_psnr"] = report["revisit_shift_px"] = None
     report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
     if revisit_episodes and pairs:
@@ -315,6 +316,14 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         # predicted from all the real frames before it (memory without the model's own drift)
         report["revisit_psnr_at"] = [float(M.psnr_batch(rgen[:, t], rreal.frames[:, context + t]).mean())
                                      for t in range(rgen.shape[1])]
+        # position or content: the return frame against the real one at the best shift of up to a
+        # quarter of the frame (a camera that follows the player shifts the whole view when the dream
+        # missed or added moves on the walk: 8 moves at the default game's speed), on the same centre
+        # crop as at shift 0
+        zero, best, shift = M.shift_aligned_psnr(rgen[:, -1], rreal.frames[:, -1], rgen.shape[2] // 4)
+        report["revisit_center_psnr"] = float(zero.mean())
+        report["revisit_aligned_psnr"] = float(best.mean())
+        report["revisit_shift_px"] = float(np.abs(shift).sum(1).mean())
         last = generate(model, ae, rreal.frames[:, :-1], rreal.actions, sampler, seed, precision)
         report["revisit_teacher_forced_psnr"] = float(M.psnr_batch(last[:, -1], rreal.frames[:, -1]).mean())
     report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,

@@ -31,6 +31,37 @@ def psnr_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
 
 
+def shift_aligned_psnr(gen: np.ndarray, real: np.ndarray, max_shift: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a generated frame is wrong by position rather than by content: for each pair of
+    (N, H, W, 3) frames, the PSNR of the real frame's centre (a ``max_shift`` border cropped)
+    against the generated frame's window at every integer shift (dy, dx) within ``max_shift``.
+    Returns (PSNR at shift 0, best PSNR, best (dy, dx)) per frame, (dy, dx) being where the generated
+    frame's content sits relative to the real one's (gen[y + dy, x + dx] ~ real[y, x]); the crop is
+    the same at every shift, so the two PSNRs compare the same pixels of the real frame."""
+    S = int(max_shift)
+    H, W = real.shape[1:3]
+    if S < 0 or 2 * S >= min(H, W):
+        raise ValueError(f"max_shift must be in [0, {min(H, W) // 2 - 1}] for {H}x{W} frames, got {max_shift}")
+    g, r = _unit(gen), _unit(real)[:, S:H - S, S:W - S]
+    zero = best = None
+    best_shift = np.zeros((len(r), 2), np.int64)
+    for dy in range(-S, S + 1):
+        for dx in range(-S, S + 1):
+            mse = ((g[:, S + dy:H - S + dy, S + dx:W - S + dx] - r) ** 2).reshape(len(r), -1).mean(1)
+            val = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+            if dy == 0 and dx == 0:
+                zero = val
+            if best is None:
+                best = val.copy()
+                best_shift[:] = (dy, dx)
+            else:
+                better = val > best
+                best = np.where(better, val, best)
+                best_shift[better] = (dy, dx)
+    return zero, best, best_shift
+
+
 def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> float:
     """Mean SSIM (grey-level luminance of RGB, uniform window, standard constants)."""
     def grey(x: np.ndarray) -> np.ndarray:

@@ -61,6 +61,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("gap closed at step 1", report["gap_closed_1"], None, None),
         ("Fréchet early / late", f"{_fmt(report['frechet_early'])} / {_fmt(report['frechet_late'])}", None, None),
         ("revisit PSNR (dB)", report["revisit_psnr"], report["copy_last_revisit_psnr"], None),
+        ("revisit centre PSNR at shift 0 / best shift (dB)",
+         pair_text(report, "revisit_center_psnr", "revisit_aligned_psnr"), None, None),
+        ("revisit best shift (px, |dy| + |dx|)", report.get("revisit_shift_px"), None, None),
     ]
     p = report["protocol"]
     out = [f"# Evaluation: {report['provenance']['checkpoint']}", "",

@@ -61,6 +61,25 @@ def test_real_rollouts_follow_a_script_and_the_clip_convention():
     assert min(r.seeds) >= EVAL_SEED_BASE
 
 
+def test_shift_aligned_psnr_finds_a_view_that_is_off_by_a_shift():
+    """A frame whose content sits 3 px higher and 2 px further right than the real one's (shift
+    (dy, dx) = (-3, 2)) is wrong only by position: the best
+    shift finds it and the centre crop then matches exactly; a frame that is right reads the same
+    at shift 0 and at its best; too large a shift for the frame is named."""
+    from evaluation import metrics as M
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    real = big[:, 8:32, 8:32]
+    moved = big[:, 8 + 3:32 + 3, 8 - 2:32 - 2]
+    zero, best, shift = M.shift_aligned_psnr(np.stack([moved[0], real[1]]), real, 4)
+    assert shift.tolist() == [[-3, 2], [0, 0]]
+    assert best[0] == pytest.approx(100.0) and zero[0] < 15  # exact once aligned; noise apart at 0
+    assert best[1] == zero[1] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="max_shift must be in"):
+        M.shift_aligned_psnr(real, real, 12)
+
+
 def test_revisit_pairs_come_from_the_action_names():
     assert revisit_pairs(["NOOP", "UP", "DOWN", "LEFT", "RIGHT"]) == ((4, 3), (3, 4), (2, 1), (1, 2))
     assert revisit_pairs(["NOOP", "ATTACK", "MOVE_RIGHT", "MOVE_LEFT"]) == ((2, 3), (3, 2))
@@ -142,6 +161,8 @@ def test_evaluate_command_end_to_end(tmp_path):
     # the revisit walk (32 steps) by step, and its return frame predicted from real frames only
     assert len(rep["revisit_psnr_at"]) == 32 and rep["revisit_psnr_at"][-1] == pytest.approx(rep["revisit_psnr"])
     assert np.isfinite(rep["revisit_teacher_forced_psnr"]) and rep["sampler"]["context_sigma"] == 0.0
+    # the return frame at its best shift reads at least as well as at shift 0 on the same crop
+    assert rep["revisit_aligned_psnr"] >= rep["revisit_center_psnr"] and rep["revisit_shift_px"] >= 0
     assert 0.0 <= rep["action_accuracy"] <= 1.0 and np.isfinite(rep["frechet_late"])
     assert 0.0 <= rep["idm_ae_accuracy"] <= 1.0
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
