@@ -133,15 +133,20 @@ variants: setup
 
 # CF++ frame-2 and frame-1 from the long-context teacher (issue 24; assets/configs/*_long.yaml): causal CD
 # on 40-frame clips of the revisit dataset, then DMD on 40-frame self-rollouts. Each command resumes
-# its run (a complete one returns at once); the students export to runs/exports until they are shipped.
+# its run (a complete one returns at once). Each student is evaluated (python -m evaluation, 16 episodes,
+# 16 revisit and 16 long episodes) and exported with its report to runs/exports: not shipped, because
+# the frame-2 student falls apart in long sessions (docs/TRAINING_LOG.md, benchmarks.dream --session-strip).
 variants-long: setup
 	test -d data/datasets/adventure-revisit-v0 || $(MAKE) dataset-revisit
 	$(PY) -m trainer cd --config assets/configs/adventure_cd_frame2_long.yaml
 	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame2_long.yaml
 	$(PY) -m trainer dmd --config assets/configs/adventure_cfpp_frame1_long.yaml
-	for v in cfpp_frame2_long cfpp_frame1_long; do \
-		$(PY) -m trainer.export --run runs/adventure_$$v --name adventure_$$v --dtype fp16 --out-dir runs/exports --force \
-			--command "make variants-long" || exit 1; \
+	mkdir -p runs/exports
+	for v in cfpp_frame2 cfpp_frame1; do \
+		$(PY) -m evaluation --world adventure --episodes 16 --revisit-episodes 16 --long-episodes 16 \
+			--checkpoint runs/adventure_$${v}_long --out runs/exports/student_$${v}_long.json || exit 1; \
+		$(PY) -m trainer.export --run runs/adventure_$${v}_long --name adventure_$${v}_long --dtype fp16 --out-dir runs/exports --force \
+			--eval runs/exports/student_$${v}_long.json --command "make variants-long" || exit 1; \
 	done
 
 compare: setup

@@ -226,6 +226,7 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
             rep["frechet_early"] = M.frechet_distance(idm_features(idm, lg[:, :32]), idm_features(idm, lt[:, :32]))
             rep["frechet_late"] = M.frechet_distance(idm_features(idm, lg[:, -32:]), idm_features(idm, lt[:, -32:]))
         rep.update(stage2_cost(card))
+        rep["distilled_from"] = (card.get("config") or {}).get("teacher")
         stage2[name] = card.get("stage2")
         rep["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg,
                           "first_frame_steps": sampler.first_frame_steps}
@@ -238,7 +239,13 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
     for name, speed in timings({n: (v[0], v[4]) for n, v in loaded.items()}, ae, real.frames[0, :C], timing_frames,
                                seed).items():
         out[name].update(speed)
-    return {"variants": out, "stage2_matched": matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")),
+    # Stage 2's cost at equal quality compares two students of one teacher on its held-out windows; a
+    # frame-2 student distilled from another teacher (the long-context one) has no ODE student beside it
+    cd_from, ode_from = (out.get(n, {}).get("distilled_from") for n in ("cfpp_frame2", "ode_frame2"))
+    matched = (matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")) if cd_from == ode_from else None)
+    return {"variants": out, "stage2_matched": matched,
+            "stage2_unmatched": None if cd_from == ode_from else
+            f"cfpp_frame2 was distilled from {cd_from}, ode_frame2 from {ode_from}: no Stage 2 comparison",
             "protocol": {"episodes": episodes, "context": C, "horizon": H,
                                           "long_episodes": long_episodes, "timing_frames": timing_frames,
                                           "threads": torch.get_num_threads(), "seed": seed,
@@ -268,6 +275,10 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     samplers = ", ".join(f"{n}: {report['variants'][n]['sampler']['kind']} {report['variants'][n]['sampler']['steps']}"
                          for n in names)
     lines += ["", f"Samplers: {samplers}.", ""]
+    froms = [f"{n}: {report['variants'][n]['distilled_from']}" for n in names
+             if report["variants"][n].get("distilled_from")]
+    if froms:
+        lines += [f"Distilled from (each card's `config.teacher`): {', '.join(froms)}.", ""]
     if report.get("strip"):
         rel = Path(report["strip"]["path"]).name
         lines += [f"Frames (horizons 1, 2, 4, 8, 12, 16 after the last context frame), rows top to bottom: "
@@ -278,6 +289,9 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         for t in report["timings"]:
             lines += timing_section(t)
     m = report.get("stage2_matched")
+    if report.get("stage2_unmatched"):
+        lines += ["## Stage 2 cost at equal quality", "", report["stage2_unmatched"] + " (`python -m benchmarks.stage2` "
+                  "measures the two methods on one teacher).", ""]
     if m:
         lines += ["## Stage 2 cost at equal quality", "",
                   f"Quality: `{m['quality']}` (held-out x0 error of 2-step sampling, teacher-forced, from both "

@@ -21,7 +21,9 @@ Measured, decode included, medians with min/max over repeats:
   ``batch_speedup_ceiling`` (that rate over batch 1's: the most batching can give here).
 With ``--session-frames N``: one N-frame session under a random policy with its resident
 memory after warm-up and at the end, NaN/inf checks, and the Fréchet distance (IDM features)
-of its last 256 frames and of its first 256 frames against real frames of the same game.
+of its last 256 frames and of its first 256 frames against real frames of the same game; the
+session runs without termination heads (one unbroken session), and ``--session-strip PNG`` saves
+8 evenly spaced frames of it.
 """
 
 from __future__ import annotations
@@ -135,23 +137,31 @@ def matmul_gflops(repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict[
     return _stats(rates, 1)
 
 
-def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **settings: Any) -> dict[str, Any]:
+def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, strip: str | None = None,
+                 **settings: Any) -> dict[str, Any]:
     from evaluation import metrics as M
     from evaluation.fidelity import idm_features
     from model.io import default_idm, load_idm
     from world import make_world
 
-    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1, **settings)
+    # no termination heads: one unbroken session of ``frames`` frames (with them, an episode the heads
+    # end, in lava for instance, would stop it: the play window and the envs reset there)
+    w = make_world("dream", checkpoint=checkpoint, sampler="consistency", steps=steps, max_steps=frames + 1,
+                   heads="", **settings)
     rng = np.random.default_rng(seed)
     w.reset(seed=seed)
     keep = 256
     head, tail, bad = [], [], 0
+    shots = {(k + 1) * frames // 8 - 1 for k in range(8)}  # 8 evenly spaced frames for ``strip``
+    strip_frames = []
     rss_warm = None
     t0 = time.perf_counter()
     for i in range(frames):
         f = w.step(int(rng.integers(0, w.num_actions))).frame
         if i < keep:
             head.append(f)
+        if i in shots:
+            strip_frames.append(f)
         elif i >= frames - keep:
             tail.append(f)
         if i == min(500, frames - 1):
@@ -169,7 +179,15 @@ def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, **sett
             real.append(real_world.reset(seed=10_000 + seed + len(real))[0])
     out: dict[str, Any] = {"frames": frames, "wall_s": round(wall, 1), "rss_mb_after_warmup": round(rss_warm, 1),
                            "rss_mb_end": round(rss_end, 1),
-                           "rss_growth": round(rss_end / rss_warm - 1, 4), "non_finite_frames": bad}
+                           "rss_growth": round(rss_end / rss_warm - 1, 4), "non_finite_frames": bad,
+                           "heads": "off (one unbroken session)"}
+    if strip:
+        from PIL import Image
+
+        img = np.concatenate(strip_frames, 1)
+        Path(strip).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(strip)
+        out["strip"] = {"path": str(strip), "frames": sorted(i + 1 for i in shots)}
     idm_path = default_idm(w.real_world_name)
     if idm_path is not None:
         idm, _ = load_idm(idm_path)
@@ -189,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-steps", type=int, default=512, help="env steps per vector-env repeat")
     p.add_argument("--batches", default="1,8,64")
     p.add_argument("--session-frames", type=int, default=0, help="also run one session this long (0: skip)")
+    p.add_argument("--session-strip", default=None,
+                   help="PNG of 8 evenly spaced frames of that session (does the world hold together?)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the dream's compute precision (auto: bf16 where measurably faster here)")
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{rep['env_steps_per_s'][bs[0]]['gflops']}: batching can give at most {rep['batch_speedup_ceiling']}x",
           flush=True)
     if a.session_frames:
-        rep["long_session"] = long_session(ckpt, 2, a.session_frames, precision=a.precision)
+        rep["long_session"] = long_session(ckpt, 2, a.session_frames, strip=a.session_strip, precision=a.precision)
         print(f"long session: {rep['long_session']}", flush=True)
     write_report(rep, a.out, {"cpu_count": torch.get_num_threads(), "processor": platform.processor()})
     return 0

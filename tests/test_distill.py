@@ -316,6 +316,13 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path, monkeypatch, capsys):
     assert v["sampler"] == {"kind": "consistency", "steps": 2, "cfg": 1.0, "first_frame_steps": 4}
     assert rep["variants"]["teacher"]["sampler"]["kind"] == "euler"
     assert v["first_frame_ms"] > 0 and v["stage2_teacher_nfe"] == 48
+    # both students come from one teacher, so the Stage 2 cost is compared; a student of another
+    # teacher (the long-context one) is named in the Markdown instead of being compared
+    assert rep["stage2_unmatched"] is None and v["distilled_from"] == rep["variants"]["ode_frame2"]["distilled_from"]
+    from benchmarks.compare import render_markdown as render
+
+    other = {**rep, "stage2_matched": None, "stage2_unmatched": "cfpp_frame2 was distilled from A, ode_frame2 from B"}
+    assert "distilled from A, ode_frame2 from B" in render(other, rep["command"])
     # the flow-map comparison it carries, by its JSON: the stage2 report as written, whose points within the
     # claim's budget (0.35 x the ODE student's 60 teacher forwards) are step 0 only, under one schedule throughout
     flow = json.loads(s2.read_text())

@@ -212,7 +212,8 @@ def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
 
     out = tmp_path / "dream.json"
     assert bench(["--out", str(out), "--checkpoint", checkpoint, "--frames", "4", "--repeats", "2",
-                  "--env-steps", "8", "--batches", "1,4", "--session-frames", "600"]) == 0
+                  "--env-steps", "8", "--batches", "1,4", "--session-frames", "600",
+                  "--session-strip", str(tmp_path / "strip.png")]) == 0
     rep = json.loads(out.read_text())
     for key in ("fps_1step", "fps_2step", "first_frame_ms", "action_to_display_ms", "batch_speedup"):
         assert rep[key] > 0, key
@@ -224,6 +225,11 @@ def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
     assert b1["gflops"] > 0 and rep["matmul_gflops"]["median"] > 0 and rep["batch_speedup_ceiling"] > 0
     s = rep["long_session"]
     assert s["frames"] == 600 and s["non_finite_frames"] == 0 and s["frechet_last_256"] >= 0
+    from PIL import Image
+
+    assert s["strip"]["frames"] == [75 * k for k in range(1, 9)]  # 8 evenly spaced, the last one the last frame
+    w, h = Image.open(tmp_path / "strip.png").size
+    assert w == 8 * h  # 8 square frames side by side
     assert bench(["--out", str(out), "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
 
 
