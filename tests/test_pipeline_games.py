@@ -1,4 +1,4 @@
-"""trainer.pipeline end to end on games nobody trained on (own file: pytest-xdist runs it beside test_pipeline)."""
+"""trainer.pipeline end to end on games nobody trained on (its own file, so that its slow cases spread over the workers)."""
 
 from __future__ import annotations
 
