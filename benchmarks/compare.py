@@ -242,10 +242,11 @@ def compare(paths: dict[str, Path], episodes: int, teacher_steps: int, teacher_c
     # Stage 2's cost at equal quality compares two students of one teacher on its held-out windows; a
     # frame-2 student distilled from another teacher (the long-context one) has no ODE student beside it
     cd_from, ode_from = (out.get(n, {}).get("distilled_from") for n in ("cfpp_frame2", "ode_frame2"))
-    matched = (matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")) if cd_from == ode_from else None)
-    return {"variants": out, "stage2_matched": matched,
-            "stage2_unmatched": None if cd_from == ode_from else
-            f"cfpp_frame2 was distilled from {cd_from}, ode_frame2 from {ode_from}: no Stage 2 comparison",
+    other_teacher = cd_from is not None and ode_from is not None and cd_from != ode_from
+    return {"variants": out,
+            "stage2_matched": None if other_teacher else matched_cost(stage2.get("cfpp_frame2"), stage2.get("ode_frame2")),
+            "stage2_unmatched": (f"cfpp_frame2 was distilled from {cd_from}, ode_frame2 from {ode_from}: no Stage 2 "
+                                 "comparison") if other_teacher else None,
             "protocol": {"episodes": episodes, "context": C, "horizon": H,
                                           "long_episodes": long_episodes, "timing_frames": timing_frames,
                                           "threads": torch.get_num_threads(), "seed": seed,

@@ -160,10 +160,10 @@ def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, strip:
         f = w.step(int(rng.integers(0, w.num_actions))).frame
         if i < keep:
             head.append(f)
-        if i in shots:
-            strip_frames.append(f)
         elif i >= frames - keep:
             tail.append(f)
+        if i in shots:
+            strip_frames.append(f)
         if i == min(500, frames - 1):
             rss_warm = _rss_mb()
         if not np.isfinite(w._z.cpu().numpy()).all():
@@ -180,7 +180,7 @@ def long_session(checkpoint: str, steps: int, frames: int, seed: int = 0, strip:
     out: dict[str, Any] = {"frames": frames, "wall_s": round(wall, 1), "rss_mb_after_warmup": round(rss_warm, 1),
                            "rss_mb_end": round(rss_end, 1),
                            "rss_growth": round(rss_end / rss_warm - 1, 4), "non_finite_frames": bad,
-                           "heads": "off (one unbroken session)"}
+                           "heads": "off (one unbroken session)", "frechet_frames": [len(head), len(tail)]}
     if strip:
         from PIL import Image
 

@@ -43,22 +43,17 @@ def shift_aligned_psnr(gen: np.ndarray, real: np.ndarray, max_shift: int
     H, W = real.shape[1:3]
     if S < 0 or 2 * S >= min(H, W):
         raise ValueError(f"max_shift must be in [0, {min(H, W) // 2 - 1}] for {H}x{W} frames, got {max_shift}")
-    g, r = _unit(gen), _unit(real)[:, S:H - S, S:W - S]
-    zero = best = None
+    r = real[:, S:H - S, S:W - S]
+    zero, best = None, np.full(len(r), -np.inf)
     best_shift = np.zeros((len(r), 2), np.int64)
     for dy in range(-S, S + 1):
         for dx in range(-S, S + 1):
-            mse = ((g[:, S + dy:H - S + dy, S + dx:W - S + dx] - r) ** 2).reshape(len(r), -1).mean(1)
-            val = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+            val = psnr_batch(gen[:, S + dy:H - S + dy, S + dx:W - S + dx], r)
             if dy == 0 and dx == 0:
                 zero = val
-            if best is None:
-                best = val.copy()
-                best_shift[:] = (dy, dx)
-            else:
-                better = val > best
-                best = np.where(better, val, best)
-                best_shift[better] = (dy, dx)
+            better = val > best
+            best = np.where(better, val, best)
+            best_shift[better] = (dy, dx)
     return zero, best, best_shift
 
 

@@ -227,6 +227,7 @@ def test_dream_benchmark_writes_every_field(checkpoint, tmp_path):
     assert s["frames"] == 600 and s["non_finite_frames"] == 0 and s["frechet_last_256"] >= 0
     from PIL import Image
 
+    assert s["frechet_frames"] == [256, 256]  # the first and the last 256 frames, whole
     assert s["strip"]["frames"] == [75 * k for k in range(1, 9)]  # 8 evenly spaced, the last one the last frame
     w, h = Image.open(tmp_path / "strip.png").size
     assert w == 8 * h  # 8 square frames side by side
