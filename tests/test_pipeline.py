@@ -143,3 +143,31 @@ def test_a_pipeline_killed_in_every_stage_ends_with_the_same_outputs(finished, t
     for key in ("psnr_at", "changed_psnr_mean_16", "copy_last_psnr_mean_16", "action_accuracy", "sharpness_ratio_16"):
         assert ra[key] == rb[key], key
 
+
+
+def test_heads_learn_from_the_dreams_own_latents(finished, tmp_path):
+    """The heads stage with ``dream:``: the student's rollouts are dreamed and labelled once, saved, mixed
+    into the batches, and the held-out pool gives ``dream_*`` metrics; a rerun reads the saved pool."""
+    import yaml
+
+    cfg = json.loads((finished / "heads" / "config.json").read_text())
+    cfg.pop("precision", None)
+    cfg["run_dir"] = str(tmp_path / "heads_dream")
+    cfg["train"].update(steps=6, eval_every=6, ckpt_every=6)
+    cfg["dream"] = {"checkpoint": str(finished / "dream.safetensors"), "label_heads": str(finished / "heads"),
+                    "rollouts": 8, "horizon": 3, "batch": 4, "share": 0.5}
+    path = tmp_path / "heads_dream.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "trainer", "heads", "--config", str(path)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "dream pool (training): 8 rollouts x 3 steps" in r.stdout + r.stderr
+    pools = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "heads_dream").glob("dream_pool_*.npz")}
+    assert set(pools) == {"dream_pool_train.npz", "dream_pool_held.npz"}
+    evals = [json.loads(x) for x in (tmp_path / "heads_dream" / "metrics.jsonl").read_text().splitlines()]
+    ev = [e for e in evals if "eval/dream_reward_accuracy" in e]
+    assert ev and 0.0 <= ev[-1]["eval/dream_reward_accuracy"] <= 1.0 and "eval/reward_accuracy" in ev[-1]
+    # a second run (fresh) dreams nothing: the saved pools hold the same settings' rollouts
+    r = subprocess.run(cmd + ["--fresh"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "dreamed" not in r.stdout + r.stderr

@@ -1,0 +1,90 @@
+"""Heads trained on the dream's own latents: the dreamed pool's rollouts, labels, starts and reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_dream import _write_heads, checkpoint  # noqa: F401 - the tiny shipped-like world model
+from trainer.stages.heads import DreamLatents, _starts, dream_pool, load_or_make_pool
+
+
+def _data(n_frames: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    return g.normal(size=(n_frames, 4, 8, 8)).astype(np.float16), g.integers(0, 5, n_frames).astype(np.int64)
+
+
+def test_the_pool_dreams_with_the_recorded_actions_and_labels_what_the_frames_show(checkpoint, tmp_path):  # noqa: F811
+    from model.dreamer import Dreamer
+
+    ae = str(Path(checkpoint).parent / "ae.safetensors")
+    values = np.array([-1.0, 0.0, 1.0], np.float32)
+    lat, acts = _data()
+    starts = np.array([0, 5, 20])
+    # label heads that see "reward 1, no end" everywhere: every transition is a reward event, none ends
+    d = DreamLatents(checkpoint=checkpoint, label_heads=_write_heads(tmp_path, ae, 4, term_bias=-9.0), horizon=4,
+                     batch=2, steps=1)
+    pool = dream_pool(d, lat, acts, starts, values, seed=0)
+    assert pool.latents.shape == (3, 5, 4, 8, 8) and pool.actions.shape == (3, 4)
+    assert np.array_equal(pool.actions, acts[starts[:, None] + 1 + np.arange(4)])  # the recorded actions
+    assert np.array_equal(pool.latents[:, 0], lat[starts])  # each rollout starts from its real frame
+    assert (pool.reward_class == 2).all() and not pool.terminated.any() and pool.valid.all()
+    # the same rollouts are the dream's own: a Dreamer session with the same seed draws them again
+    dreamer = Dreamer.load(checkpoint, sampler="consistency", steps=1, heads="")
+    sess = dreamer.session(2, torch.Generator().manual_seed(0))
+    z = torch.from_numpy(lat[starts[:2]].astype(np.float32))
+    sess.prime(z[:, None], torch.zeros(2, 1, dtype=torch.long))
+    z1 = sess.generate(torch.from_numpy(pool.actions[:2, :1]), dreamer.sampler, fuse=True)[:, 0]
+    assert np.allclose(z1.numpy().astype(np.float16), pool.latents[:2, 1], atol=1e-3)
+    # label heads that say "episode over" at once: only the first step of each rollout is a transition
+    d.label_heads = _write_heads(tmp_path, ae, 4, term_bias=9.0)
+    ended = dream_pool(d, lat, acts, starts, values, seed=0)
+    assert ended.terminated[:, 0].all() and ended.valid[:, 0].all() and not ended.valid[:, 1:].any()
+    assert len(ended.rows()) == 3
+    zp, zc, a, rc, t = ended.transitions(ended.rows())
+    assert zp.dtype == np.float32 and np.array_equal(a, acts[starts + 1]) and t.all()
+
+
+def test_starts_keep_each_rollout_inside_its_episode_and_near_events():
+    spans = [(0, 10), (10, 30), (40, 3)]  # the last episode is too short for a rollout
+    events = np.array([25])
+    s = _starts(spans, events, 400, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
+    assert len(s) == 400
+    inside = [(o <= x) and (x + 5 < o + n) for x in s for (o, n) in [next(sp for sp in spans if sp[0] <= x < sp[0] + sp[1])]]
+    assert all(inside)
+    near = ((25 - s >= 1) & (25 - s <= 5)).sum()
+    assert near >= 200  # the event-started half, plus random ones that fall near it
+    with pytest.raises(Exception, match="horizon"):
+        _starts([(0, 4)], events, 4, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
+
+
+def test_a_saved_pool_is_reused_only_for_the_same_settings(tmp_path):
+    from trainer.stages.heads import DreamPool
+
+    made = []
+
+    def make():
+        made.append(1)
+        return DreamPool(np.zeros((1, 2, 4, 8, 8), np.float16), np.zeros((1, 1), np.int64), np.ones((1, 1), np.int64),
+                         np.zeros((1, 1), bool), np.ones((1, 1), bool))
+
+    path = tmp_path / "pool.npz"
+    a = load_or_make_pool(path, "k1", make)
+    b = load_or_make_pool(path, "k1", make)
+    assert len(made) == 1 and np.array_equal(a.reward_class, b.reward_class)
+    load_or_make_pool(path, "k2", make)
+    assert len(made) == 2
+    path.write_bytes(b"damaged")
+    load_or_make_pool(path, "k2", make)
+    assert len(made) == 3
+
+
+def test_dream_settings_are_checked():
+    with pytest.raises(ValueError, match="label_heads"):
+        DreamLatents(checkpoint="x.safetensors")
+    with pytest.raises(ValueError, match="share"):
+        DreamLatents(checkpoint="x.safetensors", label_heads="h.safetensors", share=1.0)
+    DreamLatents()  # off: nothing to check
