@@ -71,6 +71,7 @@ class DreamVectorEnv(VectorEnv):
                          "autoreset_mode": self.autoreset_mode}
         self._session = None
         self._z: torch.Tensor | None = None
+        self._zh: torch.Tensor | None = None  # what the heads read of the last frames
         self._obs = np.zeros((num_envs, *self.dreamer.frame_shape), np.uint8)
         self._steps = np.zeros(num_envs, np.int64)
         self._needs_reset = np.zeros(num_envs, bool)
@@ -133,7 +134,7 @@ class DreamVectorEnv(VectorEnv):
         z = self._start(rows)
         with torch.no_grad(), self.dreamer.autocast():
             self._session.prime(z[:, None], torch.zeros(self.num_envs, 1, dtype=torch.long))
-        self._z = z
+        self._z = self._zh = z
         self._steps[:] = 0
         self._needs_reset[:] = False
         return self._obs.copy(), self._infos()
@@ -164,8 +165,11 @@ class DreamVectorEnv(VectorEnv):
             if live.any():
                 idx = torch.from_numpy(np.flatnonzero(live)).to(dev)
                 self._obs[live] = self.dreamer.decode(z[idx])
-            rewards, terminated = self.dreamer.outcomes(self._z, z, a[:, 0])
-        self._z = z
+            # the heads read the generated latents, or the frames encoded again (heads_input="frames");
+            # a restarted row's frame is a real one, its latents its encoding either way
+            zh = self.dreamer.heads_view(z, self._obs)
+            rewards, terminated = self.dreamer.outcomes(self._zh, zh, a[:, 0])
+        self._z, self._zh = z, zh
         rewards[resets] = 0.0
         terminated[resets] = False
         self._steps = np.where(self._needs_reset, 0, self._steps + 1)
@@ -187,6 +191,8 @@ class DreamVectorEnv(VectorEnv):
                 rt = torch.from_numpy(rows).to(dev)
                 self._session.reset_rows(rt, start)
                 self._z[rt] = start
+                if self._zh is not self._z:
+                    self._zh[rt] = start
             self._steps[rows] = 0
         info = self._infos()
         if len(rows):

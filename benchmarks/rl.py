@@ -49,6 +49,7 @@ class DreamSection:
     steps: int = 2
     episode_steps: int = 128
     heads: str = "auto"
+    heads_input: str = "latents"  # what the heads read: the generated latents, or the frames re-encoded
 
 
 @dataclass
@@ -173,7 +174,7 @@ def dream_vec_env(cfg: RLConfig):
 
     venv = DreamVectorEnv(cfg.train.envs, max_episode_steps=cfg.dream.episode_steps, autoreset_mode="SameStep",
                           checkpoint=cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps,
-                          heads=cfg.dream.heads)
+                          heads=cfg.dream.heads, heads_input=cfg.dream.heads_input)
     if venv.dreamer.heads is None:
         raise BenchmarkError(f"the dream {cfg.dream.checkpoint} has no reward/termination heads: nothing to learn "
                              f"from (train them with python -m trainer heads, or set dream.heads)")
@@ -350,6 +351,9 @@ def previous_runs(out: Path, rep: dict[str, Any]) -> dict[tuple[str, int, int], 
         raise BenchmarkError(f"--resume: {out} is not a readable report ({e}); move it away to start over") from None
     defaults = asdict(RLConfig())
     new, was = rep["config"], dict(old.get("config") or {})
+    # a key added to a section since the report was written reads as its default
+    was = {k: {**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+           for k, v in was.items()}
     # the online section changes only the online agents (kept when it is the same); a section added
     # since the report was written must be at its defaults
     online_same = was.pop("online", defaults["online"]) == new["online"]

@@ -125,23 +125,39 @@ def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: 
         for t in range(horizon):
             zs.append(sess.generate(acts[:, t:t + 1], dreamer.sampler)[:, 0].float())
     psnr = []
-    d_rew = []
+    d_rew, f_rew = [], []
+    re_prev = z0
     for t in range(horizon):
         frames = dreamer.decode(zs[t + 1])
         psnr.append(float(psnr_batch(frames, np.stack([tr.frames[t + 1] for tr in keep])).mean()))
         r, _ = dreamer.outcomes(zs[t], zs[t + 1], acts[:, t])
         d_rew.append(r)
-    d_rew = np.stack(d_rew, 1)  # (B, horizon)
-    hits = false = n_real = 0
+        re = dreamer.encode(frames)  # what the frames show: the heads read them as pixels, encoded again
+        f_rew.append(dreamer.outcomes(re_prev, re, acts[:, t])[0])
+        re_prev = re
+    d_rew, f_rew = np.stack(d_rew, 1), np.stack(f_rew, 1)  # (B, horizon)
+    hits = false = n_real = f_hits = 0
     for b, tr in enumerate(keep):
         real = tr.rewards[:horizon] > 0
         h, f = matched_events(real, d_rew[b] > 0, tolerance)
         hits, false, n_real = hits + h, false + f, n_real + int(real.sum())
+        f_hits += matched_events(real, f_rew[b] > 0, tolerance)[0]
     return {"episodes": B, "horizon": horizon, "psnr_at": psnr, "tolerance": tolerance,
             "real_pickups": n_real, "dream_pickups_matched": hits, "dream_pickups_unmatched": false,
             "pickup_recall": hits / n_real if n_real else None,
+            # the same heads on the dreamed frames re-encoded: a pickup they find but the raw read
+            # misses is the heads' miss, one both miss the dream did not draw
+            "frames_pickup_recall": f_hits / n_real if n_real else None,
+            "dream_pickups_agreement": _agreement(d_rew > 0, f_rew > 0),
             "real_return": float(np.mean([tr.rewards[:horizon].sum() for tr in keep])),
             "dream_return": float(d_rew.sum(1).mean())}
+
+
+def _agreement(raw: np.ndarray, frames: np.ndarray) -> dict[str, Any]:
+    """How the heads' read of the raw dreamed latents agrees with their read of the same frames
+    re-encoded, step by step: pickups both saw, only the frames, only the raw latents."""
+    return {"both": int((raw & frames).sum()), "frames_only": int((frames & ~raw).sum()),
+            "raw_only": int((raw & ~frames).sum())}
 
 
 def event_rates(rewards: np.ndarray, terminated: np.ndarray) -> dict[str, float]:

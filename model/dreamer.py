@@ -41,6 +41,7 @@ class Dreamer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     heads: RewardHeads | None = None
+    heads_input: str = "latents"         # what the heads read: "latents" (generated) or "frames" (re-encoded)
 
     @classmethod
     def load(cls, checkpoint: str | Path, sampler: str = "auto", steps: int = 0, cfg: float = 0.0,
@@ -156,6 +157,14 @@ class Dreamer:
         return self.ae.decode_frames(z, batch=max(len(z), 1))
 
     @torch.no_grad()
+    def heads_view(self, z: torch.Tensor, frames: np.ndarray) -> torch.Tensor:
+        """What the heads read of generated latents ``z`` whose decoded frames are ``frames``: ``z``
+        itself, or with ``heads_input="frames"`` the frames encoded again (the heads then read the
+        pixels the player sees, as they read recorded frames; one encoder pass per frame)."""
+        if self.heads is None or self.heads_input == "latents":
+            return z
+        return self.encode(frames)
+
     def outcomes(self, z_prev: torch.Tensor, z: torch.Tensor, actions: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(rewards float64, terminated bool) of the N transitions ``z_prev -> z`` under ``actions``

@@ -304,3 +304,52 @@ def test_dream_vector_env_starts_from_a_seeded_start_state_buffer(checkpoint):
     obs, info = envs.reset(seed=3)
     assert (info["start_index"] == -1).all() and (info["world_seed"] >= 0).all()
     envs.close()
+
+
+def test_the_heads_can_read_the_frames_encoded_again(checkpoint, tmp_path):
+    from pathlib import Path
+
+    ae_path = str(Path(checkpoint).parent / "ae.safetensors")
+    heads = _write_heads(tmp_path, ae_path, 4, term_bias=-9.0)
+    with pytest.raises(InvalidSettingError, match="heads_input"):
+        make_world("dream", checkpoint=checkpoint, heads=heads, heads_input="pixels")
+    w = make_world("dream", checkpoint=checkpoint, steps=1, sampler="consistency", heads=heads, heads_input="frames")
+    w.reset(seed=2)
+    seen = []
+    real_outcomes = w.dreamer.outcomes
+
+    def spy(z_prev, z, a):
+        seen.append((z_prev.clone(), z.clone()))
+        return real_outcomes(z_prev, z, a)
+
+    w.dreamer.outcomes = spy
+    f1 = w.step(4).frame
+    state = w.get_state()
+    f2 = w.step(1).frame
+    # the heads read each dreamed frame encoded again, and the previous read carries over
+    assert torch.equal(seen[0][1], w.dreamer.encode(f1[None])) and torch.equal(seen[1][1], w.dreamer.encode(f2[None]))
+    assert torch.equal(seen[1][0], seen[0][1])
+    w.set_state(state)
+    w.step(1)
+    assert torch.equal(seen[2][0], seen[0][1]) and torch.equal(seen[2][1], seen[1][1])  # restored exactly
+    # the default reads the generated latents themselves
+    lat = make_world("dream", checkpoint=checkpoint, heads=heads)
+    assert lat.dreamer.heads_input == "latents"
+    z = torch.zeros(1, 4, 8, 8)
+    assert lat.dreamer.heads_view(z, f1[None]) is z
+
+
+def test_the_vector_dream_reads_frames_for_its_heads_too(checkpoint, tmp_path):
+    from pathlib import Path
+
+    from agent_env.dream_vec import DreamVectorEnv
+
+    ae_path = str(Path(checkpoint).parent / "ae.safetensors")
+    heads = _write_heads(tmp_path, ae_path, 4, term_bias=-9.0)
+    envs = DreamVectorEnv(3, max_episode_steps=2, checkpoint=checkpoint, steps=1, sampler="consistency", heads=heads,
+                          heads_input="frames", autoreset_mode="SameStep")
+    obs, _ = envs.reset(seed=0)
+    for _ in range(3):  # across an episode end: the restarted rows' reads are their start frames' encodings
+        obs, rew, term, trunc, info = envs.step(np.array([1, 2, 4]))
+        assert torch.allclose(envs._zh, envs.dreamer.encode(obs), atol=1e-5)
+    assert (rew == 1.0).all()

@@ -35,6 +35,9 @@ def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path):
         d = run["diagnose"]
         assert d["heads_on_real"]["transitions"] > 0 and len(d["dream_follow"]["psnr_at"]) in (0, 8)
         assert all(np.isfinite(d["dream_follow"]["psnr_at"]))
+        if d["dream_follow"]["psnr_at"]:  # the raw read against the frames' read, step by step
+            ag = d["dream_follow"]["dream_pickups_agreement"]
+            assert set(ag) == {"both", "frames_only", "raw_only"} and min(ag.values()) >= 0
         assert d["coverage"]["agent"]["steps"] == d["heads_on_real"]["transitions"]
     assert "heads_pickup_recall" in rep and "Where transfer is lost" in out.with_suffix(".md").read_text()
     assert rep["complete"] is True and "partial_runs" not in rep
@@ -148,3 +151,11 @@ def test_the_real_game_is_played_with_the_settings_the_dream_was_trained_on(monk
             venv.close()
     finally:
         rl._trained_settings.cache_clear()
+
+
+def test_the_raw_and_frame_reads_of_dreamed_pickups_are_counted_apart():
+    from benchmarks.transfer import _agreement
+
+    raw = np.array([[True, False, True, False]])
+    frames = np.array([[True, True, False, False]])
+    assert _agreement(raw, frames) == {"both": 1, "frames_only": 1, "raw_only": 1}

@@ -43,6 +43,7 @@ class DreamSettings:
     max_steps: int = 1000
     noise_seed: int = 0          # base seed of the sampling noise (combined with the reset seed)
     heads: str = "auto"          # reward/termination heads: "auto" (the world's shipped ones), a path, or ""
+    heads_input: str = "latents"  # what the heads read: "latents" (the generated ones) or "frames" (re-encoded)
     threads: int = 0             # torch threads (0 = leave as is)
     device: str = "cpu"          # "cpu", "cuda" or "auto" (CUDA when available)
     precision: str = "auto"      # "auto" (bf16 where measurably faster here), "fp32" or "bf16" (model.precision)
@@ -57,6 +58,8 @@ class DreamSettings:
             raise InvalidSettingError("device 'cuda' was asked for but CUDA is not available here; use 'cpu'")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InvalidSettingError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.heads_input not in ("latents", "frames"):
+            raise InvalidSettingError(f"heads_input must be 'latents' or 'frames', got {self.heads_input!r}")
         if self.cfg < 0:
             raise InvalidSettingError(f"cfg must be >= 0 (0: the checkpoint's own, 1: off), got {self.cfg!r}")
         if self.steps < 0 or self.context < 1 or self.max_steps < 1:
@@ -90,6 +93,7 @@ def load_dreamer(s: DreamSettings) -> tuple[Dreamer, str, dict[str, Any]]:
         raise InvalidSettingError(f"cannot load the dream checkpoint: {e}") from None
     except DreamerError as e:
         raise InvalidSettingError(str(e)) from None
+    dreamer.heads_input = s.heads_input
     return dreamer, dreamer.world, trained_settings(dreamer.config, dreamer.world)
 
 
@@ -200,6 +204,7 @@ class DreamWorld(World):
         with torch.no_grad(), self.autocast():
             self._session.prime(z[None], torch.zeros(1, len(frames), dtype=torch.long))
         self._z = z[-1:].float()
+        self._zh = self._z  # what the heads read of the last frame (a real frame: its encoding)
         self._frame = frames[-1]
         return self._frame.copy(), {"effective_action": 0, "dream": True, "seed": seed}
 
@@ -211,9 +216,10 @@ class DreamWorld(World):
                 z = self._session.generate(torch.tensor([[action]]), self.sampler, fuse=True)
             z_cur = z[0].float()
             self._frame = self.decode(z_cur)[0]
-            r, t = self.dreamer.outcomes(self._z, z_cur, torch.tensor([action], device=self.device))
+            zh = self.dreamer.heads_view(z_cur, self._frame[None])
+            r, t = self.dreamer.outcomes(self._zh, zh, torch.tensor([action], device=self.device))
             reward, terminated = float(r[0]), bool(t[0])
-            self._z = z_cur
+            self._z, self._zh = z_cur, zh
         truncated = not terminated and self._steps + 1 >= self.settings.max_steps
         return StepResult(self._frame.copy(), reward, terminated, truncated,
                           {"effective_action": action, "dream": True})
@@ -232,7 +238,7 @@ class DreamWorld(World):
         if self._session is None:
             raise RuntimeError("call reset() before get_state()")
         return {"session": self._session.snapshot(), "frame": self._frame.copy(), "z": self._z.clone(),
-                **self._base_state()}
+                "zh": self._zh.clone(), **self._base_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if self._session is None:
@@ -240,6 +246,7 @@ class DreamWorld(World):
         self._session.restore(state["session"])
         self._frame = state["frame"].copy()
         self._z = state["z"].clone()
+        self._zh = state["zh"].clone() if "zh" in state else self._z
         self._restore_base_state(state)
 
     def close(self) -> None:
