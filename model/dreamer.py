@@ -42,6 +42,7 @@ class Dreamer:
     precision: str = "fp32"
     heads: RewardHeads | None = None
     heads_input: str = "latents"         # what the heads read: "latents" (generated) or "frames" (re-encoded)
+    _heads_encoder: torch.nn.Module | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, checkpoint: str | Path, sampler: str = "auto", steps: int = 0, cfg: float = 0.0,
@@ -163,7 +164,22 @@ class Dreamer:
         pixels the player sees, as they read recorded frames; one encoder pass per frame)."""
         if self.heads is None or self.heads_input == "latents":
             return z
-        return self.encode(frames)
+        from model.autoencoder import from_uint8
+
+        if self._heads_encoder is None:  # the encoder in the dream's precision, cast once (bf16: ~2.5x faster)
+            import copy
+
+            from model.precision import DTYPES, cast_for_inference
+
+            self._heads_encoder = copy.deepcopy(self.ae.encoder)
+            if self.precision != "fp32":
+                cast_for_inference(self._heads_encoder, DTYPES[self.precision])
+        enc = self._heads_encoder
+        dtype = next(enc.parameters()).dtype
+        x = from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device, dtype)
+        with torch.no_grad():
+            h = enc(x).float()
+        return (h - self.ae.latent_mean[:, None, None]) / self.ae.latent_std[:, None, None]
 
     def outcomes(self, z_prev: torch.Tensor, z: torch.Tensor, actions: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:

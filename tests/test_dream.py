@@ -313,7 +313,8 @@ def test_the_heads_can_read_the_frames_encoded_again(checkpoint, tmp_path):
     heads = _write_heads(tmp_path, ae_path, 4, term_bias=-9.0)
     with pytest.raises(InvalidSettingError, match="heads_input"):
         make_world("dream", checkpoint=checkpoint, heads=heads, heads_input="pixels")
-    w = make_world("dream", checkpoint=checkpoint, steps=1, sampler="consistency", heads=heads, heads_input="frames")
+    w = make_world("dream", checkpoint=checkpoint, steps=1, sampler="consistency", heads=heads, heads_input="frames",
+                   precision="fp32")
     w.reset(seed=2)
     seen = []
     real_outcomes = w.dreamer.outcomes
@@ -337,6 +338,12 @@ def test_the_heads_can_read_the_frames_encoded_again(checkpoint, tmp_path):
     assert lat.dreamer.heads_input == "latents"
     z = torch.zeros(1, 4, 8, 8)
     assert lat.dreamer.heads_view(z, f1[None]) is z
+    # in bf16 the frames are encoded by a bf16 copy of the encoder: close to the fp32 encoding
+    b = make_world("dream", checkpoint=checkpoint, heads=heads, heads_input="frames", precision="bf16")
+    ref = b.dreamer.encode(f1[None])
+    got = b.dreamer.heads_view(z, f1[None])
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=0.05 * float(ref.abs().max()) + 1e-3)
+    assert next(b.dreamer.ae.encoder.parameters()).dtype == torch.float32  # the dream's own encoder stays fp32
 
 
 def test_the_vector_dream_reads_frames_for_its_heads_too(checkpoint, tmp_path):
@@ -347,7 +354,7 @@ def test_the_vector_dream_reads_frames_for_its_heads_too(checkpoint, tmp_path):
     ae_path = str(Path(checkpoint).parent / "ae.safetensors")
     heads = _write_heads(tmp_path, ae_path, 4, term_bias=-9.0)
     envs = DreamVectorEnv(3, max_episode_steps=2, checkpoint=checkpoint, steps=1, sampler="consistency", heads=heads,
-                          heads_input="frames", autoreset_mode="SameStep")
+                          heads_input="frames", autoreset_mode="SameStep", precision="fp32")
     obs, _ = envs.reset(seed=0)
     for _ in range(3):  # across an episode end: the restarted rows' reads are their start frames' encodings
         obs, rew, term, trunc, info = envs.step(np.array([1, 2, 4]))
