@@ -18,12 +18,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import BenchmarkError, command
 
 
 @dataclass
@@ -184,3 +187,104 @@ def coverage(trajs: Sequence[Trajectory], dataset: str | None, max_episodes: int
             ts.append(ep.terminations)
         out["dataset"] = {"path": str(dataset), "episodes": n, **event_rates(np.concatenate(rs), np.concatenate(ts))}
     return out
+
+
+def pickups_by_horizon(dreamer: Any, trajs: Sequence[Trajectory], horizons: Sequence[int], tolerance: int = 1,
+                       seed: int = 0) -> list[dict[str, Any]]:
+    """For every real pickup at transition t and each horizon k, the dream starts from the real frame
+    k - 1 steps before it (one frame, as a dream episode starts) and replays the real actions to
+    k + ``tolerance`` steps. A pickup is found when the heads report one within ``tolerance`` steps of
+    step k: reading the raw dreamed latents (``raw_recall``) or the dreamed frames encoded again
+    (``frames_recall``). ``psnr_at_pickup``: the dreamed frame at step k against the real one."""
+    import torch
+
+    from evaluation.metrics import psnr_batch
+
+    zs = [dreamer.encode(tr.frames) for tr in trajs]
+    events = [(i, int(t)) for i, tr in enumerate(trajs) for t in np.flatnonzero(tr.rewards > 0)]
+    out = []
+    for k in horizons:
+        ev = [(i, t) for i, t in events if t - k + 1 >= 0 and t + tolerance < len(trajs[i].actions)]
+        row: dict[str, Any] = {"horizon": int(k), "events": len(ev)}
+        if not ev:
+            out.append({**row, "raw_recall": None, "frames_recall": None, "psnr_at_pickup": None})
+            continue
+        B, H = len(ev), k + tolerance
+        start = torch.stack([zs[i][t - k + 1] for i, t in ev])
+        acts = torch.from_numpy(np.stack([trajs[i].actions[t - k + 1:t - k + 1 + H] for i, t in ev]))
+        sess = dreamer.session(B, torch.Generator().manual_seed(seed))
+        seq = [start]
+        with torch.no_grad(), dreamer.autocast():
+            sess.prime(start[:, None], torch.zeros(B, 1, dtype=torch.long))
+            for j in range(H):
+                seq.append(sess.generate(acts[:, j:j + 1], dreamer.sampler, fuse=True)[:, 0].float())
+        frames = [dreamer.decode(z) for z in seq]
+        re = [start] + [dreamer.encode(f) for f in frames[1:]]
+        raw = np.stack([dreamer.outcomes(seq[j], seq[j + 1], acts[:, j])[0] for j in range(H)], 1) > 0
+        fr = np.stack([dreamer.outcomes(re[j], re[j + 1], acts[:, j])[0] for j in range(H)], 1) > 0
+        win = slice(max(0, k - 1 - tolerance), k + tolerance)
+        real = np.stack([trajs[i].frames[t + 1] for i, t in ev])
+        out.append({**row, "raw_recall": float(raw[:, win].any(1).mean()), "frames_recall": float(fr[:, win].any(1).mean()),
+                    "psnr_at_pickup": float(psnr_batch(frames[k], real).mean())})
+    return out
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.transfer --agent AGENT.zip --out FILE.json``: a trained agent's real
+    pickups, read by the heads in the real game and found again in the dream by horizon."""
+    import argparse
+    import json
+
+    import torch
+
+    from benchmarks.rl import CONFIG, _fmt, load_rl_config, real_settings
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=main.__doc__)
+    p.add_argument("--agent", required=True, help="an SB3 PPO agent (.zip), e.g. runs/rl_agents/real_seed1.zip")
+    p.add_argument("--config", default=str(CONFIG), help="the RL benchmark's config (world, dream checkpoint, heads)")
+    p.add_argument("--heads", default=None, help="heads to read with (default: the config's dream.heads)")
+    p.add_argument("--episodes", type=int, default=24)
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--seed-base", type=int, default=2_000_000, help="real-game seeds (held out: >= 1,000,000)")
+    p.add_argument("--horizons", default="1,2,4,8,16,32")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if not Path(a.agent).is_file():
+        raise BenchmarkError(f"agent {a.agent} not found; train one with make rl (runs/rl_agents/*.zip)")
+    try:
+        horizons = [int(x) for x in a.horizons.split(",")]
+    except ValueError:
+        raise BenchmarkError(f"--horizons must be comma-separated ints, got {a.horizons!r}") from None
+    if min(horizons) < 1:
+        raise BenchmarkError(f"every horizon must be >= 1, got {horizons}")
+    from stable_baselines3 import PPO
+
+    from model.dreamer import Dreamer
+
+    cfg = load_rl_config(a.config)
+    heads = a.heads or cfg.dream.heads
+    dreamer = Dreamer.load(cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps, heads=heads)
+    if dreamer.heads is None:
+        raise BenchmarkError(f"no reward heads for {cfg.dream.checkpoint} (heads={heads!r}); give --heads PATH")
+    agent = PPO.load(a.agent, device="cpu")
+    torch.manual_seed(0)
+    trajs = play_agent(cfg.world, real_settings(cfg), lambda o: int(agent.predict(o, deterministic=False)[0]),
+                       a.episodes, a.steps, a.seed_base)
+    rep = {"command": "python -m benchmarks.transfer " + " ".join(sys.argv[1:] if argv is None else argv),
+           "agent": a.agent, "checkpoint": cfg.dream.checkpoint, "heads": heads,
+           "heads_on_real": heads_on_real(dreamer, trajs),
+           "by_horizon": pickups_by_horizon(dreamer, trajs, horizons)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rep, indent=1))
+    print(f"heads on the real transitions: pickup recall {rep['heads_on_real']['pickup']['recall']}")
+    print("horizon  events  raw latents  frames re-encoded  PSNR at pickup")
+    for r in rep["by_horizon"]:
+        print(f"{r['horizon']:7d}  {r['events']:6d}  {_fmt(r['raw_recall']):>11}  {_fmt(r['frames_recall']):>17}  "
+              f"{_fmt(r['psnr_at_pickup'], '{:.1f}'):>14}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

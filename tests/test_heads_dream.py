@@ -88,3 +88,22 @@ def test_dream_settings_are_checked():
     with pytest.raises(ValueError, match="share"):
         DreamLatents(checkpoint="x.safetensors", label_heads="h.safetensors", share=1.0)
     DreamLatents()  # off: nothing to check
+
+
+def test_pickups_by_horizon_counts_the_events_each_horizon_can_reach(checkpoint, tmp_path):  # noqa: F811
+    from benchmarks.transfer import Trajectory, pickups_by_horizon
+    from model.dreamer import Dreamer
+
+    ae = str(Path(checkpoint).parent / "ae.safetensors")
+    g = np.random.default_rng(0)
+    frames = g.integers(0, 255, (11, 64, 64, 3), dtype=np.uint8)
+    rewards = np.zeros(10)
+    rewards[[1, 6]] = 1.0  # pickups at transitions 1 and 6
+    tr = Trajectory(0, frames, g.integers(0, 5, 10), rewards, np.zeros(10, bool))
+    always = Dreamer.load(checkpoint, sampler="consistency", steps=1, heads=_write_heads(tmp_path, ae, 4, -9.0),
+                          precision="fp32")
+    rows = pickups_by_horizon(always, [tr], [1, 2, 4, 9])
+    # horizon k needs k - 1 steps before the pickup and `tolerance` (1) after it inside the episode
+    assert [r["events"] for r in rows] == [2, 2, 1, 0]
+    assert rows[0]["raw_recall"] == 1.0 and rows[0]["frames_recall"] == 1.0 and np.isfinite(rows[0]["psnr_at_pickup"])
+    assert rows[3]["raw_recall"] is None
