@@ -151,12 +151,12 @@ def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: 
             # the same heads on the dreamed frames re-encoded: a pickup they find but the raw read
             # misses is the heads' miss, one both miss the dream did not draw
             "frames_pickup_recall": f_hits / n_real if n_real else None,
-            "dream_pickups_agreement": _agreement(d_rew > 0, f_rew > 0),
+            "dream_pickups_agreement": read_agreement(d_rew > 0, f_rew > 0),
             "real_return": float(np.mean([tr.rewards[:horizon].sum() for tr in keep])),
             "dream_return": float(d_rew.sum(1).mean())}
 
 
-def _agreement(raw: np.ndarray, frames: np.ndarray) -> dict[str, Any]:
+def read_agreement(raw: np.ndarray, frames: np.ndarray) -> dict[str, Any]:
     """How the heads' read of the raw dreamed latents agrees with their read of the same frames
     re-encoded, step by step: pickups both saw, only the frames, only the raw latents."""
     return {"both": int((raw & frames).sum()), "frames_only": int((frames & ~raw).sum()),

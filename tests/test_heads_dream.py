@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.test_dream import _write_heads, checkpoint  # noqa: F401 - the tiny shipped-like world model
-from trainer.stages.heads import DreamLatents, _starts, dream_pool, load_or_make_pool
+from trainer.stages.heads import DreamLatents, dream_pool, load_or_make_pool, rollout_starts
 
 
 def _data(n_frames: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,14 +51,14 @@ def test_the_pool_dreams_with_the_recorded_actions_and_labels_what_the_frames_sh
 def test_starts_keep_each_rollout_inside_its_episode_and_near_events():
     spans = [(0, 10), (10, 30), (40, 3)]  # the last episode is too short for a rollout
     events = np.array([25])
-    s = _starts(spans, events, 400, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
+    s = rollout_starts(spans, events, 400, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
     assert len(s) == 400
     inside = [(o <= x) and (x + 5 < o + n) for x in s for (o, n) in [next(sp for sp in spans if sp[0] <= x < sp[0] + sp[1])]]
     assert all(inside)
     near = ((25 - s >= 1) & (25 - s <= 5)).sum()
     assert near >= 200  # the event-started half, plus random ones that fall near it
     with pytest.raises(Exception, match="horizon"):
-        _starts([(0, 4)], events, 4, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
+        rollout_starts([(0, 4)], events, 4, horizon=5, event_share=0.5, rng=np.random.default_rng(0))
 
 
 def test_a_saved_pool_is_reused_only_for_the_same_settings(tmp_path):

@@ -154,8 +154,8 @@ def test_the_real_game_is_played_with_the_settings_the_dream_was_trained_on(monk
 
 
 def test_the_raw_and_frame_reads_of_dreamed_pickups_are_counted_apart():
-    from benchmarks.transfer import _agreement
+    from benchmarks.transfer import read_agreement
 
     raw = np.array([[True, False, True, False]])
     frames = np.array([[True, True, False, False]])
-    assert _agreement(raw, frames) == {"both": 1, "frames_only": 1, "raw_only": 1}
+    assert read_agreement(raw, frames) == {"both": 1, "frames_only": 1, "raw_only": 1}

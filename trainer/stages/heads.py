@@ -91,7 +91,7 @@ def _episode_spans(caches: list[LatentCache], ids: list[list[int]], offsets: lis
     return [(base + int(c.offsets[e]), c.length(e)) for c, base, eps in zip(caches, offsets, ids) for e in eps]
 
 
-def _starts(spans: list[tuple[int, int]], events: np.ndarray, n: int, horizon: int, event_share: float,
+def rollout_starts(spans: list[tuple[int, int]], events: np.ndarray, n: int, horizon: int, event_share: float,
             rng: np.random.Generator) -> np.ndarray:
     """``n`` start rows whose next ``horizon`` frames lie in one episode; ``event_share`` of them
     1..horizon steps before one of ``events`` (global rows of frames a reward or an end arrived at)."""
@@ -296,7 +296,7 @@ class HeadsStage:
             spans = _episode_spans(caches, [s[1] if held else s[0] for s in splits], bases)
             events = tr.cur[(tr.reward != 0) | tr.terminated]
             n = max(32, d.rollouts // 16) if held else d.rollouts
-            starts = _starts(spans, events, n, d.horizon, d.event_starts,
+            starts = rollout_starts(spans, events, n, d.horizon, d.event_starts,
                              np.random.default_rng(d.seed + (1 if held else 0)))
             key = _pool_key(d, cfg.datasets, self.values, n)
             path = Path(cfg.run_dir) / f"dream_pool_{'held' if held else 'train'}.npz"
