@@ -111,8 +111,11 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 64, 64) in [-1, 1] -> normalised latents (N, C, 8, 8)."""
-        z = self.encoder(x)
-        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+        return self.normalize(self.encoder(x))
+
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output (N, C, h, w) -> normalised latents (what the models read)."""
+        return (h - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:

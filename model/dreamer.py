@@ -178,8 +178,7 @@ class Dreamer:
         dtype = next(enc.parameters()).dtype
         x = from_uint8(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device, dtype)
         with torch.no_grad():
-            h = enc(x).float()
-        return (h - self.ae.latent_mean[:, None, None]) / self.ae.latent_std[:, None, None]
+            return self.ae.normalize(enc(x).float())
 
     def outcomes(self, z_prev: torch.Tensor, z: torch.Tensor, actions: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray]:
