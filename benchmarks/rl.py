@@ -41,6 +41,8 @@ import numpy as np
 from benchmarks import BenchmarkError, command
 
 CONFIG = Path(__file__).resolve().parent / "rl.yaml"
+#: where dream episodes start: the real game's reset frame, or frames of the world model's training data
+START_FRAMES = ("reset", "dataset")
 
 
 @dataclass
@@ -50,6 +52,8 @@ class DreamSection:
     episode_steps: int = 128
     heads: str = "auto"
     heads_input: str = "latents"  # what the heads read: the generated latents, or the frames re-encoded
+    start_frames: str = "reset"   # where dream episodes start: the real game's first frame (reset), or
+    start_frames_max: int = 16_384  # frames drawn from the world model's own training data (dataset)
 
 
 @dataclass
@@ -128,6 +132,10 @@ def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
         cfg.diagnose = DiagnoseSection(episodes=2, horizon=8, tolerance=cfg.diagnose.tolerance)
         cfg.online = OnlineSection(enabled=cfg.online.enabled, real_steps=96, rounds=2, head_steps=5)
         cfg.equal_data = False
+    if cfg.dream.start_frames not in START_FRAMES:
+        raise BenchmarkError(f"dream.start_frames must be one of {START_FRAMES}, got {cfg.dream.start_frames!r} in {path}")
+    if cfg.dream.start_frames_max < 1:
+        raise BenchmarkError(f"dream.start_frames_max must be >= 1, got {cfg.dream.start_frames_max} in {path}")
     if cfg.eval.seed_base < 1_000_000:
         raise BenchmarkError(f"eval.seed_base must be >= 1,000,000 (held-out seeds), got {cfg.eval.seed_base}")
     return cfg
@@ -178,7 +186,23 @@ def dream_vec_env(cfg: RLConfig):
     if venv.dreamer.heads is None:
         raise BenchmarkError(f"the dream {cfg.dream.checkpoint} has no reward/termination heads: nothing to learn "
                              f"from (train them with python -m trainer heads, or set dream.heads)")
+    if cfg.dream.start_frames == "dataset":
+        venv.set_start_frames(dataset_start_frames(cfg.dream.checkpoint, cfg.dream.start_frames_max))
     return venv, sb3_vec_env(venv)
+
+
+@functools.lru_cache(maxsize=2)
+def dataset_start_frames(checkpoint: str, limit: int) -> np.ndarray:
+    """A start-state buffer for the dream: ``limit`` frames drawn (seed 0) from the dataset the world
+    model was trained on. These real steps are already counted in ``equal_real_data``."""
+    from model.io import resolve_full
+    from world.dataset import sample_observations
+
+    dataset = (resolve_full(checkpoint)[1].get("data") or {}).get("dataset")
+    if not dataset or not (Path(dataset) / "data" / "metadata.json").is_file():
+        raise BenchmarkError(f"dream.start_frames: dataset needs the world model's training data, {dataset!r}, which "
+                             f"is not here: regenerate it (make dataset) or set dream.start_frames: reset")
+    return sample_observations(dataset, limit, seed=0)
 
 
 def scores(cfg: RLConfig, policy, episodes: int) -> list[float]:

@@ -107,6 +107,32 @@ def matched_events(real: np.ndarray, predicted: np.ndarray, tolerance: int) -> t
     return hits, int((predicted & ~used).sum())
 
 
+@dataclass
+class Replay:
+    frames: list[np.ndarray]    # H + 1 batches of frames (B, H, W, 3): the start decoded, then each dreamed one
+    raw_rewards: np.ndarray     # (B, H) the heads on the raw dreamed latents
+    frame_rewards: np.ndarray   # (B, H) the heads on the dreamed frames encoded again
+
+
+def replay(dreamer: Any, start: Any, actions: Any, seed: int = 0) -> Replay:
+    """The dream from latents ``start`` (B, C, h, w), one frame as a dream episode starts, under the
+    given actions (B, H) (open loop), read by the heads two ways at each step."""
+    import torch
+
+    B, H = actions.shape
+    sess = dreamer.session(B, torch.Generator().manual_seed(seed))
+    seq = [start]
+    with torch.no_grad(), dreamer.autocast():
+        sess.prime(start[:, None], torch.zeros(B, 1, dtype=torch.long))
+        for j in range(H):
+            seq.append(sess.generate(actions[:, j:j + 1], dreamer.sampler, fuse=True)[:, 0].float())
+    frames = [dreamer.decode(z) for z in seq]
+    re = [start] + [dreamer.encode(f) for f in frames[1:]]  # what the frames show, as pixels encoded again
+    raw = np.stack([dreamer.outcomes(seq[j], seq[j + 1], actions[:, j])[0] for j in range(H)], 1)
+    fr = np.stack([dreamer.outcomes(re[j], re[j + 1], actions[:, j])[0] for j in range(H)], 1)
+    return Replay(frames, raw, fr)
+
+
 def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: int = 0,
                  tolerance: int = 2) -> dict[str, Any]:
     """The dream replays each trajectory's real actions from its first frame, ``horizon`` steps
@@ -120,25 +146,10 @@ def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: 
         return {"episodes": 0, "horizon": horizon, "psnr_at": [], "note": f"no episode lasted {horizon} steps"}
     B = len(keep)
     acts = torch.from_numpy(np.stack([tr.actions[:horizon] for tr in keep]))
-    z0 = dreamer.encode(np.stack([tr.frames[0] for tr in keep]))
-    sess = dreamer.session(B, torch.Generator().manual_seed(seed))
-    zs = [z0]
-    with torch.no_grad(), dreamer.autocast():
-        sess.prime(z0[:, None], torch.zeros(B, 1, dtype=torch.long))
-        for t in range(horizon):
-            zs.append(sess.generate(acts[:, t:t + 1], dreamer.sampler)[:, 0].float())
-    psnr = []
-    d_rew, f_rew = [], []
-    re_prev = z0
-    for t in range(horizon):
-        frames = dreamer.decode(zs[t + 1])
-        psnr.append(float(psnr_batch(frames, np.stack([tr.frames[t + 1] for tr in keep])).mean()))
-        r, _ = dreamer.outcomes(zs[t], zs[t + 1], acts[:, t])
-        d_rew.append(r)
-        re = dreamer.encode(frames)  # what the frames show: the heads read them as pixels, encoded again
-        f_rew.append(dreamer.outcomes(re_prev, re, acts[:, t])[0])
-        re_prev = re
-    d_rew, f_rew = np.stack(d_rew, 1), np.stack(f_rew, 1)  # (B, horizon)
+    rep = replay(dreamer, dreamer.encode(np.stack([tr.frames[0] for tr in keep])), acts, seed)
+    psnr = [float(psnr_batch(rep.frames[t + 1], np.stack([tr.frames[t + 1] for tr in keep])).mean())
+            for t in range(horizon)]
+    d_rew, f_rew = rep.raw_rewards, rep.frame_rewards  # (B, horizon)
     hits = false = n_real = f_hits = 0
     for b, tr in enumerate(keep):
         real = tr.rewards[:horizon] > 0
@@ -209,23 +220,15 @@ def pickups_by_horizon(dreamer: Any, trajs: Sequence[Trajectory], horizons: Sequ
         if not ev:
             out.append({**row, "raw_recall": None, "frames_recall": None, "psnr_at_pickup": None})
             continue
-        B, H = len(ev), k + tolerance
+        H = k + tolerance
         start = torch.stack([zs[i][t - k + 1] for i, t in ev])
         acts = torch.from_numpy(np.stack([trajs[i].actions[t - k + 1:t - k + 1 + H] for i, t in ev]))
-        sess = dreamer.session(B, torch.Generator().manual_seed(seed))
-        seq = [start]
-        with torch.no_grad(), dreamer.autocast():
-            sess.prime(start[:, None], torch.zeros(B, 1, dtype=torch.long))
-            for j in range(H):
-                seq.append(sess.generate(acts[:, j:j + 1], dreamer.sampler, fuse=True)[:, 0].float())
-        frames = [dreamer.decode(z) for z in seq]
-        re = [start] + [dreamer.encode(f) for f in frames[1:]]
-        raw = np.stack([dreamer.outcomes(seq[j], seq[j + 1], acts[:, j])[0] for j in range(H)], 1) > 0
-        fr = np.stack([dreamer.outcomes(re[j], re[j + 1], acts[:, j])[0] for j in range(H)], 1) > 0
+        rep = replay(dreamer, start, acts, seed)
+        raw, fr = rep.raw_rewards > 0, rep.frame_rewards > 0
         win = slice(max(0, k - 1 - tolerance), k + tolerance)
         real = np.stack([trajs[i].frames[t + 1] for i, t in ev])
         out.append({**row, "raw_recall": float(raw[:, win].any(1).mean()), "frames_recall": float(fr[:, win].any(1).mean()),
-                    "psnr_at_pickup": float(psnr_batch(frames[k], real).mean())})
+                    "psnr_at_pickup": float(psnr_batch(rep.frames[k], real).mean())})
     return out
 
 

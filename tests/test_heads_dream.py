@@ -107,3 +107,45 @@ def test_pickups_by_horizon_counts_the_events_each_horizon_can_reach(checkpoint,
     assert [r["events"] for r in rows] == [2, 2, 1, 0]
     assert rows[0]["raw_recall"] == 1.0 and rows[0]["frames_recall"] == 1.0 and np.isfinite(rows[0]["psnr_at_pickup"])
     assert rows[3]["raw_recall"] is None
+
+
+def test_each_batch_mixes_real_and_dreamed_transitions_at_the_configured_share():
+    from types import SimpleNamespace
+
+    from trainer.data import EpochSampler
+    from trainer.distributed import DistInfo
+    from trainer.stages.heads import DreamPool, HeadsStage, Transitions
+
+    # real latents are 0..19 (a row's value is its index), dreamed ones -1 - (rollout * 10 + step)
+    real = np.broadcast_to(np.arange(20, dtype=np.float16)[:, None, None, None], (20, 4, 8, 8)).copy()
+    lat = -1.0 - (np.arange(6)[:, None] * 10 + np.arange(5)[None])
+    valid = np.ones((6, 4), bool)
+    valid[5, 2:] = False  # after a labelled end: no transitions
+    pool = DreamPool(np.broadcast_to(lat[:, :, None, None, None], (6, 5, 4, 8, 8)).astype(np.float16),
+                     np.full((6, 4), 3), np.full((6, 4), 2), np.zeros((6, 4), bool), valid)
+    st = object.__new__(HeadsStage)
+    st.cfg = SimpleNamespace(dream=SimpleNamespace(share=0.25))
+    st.latents = real
+    st.train_set = Transitions(np.arange(19), np.arange(1, 20), np.zeros(19, np.int64), np.zeros(19), np.zeros(19, bool))
+    st.train_class = np.ones(19, np.int64)
+    st.sampler = EpochSampler(19, 0)
+    st.pool, st.pool_rows = pool, pool.rows()
+    st.pool_sampler = EpochSampler(len(st.pool_rows), 1)
+    seen = []
+    for _ in range(3):
+        zp, zc, a, r, term = st.next_batch(8, DistInfo())
+        assert zp.shape == (8, 4, 8, 8) and zp.dtype == torch.float32
+        cur = zc[:, 0, 0, 0].numpy()
+        assert (cur[:6] > 0).all() and (cur[6:] < 0).all()  # 6 real transitions, then 2 dreamed
+        assert np.array_equal(zp[:6, 0, 0, 0].numpy(), cur[:6] - 1)  # real: frame t-1 -> t
+        assert np.array_equal(zp[6:, 0, 0, 0].numpy(), cur[6:] + 1)  # dreamed: step j -> j + 1 of one rollout
+        assert a[6:].tolist() == [3, 3] and r[6:].tolist() == [2, 2] and a[:6].tolist() == [0] * 6
+        assert r[:6].tolist() == [1] * 6 and not term.any()
+        seen += (-1 - cur[6:]).astype(int).tolist()
+    assert not {53, 54} & set(seen)  # never a step after the end (rollout 5, steps 2 and 3)
+    # two ranks share the samplers' draws without overlap
+    st.sampler, st.pool_sampler = EpochSampler(19, 0), EpochSampler(len(st.pool_rows), 1)
+    r0 = st.next_batch(4, DistInfo(rank=0, world_size=2))
+    st.sampler, st.pool_sampler = EpochSampler(19, 0), EpochSampler(len(st.pool_rows), 1)
+    r1 = st.next_batch(4, DistInfo(rank=1, world_size=2))
+    assert not set(r0[1][:, 0, 0, 0].tolist()) & set(r1[1][:, 0, 0, 0].tolist())

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from world import UnknownWorldError, make_world
-from world.dataset import DatasetError, DatasetWriter, info_columns, load_episodes, open_dataset
+from world.dataset import (
+    DatasetError,
+    DatasetWriter,
+    info_columns,
+    load_episodes,
+    open_dataset,
+    sample_observations,
+)
 from world.policies import PolicyError, make_policy
 from world.record import main, record
 
@@ -267,3 +274,16 @@ def test_the_retracing_explorer_returns_to_places_it_left():
     assert "retrace" not in make_policy("explorer", w, seed=0).describe()["params"]  # old recordings resume
     with pytest.raises(PolicyError, match="retrace must be in"):
         make_policy("explorer", w, seed=0, retrace=2.0)
+
+
+def test_sampled_observations_are_distinct_frames_of_the_dataset_and_follow_the_seed(dataset):
+    every = np.concatenate([ep.observations for ep in load_episodes(dataset)])  # 3 episodes of 41 frames
+    some = sample_observations(dataset, 20, seed=3)
+    assert some.shape == (20, 64, 64, 3) and some.dtype == np.uint8
+    rows = {every[i].tobytes(): i for i in range(len(every))}
+    assert all(f.tobytes() in rows for f in some)  # each one a recorded frame
+    assert np.array_equal(some, sample_observations(dataset, 20, seed=3))
+    assert not np.array_equal(some, sample_observations(dataset, 20, seed=4))
+    assert len(sample_observations(dataset, 10_000)) == len(every)  # all of them when it holds fewer
+    with pytest.raises(DatasetError, match="limit >= 1, got 0"):
+        sample_observations(dataset, 0)

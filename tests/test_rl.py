@@ -11,8 +11,15 @@ import pytest
 from benchmarks import rl
 
 
-def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path):
+def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path, monkeypatch):
+    from world import make_world
+
     out = tmp_path / "rl.json"
+    if rl.load_rl_config(rl.CONFIG).dream.start_frames == "dataset":  # CI has no datasets: real frames stand in
+        real = make_world("adventure", **rl.real_settings(rl.load_rl_config(rl.CONFIG)))
+        buffer = np.stack([real.reset(seed=s)[0] for s in range(3)])
+        real.close()
+        monkeypatch.setattr(rl, "dataset_start_frames", lambda checkpoint, limit: buffer)
     assert rl.main(["--quick", "--out", str(out), "--threads", "1", "--agents", str(tmp_path / "agents")]) == 0
     rep = json.loads(out.read_text())
     for name in ("random", "real", "dream"):
@@ -159,3 +166,29 @@ def test_the_raw_and_frame_reads_of_dreamed_pickups_are_counted_apart():
     raw = np.array([[True, False, True, False]])
     frames = np.array([[True, True, False, False]])
     assert read_agreement(raw, frames) == {"both": 1, "frames_only": 1, "raw_only": 1}
+
+
+def test_dream_start_frames_are_checked_and_a_missing_dataset_says_what_to_do(tmp_path, monkeypatch):
+    bad = tmp_path / "rl.yaml"
+    bad.write_text("dream:\n  start_frames: buffer\n")
+    with pytest.raises(rl.BenchmarkError, match="start_frames must be one of .*got 'buffer'"):
+        rl.load_rl_config(bad)
+    bad.write_text("dream:\n  start_frames_max: 0\n")
+    with pytest.raises(rl.BenchmarkError, match="start_frames_max must be >= 1, got 0"):
+        rl.load_rl_config(bad)
+    # the dream env of the benchmark starts its episodes from the buffer
+    cfg = rl.load_rl_config(rl.CONFIG, quick=True)
+    cfg.dream.start_frames = "dataset"
+    buffer = np.zeros((5, 64, 64, 3), np.uint8)
+    with monkeypatch.context() as m:
+        m.setattr(rl, "dataset_start_frames", lambda checkpoint, limit: buffer)
+        venv, env = rl.dream_vec_env(cfg)
+        _, info = venv.reset(seed=0)
+        assert set(info["start_index"]) <= set(range(5))
+        env.close()
+    from model import io
+
+    monkeypatch.setattr(io, "resolve_full", lambda ckpt: (None, {"data": {"dataset": str(tmp_path / "gone-v0")}}))
+    rl.dataset_start_frames.cache_clear()
+    with pytest.raises(rl.BenchmarkError, match="gone-v0.*make dataset.*start_frames: reset"):
+        rl.dataset_start_frames("x.safetensors", 8)

@@ -185,6 +185,29 @@ def load_episodes(root: str | Path, episodes: Sequence[int] | None = None) -> li
 
 
 # ---------------------------------------------------------------------- info columns
+def sample_observations(root: str | Path, limit: int, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` observations (N, H, W, 3) uint8 drawn uniformly without replacement from every
+    episode of a dataset (all of them when it holds fewer), in dataset order; the draw follows ``seed``.
+    One episode is in memory at a time besides the sample."""
+    if limit < 1:
+        raise DatasetError(f"sample_observations needs limit >= 1, got {limit}")
+    root = Path(root)
+    meta = read_metadata(root)
+    lengths = [int(json.loads((root / DATA / str(i) / METADATA).read_text())["total_steps"]) + 1
+               for i in range(int(meta["total_episodes"]))]
+    total = sum(lengths)
+    if not total:
+        raise DatasetError(f"dataset {str(root)!r} holds no observations: record it again")
+    pick = np.sort(np.random.default_rng(seed).choice(total, size=min(limit, total), replace=False))
+    out, start = [], 0
+    for rec, n in zip(iter_episodes(root), lengths):
+        mine = pick[(pick >= start) & (pick < start + n)] - start
+        if len(mine):
+            out.append(rec.observations[mine])
+        start += n
+    return np.concatenate(out)
+
+
 def info_columns(infos: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """Turn per-step info dicts into Minari info columns; returns (columns, skipped keys).
 
