@@ -284,7 +284,8 @@ def test_cd_stage_trains_and_resumes_its_target(tmp_path, monkeypatch, capsys):
     abl_cfg = write_config(tmp_path / "abl.yaml", "adventure_cfpp_frame2.yaml", run_dir=str(tmp_path / "abl"),
                            generator=str(ship / "ode_frame2.safetensors"), teacher=str(tmp_path / "teacher"),
                            latent_cache_dir=str(tmp_path / "lat"), frames=4,
-                           data={"dataset": str(ds), "holdout_episodes": 1}, dmd={"critic_updates": 1},
+                           data={"dataset": str(ds), "holdout_episodes": 1},
+                           dmd={"critic_updates": 1, "rollout_frames": 12},  # prefixes of 0-8 frames
                            train={"steps": 2, "batch_size": 2, "log_every": 1, "ckpt_every": 2, "eval_every": 0,
                                   "warmup": 1}, eval_windows=4)
     assert run("dmd", "--config", str(abl_cfg)).returncode == 0
@@ -418,3 +419,36 @@ def test_matched_cost_finds_the_first_point_at_the_ode_quality():
     m = matched_cost(cd, ode)
     assert not m["reached"] and "nfe_ratio" not in m and m["cd_final"] == 0.6
     assert matched_cost(None, ode) is None
+
+
+def test_a_rollout_prefix_runs_without_grad_and_the_clip_follows_it_in_the_rolling_cache():
+    from model.transformer import FrameTransformer, TransformerConfig
+    from trainer.stages.dmd import self_rollout
+
+    torch.manual_seed(0)
+    net = FrameTransformer(TransformerConfig(latent_channels=4, latent_size=4, patch=2, width=32, depth=2, heads=2,
+                                             window=3, sink=1))
+    ctx = torch.randn(2, 1, 4, 4, 4)
+    acts = torch.randint(0, 5, (2, 4))
+    plain = self_rollout(net, ctx, acts, 2, 2, 3.0, 1, torch.Generator().manual_seed(1))
+    assert plain.shape == (2, 4, 4, 4, 4) and torch.equal(plain[:, 0], ctx[:, 0])  # the real context first
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def grads(x: torch.Tensor) -> list[torch.Tensor | None]:
+        return list(torch.autograd.grad(x.sum(), params, allow_unused=True, retain_graph=True))
+
+    assert all(g is None or not g.any() for g in grads(plain[:, :1]))  # no grad into the frames before
+    assert any(g is not None and g.any() for g in grads(plain[:, 1:]))
+    # a prefix of 6 frames (twice the window): the clip's 3 frames come after it, the frame before
+    # them is the prefix's last, generated (not the real context), and only the clip's frames carry grad
+    long = self_rollout(net, ctx, acts, 2, 2, 3.0, 1, torch.Generator().manual_seed(1),
+                        torch.randint(0, 5, (2, 6)))
+    assert long.shape == (2, 4, 4, 4, 4) and not torch.equal(long[:, 0], ctx[:, 0])
+    assert torch.isfinite(long).all() and all(g is None or not g.any() for g in grads(long[:, :1]))
+    assert any(g is not None and g.any() for g in grads(long[:, 1:]))
+    # the prefix's first frame is drawn with first-frame steps, as at inference: with the same
+    # generator state the prefix's frame 1 equals the plain rollout's first generated frame
+    first = self_rollout(net, ctx, acts[:, :2], 2, 2, 3.0, 1, torch.Generator().manual_seed(1))
+    pre = self_rollout(net, ctx, acts[:, :2], 2, 2, 3.0, 1, torch.Generator().manual_seed(1),
+                       acts[:, 1:2])  # a prefix of 1 frame under the same action
+    assert torch.allclose(pre[:, 0], first[:, 1].detach(), atol=1e-6)

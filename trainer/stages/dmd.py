@@ -54,6 +54,12 @@ class DMDConfig:
     sigma_min: float = 0.02
     sigma_max: float = 0.98
     shift: float = 0.0            # 0 = the teacher's
+    # rollouts past the clip (Self-Forcing++'s long rollouts): before the clip's frames are generated,
+    # the generator plays a prefix of P frames from the clip's context, P drawn per step from
+    # 0..rollout_frames - frames (a multiple of the block size), without grad, under uniformly random
+    # actions, with its cache rolling as at inference; the loss then falls on the clip's frames,
+    # generated after it. 0 = no prefix (every rollout starts from real frames)
+    rollout_frames: int = 0
 
 
 @dataclass
@@ -76,30 +82,46 @@ class DMDExperiment:
 
 
 def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Tensor, steps: int,
-                 first_steps: int, shift: float, exit_step: int, gen: torch.Generator) -> torch.Tensor:
+                 first_steps: int, shift: float, exit_step: int, gen: torch.Generator,
+                 prefix_actions: torch.Tensor | None = None) -> torch.Tensor:
     """Generate frames ``context.shape[1]..F-1`` of a clip as at inference; only the exit step of
-    each block carries grad. Returns the generated clean latents (B, F - C, ...).
+    each block carries grad. Returns (B, F, ...): the C frames before the generated ones
+    (detached), then the generated clean latents (B, F - C, ...).
+
+    With ``prefix_actions`` (B, P), P frames are first generated from the context under those
+    actions, every step without grad, and the clip's frames follow them: the C frames returned
+    first are then the prefix's last C frames (the real context when P = 0).
 
     The KV cache is kept as at inference, by a :class:`~model.rollout.Session`: ``prime`` writes
     the real context, ``write`` each finished block at sigma = 0 (both without grad). Each block
     is sampled by :func:`exit_step_sample`, not by ``Session.generate`` (see there why)."""
     B, C = context.shape[:2]
+    P = 0 if prefix_actions is None else prefix_actions.shape[1]
+    if P:
+        assert prefix_actions is not None
+        actions = torch.cat([actions[:, :C], prefix_actions.to(actions.device), actions[:, C:]], 1)
     F = actions.shape[1]
     K = net.cfg.block_frames
     dev = context.device
     session = Session(net, B, dev, cache="dynamic")
     session.prime(context, actions[:, :C])
+    before: list[torch.Tensor] = [context]  # the frames the clip's first generated one follows
     outs: list[torch.Tensor] = []
     while session.t < F:
         k = min(K, F - session.t)
         times = torch.arange(session.t, session.t + k)
         a = actions[:, session.t:session.t + k]
-        sigmas = flow.step_list(first_steps if not outs and first_steps else steps, shift)
+        sigmas = flow.step_list(first_steps if session.t == C and first_steps else steps, shift)
         noise = torch.randn((B, k, *context.shape[2:]), generator=gen).to(dev)
-        x0 = exit_step_sample(net, session.cache, noise, a, times, sigmas, exit_step, gen)
-        outs.append(x0)
+        if session.t < C + P:  # the prefix: every step without grad, the whole sampler
+            with torch.no_grad():
+                x0 = exit_step_sample(net, session.cache, noise, a, times, sigmas, len(sigmas) - 1, gen)
+            before.append(x0)
+        else:
+            x0 = exit_step_sample(net, session.cache, noise, a, times, sigmas, exit_step, gen)
+            outs.append(x0)
         session.write(x0.detach(), a)
-    return torch.cat(outs, 1)
+    return torch.cat([torch.cat(before, 1)[:, -C:].detach(), *outs], 1)
 
 
 def exit_step_sample(net: FrameTransformer, cache: KVCache, noise: torch.Tensor, actions: torch.Tensor,
@@ -134,12 +156,16 @@ def exit_step_sample(net: FrameTransformer, cache: KVCache, noise: torch.Tensor,
 
 class SelfRollout(NamedTuple):
     """A DMD step's batch after :meth:`DMDStage.critic_step`: the real clip and its actions, the
-    generated frames (with the exit step's grad), the exit step, and the critic's mean loss."""
+    generated frames (with the exit step's grad), the exit step, the critic's mean loss, and the
+    frames the generated ones follow (the clip's real context, or a prefix's last frames) with the
+    actions that led to them."""
     x0: torch.Tensor
     actions: torch.Tensor
     generated: torch.Tensor
     exit_step: int
     fake_loss: float
+    before: torch.Tensor | None = None
+    before_actions: torch.Tensor | None = None
 
 
 class GeneratorModule(TeacherForcing):
@@ -166,6 +192,9 @@ class DMDStage:
         if cfg.dmd.context < 1 or cfg.dmd.context % self.model_cfg.block_frames or cfg.dmd.context >= cfg.frames:
             raise ValueError(f"dmd.context={cfg.dmd.context} must be >= 1, a multiple of the generator's block size "
                              f"({self.model_cfg.block_frames}) and below frames={cfg.frames}")
+        if cfg.dmd.rollout_frames and cfg.dmd.rollout_frames < cfg.frames:
+            raise ValueError(f"dmd.rollout_frames={cfg.dmd.rollout_frames} must be 0 (no prefix) or at least "
+                             f"frames={cfg.frames}")
         self.data = ClipData(tcfg["autoencoder"], cfg.data, cfg.frames, cfg.latent_cache_dir, self.model_cfg,
                              cfg.eval_windows, cfg.train.seed)
         self.real = TeacherForcing(teacher).requires_grad_(False).eval()
@@ -196,8 +225,20 @@ class DMDStage:
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.next_batch(batch_size, info)
 
-    def _clip(self, x0: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x0[:, :self.cfg.dmd.context], generated], 1)
+    def _clip(self, before: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        return torch.cat([before, generated], 1)
+
+    def _prefix_actions(self, batch: int) -> torch.Tensor | None:
+        """Uniformly random actions for this step's prefix (None: no prefix), its length drawn
+        from 0..rollout_frames - frames in blocks."""
+        spare = self.cfg.dmd.rollout_frames - self.cfg.frames
+        K = self.model_cfg.block_frames
+        if spare < K:
+            return None
+        P = K * int(torch.randint(0, spare // K + 1, (1,), generator=self.gen))
+        if not P:
+            return None
+        return torch.randint(0, self.model_cfg.num_actions, (batch, P), generator=self.gen)
 
     def critic_step(self, model: nn.Module, batch: Any, step: int) -> SelfRollout:
         """Before the generator's loss (the loop calls it): roll the generator out once (its exit
@@ -207,18 +248,26 @@ class DMDStage:
         x0, actions = batch
         C = self.cfg.dmd.context
         exit_step = int(torch.randint(0, max(self.cfg.dmd.steps, 1), (1,), generator=self.gen))
-        g = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
-                           exit_step, self.gen))
-        clip = self._clip(x0, g.detach())
+        prefix = self._prefix_actions(x0.shape[0])
+        out = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
+                             exit_step, self.gen, prefix))
+        before, g = out[:, :C].detach(), out[:, C:]  # a slice of the cat would link back to its graph
+        # the actions that led to the frames before the generated ones (the prefix's last C)
+        before_actions = actions[:, :C] if prefix is None else \
+            torch.cat([actions[:, :C], prefix.to(actions.device)], 1)[:, -C:]
+        clip_actions = torch.cat([before_actions, actions[:, C:]], 1)
+        clip = self._clip(before, g.detach())
         fake_losses = []
         for _ in range(self.cfg.dmd.critic_updates):
-            fl, _ = teacher_forcing_loss(self.fake_train, clip, actions, self.fm, self.model_cfg.null_action, self.gen)
+            fl, _ = teacher_forcing_loss(self.fake_train, clip, clip_actions, self.fm, self.model_cfg.null_action,
+                                         self.gen)
             self.fake_opt.zero_grad(set_to_none=True)
             fl.backward()
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
             self.fake_opt.step()
             fake_losses.append(float(fl.detach()))
-        return SelfRollout(x0, actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1))
+        return SelfRollout(x0, clip_actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1), before,
+                           before_actions)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The generator's distribution-matching loss on the rollout of :meth:`critic_step` (``batch``),
@@ -226,11 +275,11 @@ class DMDStage:
         if not isinstance(batch, SelfRollout):
             raise TypeError("DMDStage.loss takes the SelfRollout that critic_step returns for the batch "
                             "(call stage.critic_step(model, batch, step) first, as trainer.loop.train does)")
-        x0, actions, g, exit_step, fake_loss = batch
+        x0, actions, g, exit_step, fake_loss, before, _ = batch
         B, F = x0.shape[:2]
         C = self.cfg.dmd.context
         dev = x0.device
-        clip = self._clip(x0, g.detach())
+        clip = self._clip(x0[:, :C] if before is None else before, g.detach())
         s = dmd_sigma(B, self.shift, self.cfg.dmd.sigma_min, self.cfg.dmd.sigma_max, self.gen).to(dev)
         sigma = s[:, None].expand(B, F)
         eps = torch.randn(clip.shape, generator=self.gen).to(dev)
