@@ -11,15 +11,8 @@ import pytest
 from benchmarks import rl
 
 
-def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path, monkeypatch):
-    from world import make_world
-
+def test_the_rl_protocol_runs_end_to_end_and_reports_by_fields(tmp_path):
     out = tmp_path / "rl.json"
-    if rl.load_rl_config(rl.CONFIG).dream.start_frames == "dataset":  # CI has no datasets: real frames stand in
-        real = make_world("adventure", **rl.real_settings(rl.load_rl_config(rl.CONFIG)))
-        buffer = np.stack([real.reset(seed=s)[0] for s in range(3)])
-        real.close()
-        monkeypatch.setattr(rl, "dataset_start_frames", lambda checkpoint, limit: buffer)
     assert rl.main(["--quick", "--out", str(out), "--threads", "1", "--agents", str(tmp_path / "agents")]) == 0
     rep = json.loads(out.read_text())
     for name in ("random", "real", "dream"):

@@ -157,15 +157,14 @@ def exit_step_sample(net: FrameTransformer, cache: KVCache, noise: torch.Tensor,
 class SelfRollout(NamedTuple):
     """A DMD step's batch after :meth:`DMDStage.critic_step`: the real clip and its actions, the
     generated frames (with the exit step's grad), the exit step, the critic's mean loss, and the
-    frames the generated ones follow (the clip's real context, or a prefix's last frames) with the
-    actions that led to them."""
+    frames the generated ones follow (the clip's real context, or a prefix's last frames).
+    ``actions`` are those of ``[before || generated]``."""
     x0: torch.Tensor
     actions: torch.Tensor
     generated: torch.Tensor
     exit_step: int
     fake_loss: float
-    before: torch.Tensor | None = None
-    before_actions: torch.Tensor | None = None
+    before: torch.Tensor
 
 
 class GeneratorModule(TeacherForcing):
@@ -252,10 +251,9 @@ class DMDStage:
         out = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
                              exit_step, self.gen, prefix))
         before, g = out[:, :C].detach(), out[:, C:]  # a slice of the cat would link back to its graph
-        # the actions that led to the frames before the generated ones (the prefix's last C)
-        before_actions = actions[:, :C] if prefix is None else \
-            torch.cat([actions[:, :C], prefix.to(actions.device)], 1)[:, -C:]
-        clip_actions = torch.cat([before_actions, actions[:, C:]], 1)
+        # the rollout's actions from the frames before the generated ones on (the prefix's last C)
+        clip_actions = actions if prefix is None else \
+            torch.cat([actions[:, :C], prefix.to(actions.device), actions[:, C:]], 1)[:, prefix.shape[1]:]
         clip = self._clip(before, g.detach())
         fake_losses = []
         for _ in range(self.cfg.dmd.critic_updates):
@@ -266,8 +264,7 @@ class DMDStage:
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
             self.fake_opt.step()
             fake_losses.append(float(fl.detach()))
-        return SelfRollout(x0, clip_actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1), before,
-                           before_actions)
+        return SelfRollout(x0, clip_actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1), before)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The generator's distribution-matching loss on the rollout of :meth:`critic_step` (``batch``),
@@ -275,11 +272,11 @@ class DMDStage:
         if not isinstance(batch, SelfRollout):
             raise TypeError("DMDStage.loss takes the SelfRollout that critic_step returns for the batch "
                             "(call stage.critic_step(model, batch, step) first, as trainer.loop.train does)")
-        x0, actions, g, exit_step, fake_loss, before, _ = batch
+        x0, actions, g, exit_step, fake_loss, before = batch
         B, F = x0.shape[:2]
         C = self.cfg.dmd.context
         dev = x0.device
-        clip = self._clip(x0[:, :C] if before is None else before, g.detach())
+        clip = self._clip(before, g.detach())
         s = dmd_sigma(B, self.shift, self.cfg.dmd.sigma_min, self.cfg.dmd.sigma_max, self.gen).to(dev)
         sigma = s[:, None].expand(B, F)
         eps = torch.randn(clip.shape, generator=self.gen).to(dev)
