@@ -1,10 +1,12 @@
 """Speed and endurance of the dream on this machine's CPU cores.
 
     python -m benchmarks.dream --out benchmarks/results/dream.json [--checkpoint CKPT]
-        [--session-frames 10000] [--precision auto|fp32|bf16]
+        [--session-frames 10000] [--precision auto|fp32|bf16] [--compile]
 
 The dream runs in ``--precision`` (default auto: bf16 weights cast once at load where this machine
 runs bf16 measurably faster, :mod:`model.precision`); the report records the precision that ran.
+``--compile`` compiles the streaming step (``FrameTransformer.compile_streaming``; ``compiled`` in
+the report; each batch size compiles in its warm-up at load, outside the timings).
 
 Measured, decode included, medians with min/max over repeats:
 - ``fps_1step``, ``fps_2step``: single-stream frames per second of the few-step sampler
@@ -212,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the dream's compute precision (auto: bf16 where measurably faster here)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the streaming step (torch.compile; each batch size compiles at load)")
     a = p.parse_args(argv)
     from world.dream import DEFAULT_CHECKPOINT
 
@@ -225,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     from model.precision import probe, resolve
 
     rep: dict[str, Any] = {"checkpoint": ckpt, "command": "python -m benchmarks.dream " + " ".join(argv or sys.argv[1:]),
-                           "precision": resolve(a.precision), "precision_asked": a.precision, "probe": probe().as_dict()}
+                           "precision": resolve(a.precision), "precision_asked": a.precision, "probe": probe().as_dict(),
+                           "compiled": a.compile}
     for steps in (1, 2):
-        s = single_stream(ckpt, steps, a.frames, a.repeats, precision=a.precision)
+        s = single_stream(ckpt, steps, a.frames, a.repeats, precision=a.precision, compile=a.compile)
         rep[f"fps_{steps}step"] = s["fps"]["median"]
         rep[f"fps_{steps}step_minmax"] = [s["fps"]["min"], s["fps"]["max"]]
         if steps == 2:
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{steps}-step: {s}", flush=True)
     rep["env_steps_per_s"] = {}
     for b in [int(x) for x in a.batches.split(",")]:
-        r = vector_rate(ckpt, 2, b, a.env_steps, max(2, a.repeats // 2), precision=a.precision)
+        r = vector_rate(ckpt, 2, b, a.env_steps, max(2, a.repeats // 2), precision=a.precision, compile=a.compile)
         rep["env_steps_per_s"][str(b)] = r
         print(f"batch {b}: {r} env steps/s (2-step)", flush=True)
     bs = sorted(rep["env_steps_per_s"], key=int)
@@ -254,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{rep['env_steps_per_s'][bs[0]]['gflops']}: batching can give at most {rep['batch_speedup_ceiling']}x",
           flush=True)
     if a.session_frames:
-        rep["long_session"] = long_session(ckpt, 2, a.session_frames, strip=a.session_strip, precision=a.precision)
+        rep["long_session"] = long_session(ckpt, 2, a.session_frames, strip=a.session_strip, precision=a.precision,
+                                          compile=a.compile)
         print(f"long session: {rep['long_session']}", flush=True)
     write_report(rep, a.out, {"cpu_count": torch.get_num_threads(), "processor": platform.processor()})
     return 0

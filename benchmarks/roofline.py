@@ -236,14 +236,24 @@ def time_training(rounds: int, quick: bool, auto: str, batch: int = 0, compile_b
 
 
 # ----------------------------------------------------------------------------- dream and autoencoder
-def time_dream(rounds: int, auto: str, batch_big: int, frames: int) -> dict[str, Any]:
+def _dream_settings(key: str) -> dict[str, Any]:
+    """``fp32``, ``bf16``, ``fp32+compile``, ...: the dream settings of a timed variant."""
+    prec, _, comp = key.partition("+")
+    return {"precision": prec, "compile": comp == "compile"}
+
+
+def time_dream(rounds: int, auto: str, batch_big: int, frames: int, compile: bool = False) -> dict[str, Any]:
+    """The dream's paths in fp32 and the auto precision; with ``compile`` also both with the streaming
+    step compiled (``--compile``; each compiles at load, in its warm-up)."""
     from agent_env import DreamVectorEnv
     from world import make_world
 
     res: dict[str, Any] = {}
     precs = ["fp32"] + ([auto] if auto != "fp32" else [])
+    if compile:
+        precs += [f"{p}+compile" for p in precs]
     for steps in (1, 2):
-        worlds = {p: make_world("dream", sampler="consistency", steps=steps, precision=p) for p in precs}
+        worlds = {p: make_world("dream", sampler="consistency", steps=steps, **_dream_settings(p)) for p in precs}
         fps: dict[str, list[float]] = {p: [] for p in precs}
         first: dict[str, list[float]] = {p: [] for p in precs}
         rng = np.random.default_rng(0)
@@ -271,7 +281,7 @@ def time_dream(rounds: int, auto: str, batch_big: int, frames: int) -> dict[str,
                                                      f"{statistics.median(first[p]):.0f} ms" for p in precs), flush=True)
         for w in worlds.values():
             w.close()
-        envs = {p: DreamVectorEnv(batch_big, sampler="consistency", steps=steps, precision=p) for p in precs}
+        envs = {p: DreamVectorEnv(batch_big, sampler="consistency", steps=steps, **_dream_settings(p)) for p in precs}
         rates: dict[str, list[float]] = {p: [] for p in precs}
         n = 4
         for e in envs.values():
@@ -357,10 +367,12 @@ def summarise(paths: dict[str, Any], peaks: dict[str, Any], auto: str) -> None:
         rep["gflops"] = by[auto]["gflops"]
         rep["pct_of_peak"] = by[auto]["pct_of_peak"]
         rep["speedup_vs_fp32"] = round(per_s[auto] / per_s["fp32"], 2)
-        if f"{auto}+compile" in by:  # torch.compile (train.compile: true): against eager fp32 and compiled fp32
-            c = f"{auto}+compile"
+        if f"{auto}+compile" in by:  # torch.compile (train.compile / the dream's compile): against eager
+            c = f"{auto}+compile"    # fp32 and compiled fp32
+            rate = {k: (by[c][k]["median"] if isinstance(by[c][k], dict) else by[c][k])
+                    for k in ("windows_per_s", "fps", "env_steps_per_s", "first_frame_ms") if k in by[c]}
             rep["compiled"] = {"precision": c, "gflops": by[c]["gflops"], "pct_of_peak": by[c]["pct_of_peak"],
-                               "windows_per_s": by[c]["windows_per_s"],
+                               **rate,
                                "speedup_vs_fp32": round(per_s[c] / per_s["fp32"], 2),
                                "speedup_vs_fp32_compiled": round(per_s[c] / per_s["fp32+compile"], 2),
                                "speedup_vs_eager": round(per_s[c] / per_s[auto], 2)}
@@ -426,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one peak shape, no DMD step (for tests)")
     p.add_argument("--compile", default="", metavar="BACKEND",
                    help="also time the teacher and CD steps under torch.compile with this backend (inductor, as "
-                        "train.compile: true runs them), in fp32 and in the auto precision")
+                        "train.compile: true runs them), and the dream with its streaming step compiled "
+                        "(compile: true of the dream settings), in fp32 and in the auto precision")
     p.add_argument("--train-batch", type=int, default=0,
                    help="batch size of the training steps (default 0: the shipped configs')")
     a = p.parse_args(argv)
@@ -451,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in groups:
         paths.update(time_training(a.rounds, a.quick, auto, a.train_batch, a.compile))
     if "dream" in groups:
-        paths.update(time_dream(a.rounds, auto, a.batch, a.frames))
+        paths.update(time_dream(a.rounds, auto, a.batch, a.frames, compile=bool(a.compile)))
     if "ae" in groups:
         paths.update(time_autoencoder(a.rounds, auto))
     summarise(paths, peaks, auto)

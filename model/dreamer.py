@@ -46,13 +46,15 @@ class Dreamer:
 
     @classmethod
     def load(cls, checkpoint: str | Path, sampler: str = "auto", steps: int = 0, cfg: float = 0.0,
-             heads: str = "auto", device: str | torch.device = "cpu", precision: str = "auto") -> Dreamer:
+             heads: str = "auto", device: str | torch.device = "cpu", precision: str = "auto",
+             compile: bool = False) -> Dreamer:
         """The world model at ``checkpoint`` with its autoencoder. ``sampler`` "auto" (the card's kind),
         "euler" or "consistency"; ``steps`` 0 and ``cfg`` 0 are the card's (:meth:`SamplerConfig.from_card`,
         8 Euler / 2 consistency steps without one). ``heads``: "auto" (the card's, else the world's
         shipped ones, used only if they read this autoencoder's latents), a path (checked) or "" (none).
-        A damaged or foreign checkpoint raises :class:`model.io.CheckpointError`; heads that cannot be
-        used raise :class:`DreamerError`."""
+        ``compile``: the streaming step compiled (:meth:`FrameTransformer.compile_streaming`; each batch
+        size compiles on its first frames: call :meth:`warm_up`). A damaged or foreign checkpoint raises
+        :class:`model.io.CheckpointError`; heads that cannot be used raise :class:`DreamerError`."""
         from model.io import CheckpointError, load_autoencoder, load_world_model
         from model.precision import DTYPES, cast_for_inference, resolve
 
@@ -65,6 +67,8 @@ class Dreamer:
         if ran != "fp32":
             cast_for_inference(model, DTYPES[ran])
             cast_for_inference(ae.decoder, DTYPES[ran])
+        if compile:
+            model.compile_streaming()
         kind = sampler if sampler != "auto" else (config.get("sampler") or {}).get("kind", "euler")
         samp = SamplerConfig.from_card(config, kind, steps or None, cfg=cfg or None,
                                        default_steps=8 if kind == "euler" else 2)
@@ -136,7 +140,8 @@ class Dreamer:
     def warm_up(self, batch: int = 1, frames: int = 3) -> None:
         """Run a throwaway ``batch``-row session of a few frames (prime, the first frame's steps, fused
         steps, decode) so that every kernel of the streaming step's fixed shapes is made now, at load,
-        not while the first played frames are waited for (oneDNN builds a kernel per new shape)."""
+        not while the first played frames are waited for (oneDNN builds a kernel per new shape; a
+        compiled step compiles its graphs for this batch size: one frame per call and two, fused)."""
         c = self.model.cfg
         sess = self.session(batch, torch.Generator().manual_seed(0))
         sess.prime(torch.zeros(batch, 1, c.latent_channels, c.latent_size, c.latent_size, device=self.device),

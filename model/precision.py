@@ -211,3 +211,19 @@ def frozen_for_autocast(module: torch.nn.Module) -> torch.nn.Module:
     if not torch.is_autocast_enabled(p.device.type) or torch.get_autocast_dtype(p.device.type) != torch.bfloat16:
         return module
     return cast_for_inference(module, torch.bfloat16, pack=p.device.type == "cpu")
+
+
+def unpack_linears(module: torch.nn.Module) -> int:
+    """Undo :func:`pack_linears`: plain ``nn.Linear`` layers on the same weights (what ``torch.compile``
+    lowers and packs itself); returns how many."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, PackedLinear):
+            lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                  dtype=child.weight.dtype, device=child.weight.device)
+            lin.weight, lin.bias = child.weight, child.bias
+            setattr(module, name, lin)
+            n += 1
+        else:
+            n += unpack_linears(child)
+    return n

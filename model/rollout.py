@@ -192,6 +192,8 @@ class Session:
         times = self.cache.times
         n, R = len(times), len(rows)
         sub = self._cache_cls(self.cfg)
+        if isinstance(sub, RingKVCache):
+            sub.compiled = False  # R rows, a shape of its own: not worth a compile
         x = latents.to(self.device, self.dtype)[:, None].expand(R, n, *latents.shape[1:])
         sigma = torch.zeros(R, n, device=self.device, dtype=self.dtype)
         acts = torch.zeros(R, n, dtype=torch.long, device=self.device)

@@ -126,18 +126,25 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingView | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, N, D). Returns the output and this call's (k, v) for a cache.
 
         ``past_kv``: cached keys/values the tokens also attend to (concatenated before them);
-        ``ring``: a :class:`RingKVCache` layer instead: this call's keys/values are written into
-        its scratch slots and attention reads the buffer in place (no copy of the cache)."""
+        ``ring``: a :class:`RingKVCache` layer's (keys, values, start) instead: this call's keys/values
+        are written into its scratch slots from ``start`` on and attention reads the buffer in place
+        (no copy of the cache)."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         new_kv = (k, v)
         if ring is not None:
-            k, v = ring.attend_keys(k, v)
+            bk, bv, start = ring
+            n = k.shape[2]
+            bk[:, :, start:start + n].copy_(k)
+            bv[:, :, start:start + n].copy_(v)
+            k, v = bk[:, :, :start + n], bv[:, :, :start + n]
+            if k.dtype != q.dtype:  # a cache made in another precision: follow the call's
+                k, v = k.to(q.dtype), v.to(q.dtype)
         elif past_kv is not None:
             k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
             v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
@@ -161,7 +168,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingView | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, F*L, D) tokens, frame-major; cond: (B, F, D) the condition of each frame.
 
@@ -232,24 +239,9 @@ class KVCache:
         return sum(kv[0].numel() * kv[0].element_size() * 2 for kv in self.layers if kv is not None)
 
 
-class RingView:
-    """Layer ``i`` of a :class:`RingKVCache` during a forward call of ``frames`` frames."""
-
-    def __init__(self, cache: RingKVCache, i: int, frames: int) -> None:
-        self.cache, self.i, self.frames = cache, i, frames
-
-    def attend_keys(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this call's keys/values behind the slots; the slots + them, as views."""
-        self.cache._alloc(k, self.frames)
-        assert self.cache.buffers is not None
-        bk, bv = self.cache.buffers[self.i]
-        start, n = self.cache.slots * self.cache.cfg.tokens_per_frame, k.shape[2]
-        bk[:, :, start:start + n].copy_(k)
-        bv[:, :, start:start + n].copy_(v)
-        keys, values = bk[:, :, :start + n], bv[:, :, :start + n]
-        if keys.dtype != k.dtype:  # a cache made in another precision: follow the call's
-            keys, values = keys.to(k.dtype), values.to(v.dtype)
-        return keys, values
+#: one layer of a :class:`RingKVCache` during a forward call: its key and value buffers and the
+#: token index from which the call's own keys/values are written (behind the slots)
+RingSlot = tuple[torch.Tensor, torch.Tensor, int]
 
 
 class RingKVCache:
@@ -272,6 +264,9 @@ class RingKVCache:
         self.slots = cfg.sink + cfg.window - 1
         self.max_call_frames = max_call_frames  # frames of one call (a block + a fused pending block)
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # calls on this cache may use a compiled streaming step (FrameTransformer.compile_streaming);
+        # False for one-off caches of varying shapes (Session.reset_rows), which would each compile
+        self.compiled = True
         self.slot_times = torch.zeros(self.slots, dtype=torch.long)
         self.valid = torch.zeros(self.slots, dtype=torch.bool)
 
@@ -301,9 +296,13 @@ class RingKVCache:
                     k[:, :, :m].copy_(ok[:, :, :m])
                     v[:, :, :m].copy_(ov[:, :, :m])
 
-    def views(self, frames: int) -> list[RingView]:
-        """The per-layer views of a call with ``frames`` frames (buffers made at first use)."""
-        return [RingView(self, i, frames) for i in range(self.cfg.depth)]
+    def views(self, like: torch.Tensor, frames: int) -> list[RingSlot]:
+        """The per-layer (keys, values, start) of a call with ``frames`` frames whose keys are shaped
+        like ``like`` (B, H, _, d) (buffers made at first use)."""
+        self._alloc(like, frames)
+        assert self.buffers is not None
+        start = self.slots * self.cfg.tokens_per_frame
+        return [(k, v, start) for k, v in self.buffers]
 
     def write(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor) -> None:
         """Store clean frames' keys/values (B, H, F*L, d) at their slots."""
@@ -436,30 +435,30 @@ class FrameTransformer(nn.Module):
         B, Fn = x.shape[:2]
         L = self.cfg.tokens_per_frame
         x = x.to(self.pos.dtype)  # a model cast to bf16 for inference computes in bf16 (no-op in fp32)
-        tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
-        cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
         times = times.to(x.device)
         clean = clean.to(x.device)
-        rings: list[RingView] | None = None
+        layers: list[RingSlot] | list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
         k_valid = None
         if isinstance(cache, RingKVCache):  # every slot is a key (empty ones masked): fixed shapes
-            rings = cache.views(Fn)
+            c = self.cfg
+            layers = cache.views(x.new_empty(B, c.heads, 0, c.width // c.heads), Fn)
             k_times = torch.cat([cache.slot_times.to(x.device), times])
             k_clean = torch.ones(len(k_times), dtype=torch.bool, device=x.device)
             k_clean[cache.slots:] = clean
             k_valid = torch.cat([cache.valid.to(x.device), torch.ones(Fn, dtype=torch.bool, device=x.device)])
         elif cache is not None and cache.num_frames:
+            layers = cache.layers
             k_times = torch.cat([cache.times.to(x.device), times])
             k_clean = torch.cat([torch.ones(cache.num_frames, dtype=torch.bool, device=x.device), clean])
         else:
             k_times, k_clean = times, clean
-        bias = self.attention_bias(times, clean, k_times, k_clean, k_valid)
-        new_kv = []
-        h = tokens
-        for i, blk in enumerate(self.blocks):
-            past = cache.layers[i] if isinstance(cache, KVCache) else None
-            h, kv = blk(h, cond, bias, past, rings[i] if rings is not None else None)
-            new_kv.append(kv)
+        core = self._core
+        if self._compiled_core is not None and isinstance(cache, RingKVCache) and cache.compiled \
+                and not torch.is_grad_enabled():
+            core = self._compiled_core
+            x = x.contiguous()  # one layout per shape (a strided view would compile another graph)
+        out, new_kv = core(x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
+                           isinstance(cache, RingKVCache))
         if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
             if cache is None or not bool(clean.any()):
                 raise ValueError("write_cache needs a cache and at least one clean frame")
@@ -469,9 +468,54 @@ class FrameTransformer(nn.Module):
                 tok = clean.repeat_interleave(L).nonzero().squeeze(1)
                 cache.append([(k.detach().index_select(2, tok), v.detach().index_select(2, tok))
                               for k, v in new_kv], times[clean].cpu())
+        return out
+
+    def _core(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, times: torch.Tensor,
+              clean: torch.Tensor, k_times: torch.Tensor, k_clean: torch.Tensor, k_valid: torch.Tensor | None,
+              layers: list | None, ring: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The forward's tensor work, without the cache's bookkeeping (what :meth:`compile_streaming`
+        compiles): the frames' velocities and each layer's keys/values of the call's tokens.
+        ``layers``: per layer the cached (keys, values) or, with ``ring``, a ring cache's slots."""
+        Fn = x.shape[1]
+        tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
+        cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
+        bias = self.attention_bias(times, clean, k_times, k_clean, k_valid)
+        new_kv = []
+        h = tokens
+        for i, blk in enumerate(self.blocks):
+            lay = layers[i] if layers is not None else None
+            h, kv = blk(h, cond, bias, None if ring else lay, lay if ring else None)
+            new_kv.append(kv)
         shift, scale = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         h = rearrange(h, "b (f l) d -> b f l d", f=Fn)
-        return self._untokens(self.patch_out(modulate(self.final_norm(h), shift, scale)))
+        return self._untokens(self.patch_out(modulate(self.final_norm(h), shift, scale))), new_kv
+
+    _compiled_core = None
+
+    def compile_streaming(self) -> None:
+        """Compile the streaming step with ``torch.compile`` (inductor, fixed shapes, frozen weights):
+        the forward calls that read and write a :class:`RingKVCache` under ``no_grad``, where every
+        steady-state call of a session has the same shapes. It fuses a step's small elementwise
+        operations, drops its Python overhead and packs the weights for oneDNN itself (so the
+        pre-packed :class:`model.precision.PackedLinear` layers become plain linears again). Each
+        new call shape (batch rows x frames per call) compiles once, on its first call, in seconds to
+        a minute (inductor caches the code on disk): warm the shapes up at load
+        (:meth:`model.dreamer.Dreamer.warm_up`). Measured in ``benchmarks.dream --compile``."""
+        import torch._dynamo
+
+        from model.precision import unpack_linears
+
+        unpack_linears(self)
+        # one graph per (batch, frames) shape; several sessions of other batch sizes in one process
+        # (a benchmark, an evaluation) must not run out of recompiles and fall back to eager
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
+        self._compiled_core = torch.compile(self._core, dynamic=False, options={"freezing": True})
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile_streaming` was called."""
+        return self._compiled_core is not None
 
     def forward_teacher(self, x_clean: torch.Tensor, x_noisy: torch.Tensor, sigma: torch.Tensor,
                         actions: torch.Tensor, clean_sigma: torch.Tensor | None = None) -> torch.Tensor:
