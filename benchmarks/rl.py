@@ -54,6 +54,8 @@ class DreamSection:
     heads_input: str = "latents"  # what the heads read: the generated latents, or the frames re-encoded
     start_frames: str = "reset"   # where dream episodes start: the real game's first frame (reset), or
     start_frames_max: int = 16_384  # frames drawn from the world model's own training data (dataset)
+    compile: bool = False         # the dream's streaming step compiled (torch.compile; faster steps, the same
+                                  # frames to bf16 rounding)
 
 
 @dataclass
@@ -182,7 +184,7 @@ def dream_vec_env(cfg: RLConfig):
 
     venv = DreamVectorEnv(cfg.train.envs, max_episode_steps=cfg.dream.episode_steps, autoreset_mode="SameStep",
                           checkpoint=cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps,
-                          heads=cfg.dream.heads, heads_input=cfg.dream.heads_input)
+                          heads=cfg.dream.heads, heads_input=cfg.dream.heads_input, compile=cfg.dream.compile)
     if venv.dreamer.heads is None:
         raise BenchmarkError(f"the dream {cfg.dream.checkpoint} has no reward/termination heads: nothing to learn "
                              f"from (train them with python -m trainer heads, or set dream.heads)")

@@ -242,9 +242,10 @@ def _dream_settings(key: str) -> dict[str, Any]:
     return {"precision": prec, "compile": comp == "compile"}
 
 
-def time_dream(rounds: int, auto: str, batch_big: int, frames: int, compile: bool = False) -> dict[str, Any]:
+def time_dream(rounds: int, auto: str, batch_big: int, frames: int, compile: bool = False,
+               quick: bool = False) -> dict[str, Any]:
     """The dream's paths in fp32 and the auto precision; with ``compile`` also both with the streaming
-    step compiled (``--compile``; each compiles at load, in its warm-up)."""
+    step compiled (``--compile``; each compiles at load, in its warm-up); ``quick``: 2 steps only."""
     from agent_env import DreamVectorEnv
     from world import make_world
 
@@ -252,7 +253,7 @@ def time_dream(rounds: int, auto: str, batch_big: int, frames: int, compile: boo
     precs = ["fp32"] + ([auto] if auto != "fp32" else [])
     if compile:
         precs += [f"{p}+compile" for p in precs]
-    for steps in (1, 2):
+    for steps in (2,) if quick else (1, 2):
         worlds = {p: make_world("dream", sampler="consistency", steps=steps, **_dream_settings(p)) for p in precs}
         fps: dict[str, list[float]] = {p: [] for p in precs}
         first: dict[str, list[float]] = {p: [] for p in precs}
@@ -435,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--only", choices=["peaks", "train", "dream", "ae"], action="append",
                    help="measure only these groups (repeatable)")
-    p.add_argument("--quick", action="store_true", help="one peak shape, no DMD step (for tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="one peak shape, no DMD step, the dream at 2 steps only (for tests)")
     p.add_argument("--compile", default="", metavar="BACKEND",
                    help="also time the teacher and CD steps under torch.compile with this backend (inductor, as "
                         "train.compile: true runs them), and the dream with its streaming step compiled "
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in groups:
         paths.update(time_training(a.rounds, a.quick, auto, a.train_batch, a.compile))
     if "dream" in groups:
-        paths.update(time_dream(a.rounds, auto, a.batch, a.frames, compile=bool(a.compile)))
+        paths.update(time_dream(a.rounds, auto, a.batch, a.frames, compile=bool(a.compile), quick=a.quick))
     if "ae" in groups:
         paths.update(time_autoencoder(a.rounds, auto))
     summarise(paths, peaks, auto)

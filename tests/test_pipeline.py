@@ -15,12 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import PIPELINE_ENV as ENV
+from tests.conftest import PIPELINE_LONGER as LONGER
+from tests.conftest import TINY
 from tests.trainer_helpers import ROOT
-
-TINY = str(ROOT / "tests" / "pipeline_tiny.yaml")
-ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
-# a teacher long enough to be killed in the middle, with checkpoints to resume from
-LONGER = ["--set", "teacher.train.steps=40", "--set", "teacher.train.ckpt_every=5"]
 
 
 def pipeline(out: Path, *extra: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -33,11 +31,9 @@ def pipeline(out: Path, *extra: str, **kw) -> subprocess.Popen | subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pipe") / "run"
-    r = pipeline(out)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out
+def finished(tiny_pipeline) -> Path:
+    """The tiny pipeline run (built once per test run, shared with test_parallel)."""
+    return tiny_pipeline / "run"
 
 
 def test_pipeline_ends_with_a_playable_checkpoint_and_skips_finished_stages(finished, tmp_path):
