@@ -193,6 +193,12 @@ def dream_vec_env(cfg: RLConfig):
     return venv, sb3_vec_env(venv)
 
 
+def trained_on(card: dict[str, Any]) -> str | None:
+    """The dataset a model card (or run config) says its model was trained on, if it names one."""
+    d = (card.get("data") or {}).get("dataset")
+    return str(d) if d else None
+
+
 @functools.lru_cache(maxsize=2)
 def dataset_start_frames(checkpoint: str, limit: int) -> np.ndarray:
     """A start-state buffer for the dream: ``limit`` frames drawn (seed 0) from the dataset the world
@@ -200,7 +206,7 @@ def dataset_start_frames(checkpoint: str, limit: int) -> np.ndarray:
     from model.io import resolve_full
     from world.dataset import sample_observations
 
-    dataset = (resolve_full(checkpoint)[1].get("data") or {}).get("dataset")
+    dataset = trained_on(resolve_full(checkpoint)[1])
     if not dataset or not (Path(dataset) / "data" / "metadata.json").is_file():
         raise BenchmarkError(f"dream.start_frames: dataset needs the world model's training data, {dataset!r}, which "
                              f"is not here: regenerate it (make dataset) or set dream.start_frames: reset")
@@ -347,7 +353,7 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     if heads:
         sources["heads"] = resolve_full(heads)[1]
     datasets = sorted({str(d) for c in sources.values()
-                       for d in [(c.get("data") or {}).get("dataset"), *(c.get("datasets") or [])] if d})
+                       for d in [trained_on(c), *(c.get("datasets") or [])] if d})
     missing = [d for d in datasets if not (Path(d) / "data" / "metadata.json").is_file()]
     if missing:
         raise BenchmarkError(f"the world model's training data {missing} is not here: regenerate it (make dataset, "
@@ -553,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.dreamer import Dreamer
 
     dreamer = Dreamer.load(cfg.dream.checkpoint, sampler="consistency", steps=cfg.dream.steps, heads=cfg.dream.heads)
-    dataset = (dreamer.config.get("data") or {}).get("dataset")
+    dataset = trained_on(dreamer.config)
     agents = Path(a.agents)
     done = previous_runs(out, rep) if a.resume else {}
     rep["partial_runs"] = {}

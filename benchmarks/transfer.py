@@ -109,7 +109,7 @@ def matched_events(real: np.ndarray, predicted: np.ndarray, tolerance: int) -> t
 
 @dataclass
 class Replay:
-    frames: list[np.ndarray]    # H + 1 batches of frames (B, H, W, 3): the start decoded, then each dreamed one
+    frames: list[np.ndarray]    # H batches of dreamed frames (B, H, W, 3): frames[j] after action j
     raw_rewards: np.ndarray     # (B, H) the heads on the raw dreamed latents
     frame_rewards: np.ndarray   # (B, H) the heads on the dreamed frames encoded again
 
@@ -126,8 +126,8 @@ def replay(dreamer: Any, start: Any, actions: Any, seed: int = 0) -> Replay:
         sess.prime(start[:, None], torch.zeros(B, 1, dtype=torch.long))
         for j in range(H):
             seq.append(sess.generate(actions[:, j:j + 1], dreamer.sampler, fuse=True)[:, 0].float())
-    frames = [dreamer.decode(z) for z in seq]
-    re = [start] + [dreamer.encode(f) for f in frames[1:]]  # what the frames show, as pixels encoded again
+    frames = [dreamer.decode(z) for z in seq[1:]]
+    re = [start] + [dreamer.encode(f) for f in frames]  # what the frames show, as pixels encoded again
     raw = np.stack([dreamer.outcomes(seq[j], seq[j + 1], actions[:, j])[0] for j in range(H)], 1)
     fr = np.stack([dreamer.outcomes(re[j], re[j + 1], actions[:, j])[0] for j in range(H)], 1)
     return Replay(frames, raw, fr)
@@ -147,7 +147,7 @@ def dream_follow(dreamer: Any, trajs: Sequence[Trajectory], horizon: int, seed: 
     B = len(keep)
     acts = torch.from_numpy(np.stack([tr.actions[:horizon] for tr in keep]))
     rep = replay(dreamer, dreamer.encode(np.stack([tr.frames[0] for tr in keep])), acts, seed)
-    psnr = [float(psnr_batch(rep.frames[t + 1], np.stack([tr.frames[t + 1] for tr in keep])).mean())
+    psnr = [float(psnr_batch(rep.frames[t], np.stack([tr.frames[t + 1] for tr in keep])).mean())
             for t in range(horizon)]
     d_rew, f_rew = rep.raw_rewards, rep.frame_rewards  # (B, horizon)
     hits = false = n_real = f_hits = 0
@@ -228,7 +228,7 @@ def pickups_by_horizon(dreamer: Any, trajs: Sequence[Trajectory], horizons: Sequ
         win = slice(max(0, k - 1 - tolerance), k + tolerance)
         real = np.stack([trajs[i].frames[t + 1] for i, t in ev])
         out.append({**row, "raw_recall": float(raw[:, win].any(1).mean()), "frames_recall": float(fr[:, win].any(1).mean()),
-                    "psnr_at_pickup": float(psnr_batch(rep.frames[k], real).mean())})
+                    "psnr_at_pickup": float(psnr_batch(rep.frames[k - 1], real).mean())})
     return out
 
 

@@ -452,3 +452,19 @@ def test_a_rollout_prefix_runs_without_grad_and_the_clip_follows_it_in_the_rolli
     pre = self_rollout(net, ctx, acts[:, :2], 2, 2, 3.0, 1, torch.Generator().manual_seed(1),
                        acts[:, 1:2])  # a prefix of 1 frame under the same action
     assert torch.allclose(pre[:, 0], first[:, 1].detach(), atol=1e-6)
+
+
+def test_the_scores_see_each_rollout_frame_under_its_own_action():
+    """With a prefix, the clip the critic and the scores read starts at the prefix's last C frames:
+    their actions are the prefix's, then the clip's generated frames keep the clip's actions."""
+    from trainer.stages.dmd import clip_actions, rollout_actions
+
+    acts = torch.tensor([[0, 1, 2, 3], [4, 3, 2, 1]])  # F = 4, the first C the context's
+    assert torch.equal(clip_actions(acts, None, 1), acts)
+    assert torch.equal(clip_actions(acts, torch.zeros(2, 0, dtype=torch.long), 1), acts)
+    pre = torch.tensor([[7, 8, 9], [6, 5, 4]])
+    assert torch.equal(rollout_actions(acts, pre, 1), torch.tensor([[0, 7, 8, 9, 1, 2, 3], [4, 6, 5, 4, 3, 2, 1]]))
+    assert torch.equal(clip_actions(acts, pre, 1), torch.tensor([[9, 1, 2, 3], [4, 3, 2, 1]]))
+    assert torch.equal(clip_actions(acts, pre, 2), torch.tensor([[8, 9, 2, 3], [5, 4, 2, 1]]))  # C = 2
+    # a prefix shorter than the context: the frames before are the last real ones, then the prefix's
+    assert torch.equal(clip_actions(acts, pre[:, :1], 2), torch.tensor([[1, 7, 2, 3], [3, 6, 2, 1]]))

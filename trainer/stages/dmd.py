@@ -81,6 +81,22 @@ class DMDExperiment:
         self.eval_steps = tuple(self.eval_steps)
 
 
+def rollout_actions(actions: torch.Tensor, prefix: torch.Tensor | None, context: int) -> torch.Tensor:
+    """The actions (B, C + P + F - C) of a self-rollout with a prefix: the clip's ``context`` frames'
+    actions, the prefix's P actions, then the rest of the clip's (``actions`` itself without a prefix)."""
+    if prefix is None or prefix.shape[1] == 0:
+        return actions
+    return torch.cat([actions[:, :context], prefix.to(actions.device), actions[:, context:]], 1)
+
+
+def clip_actions(actions: torch.Tensor, prefix: torch.Tensor | None, context: int) -> torch.Tensor:
+    """The actions (B, F) of the clip the scores see after a self-rollout with a prefix: those of the
+    C frames before the generated ones (the prefix's last C, under their own actions), then the
+    generated frames' (the clip's)."""
+    P = 0 if prefix is None else prefix.shape[1]
+    return rollout_actions(actions, prefix, context)[:, P:]
+
+
 def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Tensor, steps: int,
                  first_steps: int, shift: float, exit_step: int, gen: torch.Generator,
                  prefix_actions: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,9 +113,7 @@ def self_rollout(net: FrameTransformer, context: torch.Tensor, actions: torch.Te
     is sampled by :func:`exit_step_sample`, not by ``Session.generate`` (see there why)."""
     B, C = context.shape[:2]
     P = 0 if prefix_actions is None else prefix_actions.shape[1]
-    if P:
-        assert prefix_actions is not None
-        actions = torch.cat([actions[:, :C], prefix_actions.to(actions.device), actions[:, C:]], 1)
+    actions = rollout_actions(actions, prefix_actions, C)
     F = actions.shape[1]
     K = net.cfg.block_frames
     dev = context.device
@@ -251,20 +265,18 @@ class DMDStage:
         out = model(rollout=(x0[:, :C], actions, self.cfg.dmd.steps, self.cfg.dmd.first_frame_steps, self.shift,
                              exit_step, self.gen, prefix))
         before, g = out[:, :C].detach(), out[:, C:]  # a slice of the cat would link back to its graph
-        # the rollout's actions from the frames before the generated ones on (the prefix's last C)
-        clip_actions = actions if prefix is None else \
-            torch.cat([actions[:, :C], prefix.to(actions.device), actions[:, C:]], 1)[:, prefix.shape[1]:]
+        clip_acts = clip_actions(actions, prefix, C)  # from the frames before the generated ones on
         clip = self._clip(before, g.detach())
         fake_losses = []
         for _ in range(self.cfg.dmd.critic_updates):
-            fl, _ = teacher_forcing_loss(self.fake_train, clip, clip_actions, self.fm, self.model_cfg.null_action,
+            fl, _ = teacher_forcing_loss(self.fake_train, clip, clip_acts, self.fm, self.model_cfg.null_action,
                                          self.gen)
             self.fake_opt.zero_grad(set_to_none=True)
             fl.backward()
             torch.nn.utils.clip_grad_norm_(self.fake.parameters(), 1.0)
             self.fake_opt.step()
             fake_losses.append(float(fl.detach()))
-        return SelfRollout(x0, clip_actions, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1), before)
+        return SelfRollout(x0, clip_acts, g, exit_step, sum(fake_losses) / max(len(fake_losses), 1), before)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The generator's distribution-matching loss on the rollout of :meth:`critic_step` (``batch``),
