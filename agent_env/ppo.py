@@ -120,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the dream's compute precision (auto: bf16 where measurably faster here)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the dream's streaming step (torch.compile; compiles at load, then faster steps)")
     a = p.parse_args(argv)
     import torch
     from stable_baselines3 import PPO
 
     from agent_env.dream_vec import DreamVectorEnv
 
-    kw: dict[str, Any] = {"heads": a.heads, "steps": a.steps, "sampler": "consistency", "precision": a.precision}
+    kw: dict[str, Any] = {"heads": a.heads, "steps": a.steps, "sampler": "consistency", "precision": a.precision,
+                          "compile": a.compile}
     if a.checkpoint:
         kw["checkpoint"] = a.checkpoint
     try:
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rand = real_returns(world, settings, lambda o: rng.integers(n_act), a.eval_episodes, a.episode_steps)
     result = {"checkpoint": venv.settings.checkpoint, "timesteps": a.timesteps, "envs": a.envs,
               "dream_steps": a.steps, "train_wall_s": round(train_s, 1), "real_world": world,
-              "dream_precision": venv.dreamer.precision,
+              "dream_precision": venv.dreamer.precision, "dream_compiled": a.compile,
               "eval_episodes": a.eval_episodes, "episode_steps": a.episode_steps,
               "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + a.eval_episodes - 1],
               "agent_real_return_mean": float(np.mean(agent)), "agent_real_return_std": float(np.std(agent)),
