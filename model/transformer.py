@@ -452,12 +452,12 @@ class FrameTransformer(nn.Module):
             k_clean = torch.cat([torch.ones(cache.num_frames, dtype=torch.bool, device=x.device), clean])
         else:
             k_times, k_clean = times, clean
-        core = self._core
+        core = FrameTransformer._core
         if self._compiled_core is not None and isinstance(cache, RingKVCache) and cache.compiled \
                 and not torch.is_grad_enabled():
             core = self._compiled_core
             x = x.contiguous()  # one layout per shape (a strided view would compile another graph)
-        out, new_kv = core(x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
+        out, new_kv = core(self, x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
                            isinstance(cache, RingKVCache))
         if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
             if cache is None or not bool(clean.any()):
@@ -510,7 +510,9 @@ class FrameTransformer(nn.Module):
         # (a benchmark, an evaluation) must not run out of recompiles and fall back to eager
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
-        self._compiled_core = torch.compile(self._core, dynamic=False, options={"freezing": True})
+        # the function, not this module's bound method: a deep copy of the module (which copies this
+        # attribute) passes itself and gets a graph of its own weights (the guards on the module)
+        self._compiled_core = torch.compile(FrameTransformer._core, dynamic=False, options={"freezing": True})
 
     @property
     def compiled(self) -> bool:

@@ -200,3 +200,14 @@ def test_compiled_streaming_step_streams_the_same_frames():
     assert torch.isfinite(outs["compiled"]).all()
     # the prime/flush call (1 frame) and the fused call (2 frames); reset_rows stays eager
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    # a deep copy of the compiled model computes with its own weights, not the original's
+    clone = copy.deepcopy(compiled)
+    with torch.no_grad():
+        clone.patch_out.bias.add_(1.0)
+    z = torch.randn(1, 1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    first = {}
+    for name, model in (("compiled", compiled), ("clone", clone)):
+        s = Session(model, batch=1, generator=torch.Generator().manual_seed(7))
+        s.prime(z, torch.zeros(1, 1, dtype=torch.long))
+        first[name] = s.generate(torch.tensor([[1]]), SamplerConfig("consistency", steps=1)).float()
+    assert (first["clone"] - first["compiled"]).abs().max() > 0.1
