@@ -61,7 +61,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.trainer_helpers import ROOT  # noqa: E402 - after the thread setting above
+
 TINY = str(ROOT / "tests" / "pipeline_tiny.yaml")
 PIPELINE_ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
 # a teacher long enough to be killed in the middle, with checkpoints to resume from

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from tests.trainer_helpers import ROOT
 from trainer.checkpoint import latest_checkpoint
 
-TINY = str(ROOT / "tests" / "pipeline_tiny.yaml")
 ENV = {**os.environ, "DREAMSTEP_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
 PORT = iter(range(29631, 29731))
 
