@@ -55,3 +55,65 @@ def test_the_teacher_loss_with_memory_spans_trains():
         opt.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+
+
+def _tiny_teacher(window: int = 8):
+    from model.transformer import FrameTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    return FrameTransformer(TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=2, heads=2,
+                                              window=window))
+
+
+def test_a_rollout_span_replaces_one_run_with_the_models_own_frames():
+    from model.rollout import SamplerConfig, Session
+    from trainer.stages.teacher import rollout_span
+
+    net = _tiny_teacher()
+    x0, acts = torch.randn(3, 8, 3, 4, 4), torch.randint(0, 5, (3, 8))
+    cfg = TeacherLossConfig(rollout_span=4, rollout_steps=2)
+    ctx, start, length = rollout_span(net, x0, acts, cfg, torch.Generator().manual_seed(5))
+    assert 2 <= length <= 4 and start >= 1 and start + length <= 7  # a real frame before and after
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[start:start + length] = False
+    assert torch.equal(ctx[:, keep], x0[:, keep])
+    assert not torch.allclose(ctx[:, start:start + length], x0[:, start:start + length])
+    assert net.training  # the train mode is given back
+    # the run is exactly the model's own autoregressive rollout from the real frames before it
+    gen = torch.Generator().manual_seed(5)
+    torch.randint(1, 2, (1,), generator=gen), torch.randint(1, 2, (1,), generator=gen)  # the two draws above
+    with torch.no_grad():
+        s = Session(net, 3, generator=gen, cache="dynamic")
+        s.prime(x0[:, :start], acts[:, :start])
+        want = torch.cat([s.generate(acts[:, t:t + 1], SamplerConfig(steps=2, shift=cfg.shift))
+                          for t in range(start, start + length)], 1)
+    torch.testing.assert_close(ctx[:, start:start + length], want, atol=1e-5, rtol=1e-4)
+
+
+def test_rollout_settings_are_checked():
+    with pytest.raises(ValueError, match="rollout_span"):
+        TeacherLossConfig(rollout_span=-2)
+    with pytest.raises(ValueError, match="rollout_steps"):
+        TeacherLossConfig(rollout_span=4, rollout_steps=0)
+    with pytest.raises(ValueError, match="generated_sigma"):
+        TeacherLossConfig(rollout_span=4, generated_sigma=0.2)
+
+
+def test_the_teacher_loss_on_rollout_context_trains_toward_the_real_frames():
+    from trainer.stages.teacher import TeacherForcing, rollout_span, teacher_forcing_loss
+
+    net = _tiny_teacher()
+    m = TeacherForcing(net)
+    x0, acts = torch.randn(4, 8, 3, 4, 4), torch.randint(0, 5, (4, 8))
+    cfg = TeacherLossConfig(rollout_span=4, rollout_steps=2)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    losses = []
+    for i in range(30):
+        g = torch.Generator().manual_seed(i % 3)
+        ctx, _, _ = rollout_span(net, x0, acts, cfg, g)
+        loss, _ = teacher_forcing_loss(m, x0, acts, cfg, net.cfg.null_action, g, ctx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])

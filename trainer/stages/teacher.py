@@ -44,6 +44,14 @@ class TeacherLossConfig:
     # the level the model's own generated frames enter its cache at, in every rollout (the sampler
     # reads it from the card: model.rollout.SamplerConfig.from_card); 0 = clean
     generated_sigma: float = 0.0
+    # rollout spans: in a share of the steps (rollout_prob), a run of rollout_span/2..rollout_span
+    # context frames is replaced by the model's own frames, generated (no grad, rollout_steps Euler
+    # steps, the real actions) from the real frames before the run. The frames after it still have
+    # real targets, so the model learns to pull its drifted frames back to the place its older real
+    # frames show: teacher forcing never shows it its own drift (0 = off)
+    rollout_span: int = 0
+    rollout_prob: float = 0.5
+    rollout_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.memory_span < 0 or not 0 <= self.memory_prob <= 1 or not 0 <= self.memory_sigma <= 1:
@@ -51,6 +59,12 @@ class TeacherLossConfig:
                              f"{self.memory_span}, {self.memory_prob}, {self.memory_sigma}")
         if not 0 <= self.generated_sigma < 1:
             raise ValueError(f"loss.generated_sigma must be in [0, 1), got {self.generated_sigma}")
+        if self.rollout_span < 0 or not 0 <= self.rollout_prob <= 1 or self.rollout_steps < 1:
+            raise ValueError(f"loss.rollout_span must be >= 0, rollout_prob in [0, 1] and rollout_steps >= 1; "
+                             f"got {self.rollout_span}, {self.rollout_prob}, {self.rollout_steps}")
+        if self.rollout_span and self.generated_sigma:
+            raise ValueError(f"loss.rollout_span with loss.generated_sigma > 0 (got {self.generated_sigma}) is not "
+                             f"supported: the span's frames enter the context clean; set one of them to 0")
 
 
 @dataclass
@@ -84,9 +98,12 @@ def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor
 
 
 def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
-                         null_action: int, gen: torch.Generator | None = None
-                         ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F)."""
+                         null_action: int, gen: torch.Generator | None = None,
+                         context: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
+
+    ``context`` (same shape) replaces x0 as the clean history the noisy frames see (e.g. with
+    a rollout span of the model's own frames); the targets stay x0."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -95,14 +112,15 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     x_t = flow.add_noise(x0, eps, sigma)
     drop = torch.rand(B, F, generator=gen).to(dev) < cfg.action_dropout
     acts = torch.where(drop, torch.full_like(actions, null_action), actions)
-    clean = x0
+    base = x0 if context is None else context
+    clean = base
     clean_sigma = torch.zeros(B, F, device=dev)
     if cfg.context_noise > 0:
         use = (torch.rand(B, 1, generator=gen) < cfg.context_noise_prob).float().to(dev)
         clean_sigma = torch.rand(B, F, generator=gen).to(dev) * cfg.context_noise * use
-        clean = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
+        clean = flow.add_noise(base, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
     if cfg.memory_span > 0 and F > 2:
-        clean, clean_sigma = memory_spans(x0, clean, clean_sigma, cfg, gen)
+        clean, clean_sigma = memory_spans(base, clean, clean_sigma, cfg, gen)
     v = model(clean, x_t, sigma, acts, clean_sigma)
     target = flow.velocity_target(x0, eps)
     w = token_change_weights(x0, cfg.change_weight)
@@ -127,6 +145,36 @@ def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tenso
     new_sigma = torch.where(span, level, clean_sigma)
     noised = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), new_sigma)
     return torch.where(span[..., None, None, None], noised, clean), new_sigma
+
+
+def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
+                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, int, int]:
+    """The clips x0 (B, F, ...) with one run of frames [start, start + length) replaced by the
+    model's own: each generated from the real frames before the run and the frames it generated
+    since, with the clip's actions (``cfg.rollout_steps`` Euler steps, no guidance, no grad),
+    entered into its cache clean, as the sampler does at play. The run's length is
+    ``rollout_span // 2``..``rollout_span`` (at most F - 2); at least one real frame comes before it
+    and one after it. Returns (context, start, length)."""
+    from model.rollout import SamplerConfig, Session
+
+    B, F = x0.shape[:2]
+    hi = min(cfg.rollout_span, F - 2)
+    length = int(torch.randint(max(1, min(hi, cfg.rollout_span // 2)), hi + 1, (1,), generator=gen))
+    start = int(torch.randint(1, F - length, (1,), generator=gen))
+    sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift)
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            session = Session(net, B, x0.device, generator=gen, cache="dynamic")
+            session.prime(x0[:, :start], actions[:, :start], defer=True)
+            frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float()
+                      for t in range(start, start + length)]
+    finally:
+        net.train(was)
+    context = x0.clone()
+    context[:, start:start + length] = torch.cat(frames, 1)
+    return context, start, length
 
 
 class TeacherForcing(nn.Module):
@@ -210,7 +258,15 @@ class TeacherStage:
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x0, actions = batch
-        return teacher_forcing_loss(model, x0, actions, self.cfg.loss, self.cfg.model.null_action, self.gen)
+        lc = self.cfg.loss
+        context, extra = None, {}
+        if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
+            context, start, length = rollout_span(self.net, x0, actions, lc, self.gen)
+            span = slice(start, start + length)
+            extra = {"rollout_len": float(length),
+                     "rollout_mse": float((context[:, span] - x0[:, span]).pow(2).mean())}
+        loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context)
+        return loss, {**m, **extra}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
