@@ -113,16 +113,17 @@ class RLConfig:
     equal_data: bool = True
 
 
-def load_rl_config(path: str | Path, quick: bool = False) -> RLConfig:
-    import yaml
-
-    from model.io import ConfigError, from_dict
+def load_rl_config(path: str | Path, quick: bool = False, overrides: dict[str, Any] | None = None) -> RLConfig:
+    """The benchmark's settings from a YAML file (``base: rl.yaml`` inherits the shipped ones) and
+    dotted ``overrides`` (``--set dream.steps=1``)."""
+    from model.io import ConfigError
+    from trainer.config import load_config
 
     path = Path(path)
     if not path.is_file():
         raise BenchmarkError(f"RL config {path} not found (the shipped one is {CONFIG})")
     try:
-        cfg = from_dict(RLConfig, yaml.safe_load(path.read_text()), str(path))
+        cfg = load_config(RLConfig, path, overrides)
     except ConfigError as e:
         raise BenchmarkError(str(e)) from None
     if quick:  # the protocol at toy sizes
@@ -521,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the protocol at toy sizes (a check, not a measurement)")
     p.add_argument("--only", choices=["real", "dream", "online"], default=None,
                    help="train only this setting (online: whatever online.enabled says)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set dream.steps=1 (repeatable; the report records it)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--agents", default="runs/rl_agents", help="folder for the trained agents (SB3 .zip)")
     p.add_argument("--resume", action="store_true",
@@ -534,7 +537,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = load_rl_config(a.config, a.quick)
+    from model.io import ConfigError
+    from trainer.config import parse_overrides
+
+    try:
+        overrides = parse_overrides(a.overrides)
+    except ConfigError as e:
+        raise BenchmarkError(str(e)) from None
+    cfg = load_rl_config(a.config, a.quick, overrides)
     out = ensure_writable(a.out, "the report (--out)")
     rep: dict[str, Any] = {"world": cfg.world, "config": asdict(cfg), "quick": a.quick, "git_commit": git_commit(),
                            "command": "python -m benchmarks.rl " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -185,3 +185,16 @@ def test_dream_start_frames_are_checked_and_a_missing_dataset_says_what_to_do(tm
     rl.dataset_start_frames.cache_clear()
     with pytest.raises(rl.BenchmarkError, match="gone-v0.*make dataset.*start_frames: reset"):
         rl.dataset_start_frames("x.safetensors", 8)
+
+
+def test_a_variant_config_inherits_the_benchmark_and_set_overrides_it(tmp_path):
+    # the shipped 1-step variant is rl.yaml with two dream settings changed, by base: or by --set
+    one = rl.load_rl_config(rl.CONFIG.parent / "rl_1step.yaml")
+    by_set = rl.load_rl_config(rl.CONFIG, overrides={"dream.steps": 1, "dream.compile": True})
+    full = rl.load_rl_config(rl.CONFIG)
+    assert (one.dream.steps, one.dream.compile) == (1, True) and (full.dream.steps, full.dream.compile) == (2, False)
+    assert one == by_set
+    one.dream.steps, one.dream.compile = full.dream.steps, full.dream.compile
+    assert one == full
+    with pytest.raises(rl.BenchmarkError, match=r"unknown key\(s\) \['stepz'\]"):
+        rl.load_rl_config(rl.CONFIG, overrides={"dream.stepz": 1})
