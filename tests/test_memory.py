@@ -100,8 +100,31 @@ def test_rollout_settings_are_checked():
         TeacherLossConfig(rollout_span=-2)
     with pytest.raises(ValueError, match="rollout_steps"):
         TeacherLossConfig(rollout_span=4, rollout_steps=0)
-    with pytest.raises(ValueError, match="generated_sigma"):
-        TeacherLossConfig(rollout_span=4, generated_sigma=0.2)
+
+
+def test_generated_context_enters_at_the_level_the_sampler_writes_it():
+    from trainer.stages.teacher import teacher_forcing_loss
+
+    seen = {}
+
+    def model(clean, noisy, sigma, acts, clean_sigma):
+        seen.update(clean=clean, clean_sigma=clean_sigma)
+        return torch.zeros_like(noisy)
+
+    x0, acts = torch.randn(2, 6, 3, 4, 4), torch.zeros(2, 6, dtype=torch.long)
+    ctx = x0.clone()
+    ctx[:, 2:4] += 1.0  # the model's own frames
+    ctx_sigma = torch.zeros(2, 6)
+    ctx_sigma[:, 2:4] = 0.25
+    teacher_forcing_loss(model, x0, acts, TeacherLossConfig(), 4, torch.Generator().manual_seed(0), ctx, ctx_sigma)
+    assert torch.equal(seen["clean_sigma"], ctx_sigma)
+    assert torch.equal(seen["clean"][:, [0, 1, 4, 5]], x0[:, [0, 1, 4, 5]])  # real frames as they are
+    r = seen["clean"][:, 2:4] - 0.75 * ctx[:, 2:4]  # (1 - s) x + s eps
+    assert abs(r.std().item() - 0.25) < 0.05
+    # with context noise on, the generated frames keep their level
+    teacher_forcing_loss(model, x0, acts, TeacherLossConfig(context_noise=0.1, context_noise_prob=1.0), 4,
+                         torch.Generator().manual_seed(0), ctx, ctx_sigma)
+    assert torch.equal(seen["clean_sigma"][:, 2:4], ctx_sigma[:, 2:4]) and (seen["clean_sigma"][:, 4:] <= 0.1).all()
 
 
 def test_the_teacher_loss_on_rollout_context_trains_toward_the_real_frames():

@@ -62,9 +62,6 @@ class TeacherLossConfig:
         if self.rollout_span < 0 or not 0 <= self.rollout_prob <= 1 or self.rollout_steps < 1:
             raise ValueError(f"loss.rollout_span must be >= 0, rollout_prob in [0, 1] and rollout_steps >= 1; "
                              f"got {self.rollout_span}, {self.rollout_prob}, {self.rollout_steps}")
-        if self.rollout_span and self.generated_sigma:
-            raise ValueError(f"loss.rollout_span with loss.generated_sigma > 0 (got {self.generated_sigma}) is not "
-                             f"supported: the span's frames enter the context clean; set one of them to 0")
 
 
 @dataclass
@@ -99,11 +96,15 @@ def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor
 
 def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
                          null_action: int, gen: torch.Generator | None = None,
-                         context: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                         context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
     """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
 
     ``context`` (same shape) replaces x0 as the clean history the noisy frames see (e.g. with
-    a rollout span of the model's own frames); the targets stay x0."""
+    a rollout span of the model's own frames); the targets stay x0. ``context_sigma`` (B, F):
+    the level each context frame enters at, noised to it and told to the model (the model's own
+    frames at ``generated_sigma``, as the sampler writes them at play); context noise
+    augmentation applies to the frames it leaves at 0."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -118,6 +119,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     if cfg.context_noise > 0:
         use = (torch.rand(B, 1, generator=gen) < cfg.context_noise_prob).float().to(dev)
         clean_sigma = torch.rand(B, F, generator=gen).to(dev) * cfg.context_noise * use
+    if context_sigma is not None:
+        clean_sigma = torch.where(context_sigma > 0, context_sigma.to(dev), clean_sigma)
+    if cfg.context_noise > 0 or context_sigma is not None:
         clean = flow.add_noise(base, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
     if cfg.memory_span > 0 and F > 2:
         clean, clean_sigma = memory_spans(base, clean, clean_sigma, cfg, gen)
@@ -152,7 +156,7 @@ def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor,
     """The clips x0 (B, F, ...) with one run of frames [start, start + length) replaced by the
     model's own: each generated from the real frames before the run and the frames it generated
     since, with the clip's actions (``cfg.rollout_steps`` Euler steps, no guidance, no grad),
-    entered into its cache clean, as the sampler does at play. The run's length is
+    entered into its cache as the sampler does at play (at ``generated_sigma``). The run's length is
     ``rollout_span // 2``..``rollout_span`` (at most F - 2); at least one real frame comes before it
     and one after it. Returns (context, start, length)."""
     from model.rollout import SamplerConfig, Session
@@ -161,7 +165,7 @@ def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor,
     hi = min(cfg.rollout_span, F - 2)
     length = int(torch.randint(max(1, min(hi, cfg.rollout_span // 2)), hi + 1, (1,), generator=gen))
     start = int(torch.randint(1, F - length, (1,), generator=gen))
-    sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift)
+    sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift, context_sigma=cfg.generated_sigma)
     was = net.training
     net.eval()
     try:
@@ -259,13 +263,17 @@ class TeacherStage:
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x0, actions = batch
         lc = self.cfg.loss
-        context, extra = None, {}
+        context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
             context, start, length = rollout_span(self.net, x0, actions, lc, self.gen)
             span = slice(start, start + length)
             extra = {"rollout_len": float(length),
                      "rollout_mse": float((context[:, span] - x0[:, span]).pow(2).mean())}
-        loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context)
+            if lc.generated_sigma > 0:  # the span's frames enter as the sampler writes them at play
+                ctx_sigma = torch.zeros(x0.shape[:2], device=x0.device)
+                ctx_sigma[:, span] = lc.generated_sigma
+        loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context,
+                                       ctx_sigma)
         return loss, {**m, **extra}
 
     @torch.no_grad()
