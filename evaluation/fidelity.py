@@ -303,6 +303,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
     report["revisit_psnr"] = report["copy_last_revisit_psnr"] = report["revisit_teacher_forced_psnr"] = None
+    report["revisit_hidden_walk_psnr"] = None
     report["revisit_center_psnr"] = report["revisit_aligned_psnr"] = report["revisit_shift_px"] = None
     report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
@@ -326,6 +327,10 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["revisit_shift_px"] = float(np.abs(shift).sum(1).mean())
         last = generate(model, ae, rreal.frames[:, :-1], rreal.actions, sampler, seed, precision)
         report["revisit_teacher_forced_psnr"] = float(M.psnr_batch(last[:, -1], rreal.frames[:, -1]).mean())
+        # memory alone: the return frame from the context frames, the walk hidden (noise at level 1,
+        # told; its actions real): does the model recall the place it saw 32 steps back?
+        recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision, hidden=31)
+        report["revisit_hidden_walk_psnr"] = float(M.psnr_batch(recall[:, -1], rreal.frames[:, -1]).mean())
     report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,
                          "first_frame_steps": sampler.first_frame_steps, "context_sigma": sampler.context_sigma}
     report["protocol"] = {"world": world, "settings": settings, "episodes": episodes, "context": context,

@@ -64,6 +64,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("revisit centre PSNR at shift 0 / best shift (dB)",
          pair_text(report, "revisit_center_psnr", "revisit_aligned_psnr"), None, None),
         ("revisit best shift (px, |dy| + |dx|)", report.get("revisit_shift_px"), None, None),
+        ("revisit from real frames / with the walk hidden (dB)",
+         pair_text(report, "revisit_teacher_forced_psnr", "revisit_hidden_walk_psnr"), None, None),
     ]
     p = report["protocol"]
     out = [f"# Evaluation: {report['provenance']['checkpoint']}", "",

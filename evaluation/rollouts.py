@@ -198,13 +198,19 @@ def inference_model(model: FrameTransformer, precision: str) -> FrameTransformer
 
 
 def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, actions: np.ndarray,
-             sampler: SamplerConfig, seed: int, precision: str = "auto") -> np.ndarray:
+             sampler: SamplerConfig, seed: int, precision: str = "auto", hidden: int = 0) -> np.ndarray:
     """Open-loop rollout: context uint8 (B, C, H, W, 3), actions (B, C + T) in the clip
-    convention -> generated uint8 frames (B, T, H, W, 3). The model computes in its own weights'
+    convention -> generated uint8 frames (B, T - hidden, H, W, 3). The model computes in its own weights'
     precision (:func:`inference_model` casts a copy once); with an fp32 model and ``precision``
-    resolving to bf16, under bf16 autocast (a model being trained)."""
+    resolving to bf16, under bf16 autocast (a model being trained).
+
+    ``hidden``: the first frames after the context enter the cache as pure noise at level 1, told
+    to the model (only their actions are real), and are not returned: what the model draws after
+    them comes from the context frames before them (the memory test of the revisit)."""
     B, C = context.shape[:2]
     T = actions.shape[1] - C
+    if not 0 <= hidden < T:
+        raise ValueError(f"hidden must be in [0, {T}) frames for {T} frames after the context, got {hidden}")
     K = model.cfg.block_frames
     gen = torch.Generator().manual_seed(seed)
     sess = Session(model, B, generator=gen)
@@ -214,6 +220,11 @@ def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, acti
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=own == torch.float32 and resolve(precision) == "bf16"):
         sess.prime(ae.encode_frames(context), acts[:, :C])
         t = C
+        if hidden:
+            c = model.cfg
+            noise = torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen)
+            sess.write(noise, acts[:, C:C + hidden], sigma=1.0)
+            t += hidden
         while t < C + T:
             k = min(K, C + T - t)
             out.append(sess.generate(acts[:, t:t + k], sampler).float())

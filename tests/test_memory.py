@@ -139,3 +139,34 @@ def test_the_teacher_loss_on_rollout_context_trains_toward_the_real_frames():
         ctx, _, _ = rollout_span(net, x0, acts, cfg, g)
         return teacher_forcing_loss(m, x0, acts, cfg, net.cfg.null_action, g, ctx)[0]
     _assert_trains(m, loss_of)
+
+
+def test_the_hidden_walk_enters_as_noise_at_level_one_and_only_later_frames_come_back():
+    import numpy as np
+
+    from evaluation.rollouts import generate
+    from model.rollout import SamplerConfig
+
+    net = _tiny_teacher(window=12)
+    calls = []
+    forward = net.forward
+
+    def spy(x, sigma, *a, **k):
+        calls.append((x.shape[1], sigma.detach().clone()))
+        return forward(x, sigma, *a, **k)
+    net.forward = spy
+
+    class AE:  # frames <-> latents of the tiny model's shape
+        def encode_frames(self, f):
+            return torch.zeros(f.shape[0], f.shape[1], 3, 4, 4)
+
+        def decode_frames(self, z):
+            return np.zeros((*z.shape[:2], 8, 8, 3), np.uint8)
+
+    ctx, acts = np.zeros((2, 3, 8, 8, 3), np.uint8), np.zeros((2, 3 + 6), np.int64)
+    out = generate(net, AE(), ctx, acts, SamplerConfig(steps=2), seed=0, precision="fp32", hidden=4)
+    assert out.shape[:2] == (2, 2)  # 6 frames after the context, 4 hidden: 2 generated
+    hidden = [s for n, s in calls if n == 4]
+    assert len(hidden) == 1 and torch.all(hidden[0] == 1.0)  # one write of the 4 hidden frames, told level 1
+    with pytest.raises(ValueError, match="hidden must be in"):
+        generate(net, AE(), ctx, acts, SamplerConfig(steps=2), seed=0, precision="fp32", hidden=6)
