@@ -303,7 +303,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["long_psnr_late"] = float(np.mean(M.psnr_batch(lgen[:, -w:].reshape(-1, *lt.shape[-3:]),
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
     report["revisit_psnr"] = report["copy_last_revisit_psnr"] = report["revisit_teacher_forced_psnr"] = None
-    report["revisit_hidden_walk_psnr"] = None
+    report["revisit_hidden_walk_psnr"] = report["revisit_hidden_still_psnr"] = report["copy_last_still_psnr"] = None
     report["revisit_center_psnr"] = report["revisit_aligned_psnr"] = report["revisit_shift_px"] = None
     report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
@@ -331,6 +331,17 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         # told; its actions real): does the model recall the place it saw 32 steps back?
         recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision, hidden=31)
         report["revisit_hidden_walk_psnr"] = float(M.psnr_batch(recall[:, -1], rreal.frames[:, -1]).mean())
+        # the same with the player standing still through the hidden frames (NOOPs, the same seeds): memory
+        # without having to work out from 31 actions where the walk went
+        if recorded is None:
+            still = play_real(world, settings, revisit_episodes, context + 32, first_seed + 20_000,
+                              script_fn=lambda i: [0] * (context - 1 + 32))
+            check_heldout(still.seeds, dataset)
+            seeds_used.extend(still.seeds)
+            kept = generate(model, ae, still.frames[:, :context], still.actions, sampler, seed, precision, hidden=31)
+            report["revisit_hidden_still_psnr"] = float(M.psnr_batch(kept[:, -1], still.frames[:, -1]).mean())
+            report["copy_last_still_psnr"] = float(M.psnr_batch(still.frames[:, context - 1],
+                                                                still.frames[:, -1]).mean())
     report["sampler"] = {"kind": sampler.kind, "steps": sampler.steps, "cfg": sampler.cfg, "shift": sampler.shift,
                          "first_frame_steps": sampler.first_frame_steps, "context_sigma": sampler.context_sigma}
     report["protocol"] = {"world": world, "settings": settings, "episodes": episodes, "context": context,

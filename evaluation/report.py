@@ -66,6 +66,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("revisit best shift (px, |dy| + |dx|)", report.get("revisit_shift_px"), None, None),
         ("revisit from real frames / with the walk hidden (dB)",
          pair_text(report, "revisit_teacher_forced_psnr", "revisit_hidden_walk_psnr"), None, None),
+        ("31 hidden frames standing still (dB)", report.get("revisit_hidden_still_psnr"),
+         report.get("copy_last_still_psnr"), None),
     ]
     p = report["protocol"]
     out = [f"# Evaluation: {report['provenance']['checkpoint']}", "",
