@@ -329,16 +329,19 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["revisit_teacher_forced_psnr"] = float(M.psnr_batch(last[:, -1], rreal.frames[:, -1]).mean())
         # memory alone: the return frame from the context frames, the walk hidden (noise at level 1,
         # told; its actions real): does the model recall the place it saw 32 steps back?
-        recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision, hidden=31)
+        walk = rreal.frames.shape[1] - context  # 32 steps: all but the return frame hidden
+        recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision,
+                          hidden=walk - 1)
         report["revisit_hidden_walk_psnr"] = float(M.psnr_batch(recall[:, -1], rreal.frames[:, -1]).mean())
         # the same with the player standing still through the hidden frames (NOOPs, the same seeds): memory
-        # without having to work out from 31 actions where the walk went
+        # without having to work out from the walk's actions where it went
         if recorded is None:
-            still = play_real(world, settings, revisit_episodes, context + 32, first_seed + 20_000,
-                              script_fn=lambda i: [0] * (context - 1 + 32))
+            still = play_real(world, settings, revisit_episodes, context + walk, first_seed + 20_000,
+                              script_fn=lambda i: [0] * (context - 1 + walk))
             check_heldout(still.seeds, dataset)
             seeds_used.extend(still.seeds)
-            kept = generate(model, ae, still.frames[:, :context], still.actions, sampler, seed, precision, hidden=31)
+            kept = generate(model, ae, still.frames[:, :context], still.actions, sampler, seed, precision,
+                            hidden=walk - 1)
             report["revisit_hidden_still_psnr"] = float(M.psnr_batch(kept[:, -1], still.frames[:, -1]).mean())
             report["copy_last_still_psnr"] = float(M.psnr_batch(still.frames[:, context - 1],
                                                                 still.frames[:, -1]).mean())

@@ -166,16 +166,11 @@ def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor,
     length = int(torch.randint(max(1, min(hi, cfg.rollout_span // 2)), hi + 1, (1,), generator=gen))
     start = int(torch.randint(1, F - length, (1,), generator=gen))
     sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift, context_sigma=cfg.generated_sigma)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            session = Session(net, B, x0.device, generator=gen, cache="dynamic")
-            session.prime(x0[:, :start], actions[:, :start], defer=True)
-            frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float()
-                      for t in range(start, start + length)]
-    finally:
-        net.train(was)
+    with torch.no_grad():  # the transformer has no train-only layers: no eval() switch needed
+        session = Session(net, B, x0.device, generator=gen, cache="dynamic")
+        session.prime(x0[:, :start], actions[:, :start], defer=True)
+        frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float()
+                  for t in range(start, start + length)]
     context = x0.clone()
     context[:, start:start + length] = torch.cat(frames, 1)
     return context, start, length
