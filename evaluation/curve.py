@@ -27,6 +27,7 @@ PROTOCOL = {"episodes": 8, "euler_steps": 16, "revisit_episodes": 8, "long_episo
 # (label, report key, format) of the Markdown table
 COLUMNS = (("revisit PSNR", "revisit_psnr", "{:.2f}"),
            ("revisit from real frames", "revisit_teacher_forced_psnr", "{:.2f}"),
+           ("walk hidden (memory)", "revisit_hidden_walk_psnr", "{:.2f}"),
            ("action acc.", "action_accuracy", "{:.3f}"),
            ("acc. key changed", "action_accuracy_switch", "{:.3f}"),
            ("changed PSNR", "changed_psnr_mean_16", "{:.2f}"), ("PSNR 1-16", "psnr_mean_16", "{:.2f}"),

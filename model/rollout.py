@@ -201,6 +201,13 @@ class Session:
         if not torch.equal(sub.times, times):
             raise RuntimeError("reset_rows: the rebuilt history does not cover the cached times")
         idx = rows.to(self.device)
+        if self.cfg.pose_moves is not None:  # the rebuilt history stands still at pose 0
+            own = self.cache.key_poses(self.batch).clone()
+            own[rows.cpu()] = sub.key_poses(R)
+            if isinstance(self.cache, RingKVCache):
+                self.cache.slot_poses = own
+            else:
+                self.cache.poses = own
         for i, kv in enumerate(self.cache.layers):
             assert kv is not None and sub.layers[i] is not None
             kv[0].index_copy_(0, idx, sub.layers[i][0].to(kv[0].dtype))

@@ -50,8 +50,24 @@ class TransformerConfig:
     window: int = 16              # frames visible back in time, the query's own frame included
     sink: int = 1                 # first frames always visible (attention sink)
     attn_backend: str = "auto"
+    # pose attention (None: off): per real action the (dx, dy) step it moves the player. Each frame's
+    # pose is the running sum of its actions' steps (what the player pressed, so a move into a wall
+    # counts), and each head adds a learned bias indexed by the displacement between the query's and
+    # the key's pose, up to ``pose_radius`` steps per axis (one shared entry beyond): a frame taken
+    # where the player stands again is found by where it was taken, not only by how long ago
+    pose_moves: list[list[int]] | None = None
+    pose_radius: int = 8
 
     def __post_init__(self) -> None:
+        if self.pose_moves is not None:
+            moves = self.pose_moves
+            if len(moves) != self.num_actions or any(len(m) != 2 or any(not isinstance(v, int) for v in m)
+                                                     for m in moves):
+                raise ValueError(f"pose_moves must list one [dx, dy] pair of ints per action "
+                                 f"({self.num_actions} actions), got {moves!r}")
+            self.pose_moves = [list(m) for m in moves]
+        if self.pose_radius < 1:
+            raise ValueError(f"pose_radius must be >= 1, got {self.pose_radius}")
         if self.latent_size % self.patch:
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
         if self.width % self.heads:
@@ -185,6 +201,13 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------- cache
+def _same_rows(poses: torch.Tensor, batch: int) -> torch.Tensor:
+    if poses.shape[0] != batch:
+        raise ValueError(f"a call of {batch} rows on a cache of {poses.shape[0]} rows: poses are per row, "
+                         "so a session's calls must keep its batch size")
+    return poses
+
+
 class KVCache:
     """Keys/values of finished (clean) frames for streaming, with a rolling window + sink.
 
@@ -197,15 +220,33 @@ class KVCache:
         self.rolling = rolling  # False: keep every frame (a fixed context; the mask still applies the window)
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * cfg.depth
         self.times = torch.zeros(0, dtype=torch.long)
+        self.poses: torch.Tensor | None = None  # (B, frames, 2) long: each row's pose of each frame
+
+    def pose_at(self, t: int) -> torch.Tensor | None:
+        """(B, 2) the rows' pose of the cached frame at time ``t`` (None if not cached)."""
+        hit = (self.times == t).nonzero()
+        if self.poses is None or not len(hit):
+            return None
+        return self.poses[:, int(hit[0, 0])]
+
+    def key_poses(self, batch: int) -> torch.Tensor:
+        """(B, frames, 2) the poses of the cached frames (zeros where none were written)."""
+        if self.poses is None:
+            return torch.zeros(batch, self.num_frames, 2, dtype=torch.long)
+        return _same_rows(self.poses, batch)
 
     @property
     def num_frames(self) -> int:
         return int(self.times.numel())
 
-    def append(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor) -> None:
+    def append(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor,
+               poses: torch.Tensor | None = None) -> None:
         for i, (k, v) in enumerate(layer_kv):
             old = self.layers[i]
             self.layers[i] = (k, v) if old is None else (torch.cat([old[0], k], 2), torch.cat([old[1], v], 2))
+        B = layer_kv[0][0].shape[0]
+        new = torch.zeros(B, len(times), 2, dtype=torch.long) if poses is None else poses.cpu().long()
+        self.poses = torch.cat([self.key_poses(B), new], 1)
         self.times = torch.cat([self.times, times.cpu()])
         self._evict()
 
@@ -226,14 +267,18 @@ class KVCache:
                 dev_idx = idx.to(kv[0].device)
                 self.layers[i] = (kv[0].index_select(2, dev_idx), kv[1].index_select(2, dev_idx))
         self.times = self.times[keep]
+        if self.poses is not None:
+            self.poses = self.poses[:, keep]
 
     def state(self) -> dict[str, object]:
         return {"layers": [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in self.layers],
-                "times": self.times.clone()}
+                "times": self.times.clone(), "poses": None if self.poses is None else self.poses.clone()}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.layers = [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in state["layers"]]  # type: ignore[union-attr]
         self.times = state["times"].clone()  # type: ignore[union-attr]
+        poses = state.get("poses")
+        self.poses = None if poses is None else poses.clone()  # type: ignore[union-attr]
 
     def nbytes(self) -> int:
         return sum(kv[0].numel() * kv[0].element_size() * 2 for kv in self.layers if kv is not None)
@@ -269,6 +314,22 @@ class RingKVCache:
         self.compiled = True
         self.slot_times = torch.zeros(self.slots, dtype=torch.long)
         self.valid = torch.zeros(self.slots, dtype=torch.bool)
+        self.slot_poses: torch.Tensor | None = None  # (B, slots, 2) long: each row's pose of each slot
+
+    def pose_at(self, t: int) -> torch.Tensor | None:
+        """(B, 2) the rows' pose of the cached frame at time ``t`` (None if not cached)."""
+        if t < 0 or self.slot_poses is None:
+            return None
+        s = self.slot_of(t)
+        if not bool(self.valid[s]) or int(self.slot_times[s]) != t:
+            return None
+        return self.slot_poses[:, s]
+
+    def key_poses(self, batch: int) -> torch.Tensor:
+        """(B, slots, 2) the poses of the slots, in slot order (zeros where none were written)."""
+        if self.slot_poses is None:
+            return torch.zeros(batch, self.slots, 2, dtype=torch.long)
+        return _same_rows(self.slot_poses, batch)
 
     @property
     def num_frames(self) -> int:
@@ -304,11 +365,14 @@ class RingKVCache:
         start = self.slots * self.cfg.tokens_per_frame
         return [(k, v, start) for k, v in self.buffers]
 
-    def write(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor) -> None:
-        """Store clean frames' keys/values (B, H, F*L, d) at their slots."""
+    def write(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], times: torch.Tensor,
+              poses: torch.Tensor | None = None) -> None:
+        """Store clean frames' keys/values (B, H, F*L, d) at their slots (with their (B, F, 2) poses)."""
         L = self.cfg.tokens_per_frame
         self._alloc(layer_kv[0][0], len(times))
         assert self.buffers is not None
+        B = layer_kv[0][0].shape[0]
+        self.slot_poses = self.key_poses(B).clone()
         for j, t in enumerate(times.tolist()):
             s = self.slot_of(int(t))
             for (k, v), (bk, bv) in zip(layer_kv, self.buffers):
@@ -316,6 +380,7 @@ class RingKVCache:
                 bv[:, :, s * L:(s + 1) * L].copy_(v[:, :, j * L:(j + 1) * L])
             self.slot_times[s] = int(t)
             self.valid[s] = True
+            self.slot_poses[:, s] = 0 if poses is None else poses[:, j].cpu()
 
     append = write
 
@@ -328,13 +393,16 @@ class RingKVCache:
 
     def state(self) -> dict[str, object]:
         return {"buffers": None if self.buffers is None else [(k.clone(), v.clone()) for k, v in self.buffers],
-                "slot_times": self.slot_times.clone(), "valid": self.valid.clone()}
+                "slot_times": self.slot_times.clone(), "valid": self.valid.clone(),
+                "slot_poses": None if self.slot_poses is None else self.slot_poses.clone()}
 
     def load_state(self, state: dict[str, object]) -> None:
         bufs = state["buffers"]
         self.buffers = None if bufs is None else [(k.clone(), v.clone()) for k, v in bufs]  # type: ignore[union-attr]
         self.slot_times = state["slot_times"].clone()  # type: ignore[union-attr]
         self.valid = state["valid"].clone()  # type: ignore[union-attr]
+        poses = state.get("slot_poses")
+        self.slot_poses = None if poses is None else poses.clone()  # type: ignore[union-attr]
 
     def nbytes(self) -> int:
         return 0 if self.buffers is None else sum(k.numel() * k.element_size() * 2 for k, _ in self.buffers)
@@ -360,6 +428,12 @@ class FrameTransformer(nn.Module):
         dist = torch.arange(-(cfg.block_frames - 1), cfg.window).float().clamp(min=0)
         init = torch.cat([-slopes[:, None] * dist[None, :], torch.zeros(cfg.heads, cfg.sink)], 1)
         self.time_bias = nn.Parameter(init)  # (heads, n_dist + sink)
+        if cfg.pose_moves is not None:
+            # displacements -R..R per axis, then one entry for every farther one; zero at the start, so
+            # a model warm-started from one without poses computes exactly what it did
+            self.pose_bias = nn.Parameter(torch.zeros(cfg.heads, (2 * cfg.pose_radius + 1) ** 2 + 1))
+            moves = torch.tensor(cfg.pose_moves + [[0, 0]], dtype=torch.long)  # the null action does not move
+            self.register_buffer("pose_moves", moves, persistent=False)
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(D, 2 * D)
         self.patch_out = nn.Linear(D, C * p * p)
@@ -386,6 +460,10 @@ class FrameTransformer(nn.Module):
         else:
             sinks = torch.zeros(b.heads, b.sink, dtype=tb.dtype)
         state["time_bias"] = torch.cat([dist, sinks], 1)
+        if b.pose_moves is not None and "pose_bias" not in state:  # poses added: they start at zero
+            state["pose_bias"] = self.pose_bias.detach().clone()
+        if b.pose_moves is None:
+            state.pop("pose_bias", None)
         self.load_state_dict(state)
 
     # ------------------------------------------------------------ pieces
@@ -403,10 +481,49 @@ class FrameTransformer(nn.Module):
         t = self.t_mlp(timestep_embedding(sigma, self.cfg.width).to(self.pos.dtype))
         return t + self.action_emb(actions)
 
+    #: the pose bias is applied times this gain: Adam moves a parameter by about the learning rate per
+    #: step whatever its gradient's size, and a few hundred entries that start at zero must reach
+    #: logits of several units within a training piece (a per-parameter learning rate, in effect)
+    POSE_GAIN = 10.0
+
+    def frame_poses(self, actions: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, 2) the poses of consecutive frames with ``actions`` (B, F): ``start`` (B, 2, the pose
+        of the frame before the first; zeros by default) plus the running sum of the actions' moves."""
+        mv = self.pose_moves.to(actions.device)[actions].cumsum(1)
+        return mv if start is None else mv + start.to(mv.device)[:, None]
+
+    def call_poses(self, actions: torch.Tensor, times: torch.Tensor, clean: torch.Tensor,
+                   cache: KVCache | RingKVCache | None) -> torch.Tensor:
+        """(B, F, 2) the poses of a call's frames: a frame at time t has the pose of the frame at
+        t - 1 (among the call's clean frames, else in the cache, else the session's start: zero) plus
+        its action's move. The clean frames and the noisy frames of a call each run at consecutive
+        times (every call the sessions and the teacher-forcing layouts make)."""
+        B, Fn = actions.shape
+        poses = torch.zeros(B, Fn, 2, dtype=torch.long)
+        acts = actions.cpu()
+        tl = times.cpu().tolist()
+        cl = clean.cpu()
+        ci = cl.nonzero().squeeze(1).tolist()
+        ni = (~cl).nonzero().squeeze(1).tolist()
+        clean_at = {t: j for j, t in enumerate(tl) if bool(cl[j])}
+
+        def before(t: int, own: bool) -> torch.Tensor:
+            if own and t in clean_at:
+                return poses[:, clean_at[t]]
+            p = cache.pose_at(t) if cache is not None else None
+            return torch.zeros(B, 2, dtype=torch.long) if p is None else p.cpu()
+
+        for group, own in ((ci, False), (ni, True)):
+            if group:
+                poses[:, group] = self.frame_poses(acts[:, group], before(tl[group[0]] - 1, own)).cpu()
+        return poses
+
     def attention_bias(self, q_times: torch.Tensor, q_clean: torch.Tensor, k_times: torch.Tensor,
-                       k_clean: torch.Tensor, k_valid: torch.Tensor | None = None) -> torch.Tensor:
+                       k_clean: torch.Tensor, k_valid: torch.Tensor | None = None,
+                       q_poses: torch.Tensor | None = None, k_poses: torch.Tensor | None = None) -> torch.Tensor:
         """(1, heads, Nq, Nk) additive bias over tokens: time-distance bias, -inf where masked
-        (and for keys that are not ``k_valid``: empty cache slots)."""
+        (and for keys that are not ``k_valid``: empty cache slots); with poses ((B, Fq, 2) and
+        (B, Fk, 2)) plus the pose bias, per batch row: (B, heads, Nq, Nk)."""
         cfg = self.cfg
         allowed = frame_mask(q_times, q_clean, k_times, k_clean, cfg.block_frames, cfg.window, cfg.sink)
         if k_valid is not None:
@@ -416,21 +533,30 @@ class FrameTransformer(nn.Module):
         sink_idx = self.n_dist + k_times.clamp(max=cfg.sink - 1) if cfg.sink > 0 else None
         if sink_idx is not None:
             idx = torch.where(k_times[None, :] < cfg.sink, sink_idx[None, :].expand_as(idx), idx)
-        bias = self.time_bias[:, idx.to(self.time_bias.device)]  # (H, Fq, Fk)
-        bias = bias.masked_fill(~allowed.to(bias.device)[None], float("-inf"))
+        bias = self.time_bias[:, idx.to(self.time_bias.device)][None]  # (1, H, Fq, Fk)
+        if q_poses is not None and k_poses is not None:
+            R = cfg.pose_radius
+            d = q_poses[:, :, None, :] - k_poses[:, None, :, :]  # (B, Fq, Fk, 2)
+            pidx = (d[..., 0] + R) * (2 * R + 1) + (d[..., 1] + R)
+            pidx = torch.where((d.abs() > R).any(-1), (2 * R + 1) ** 2, pidx)
+            pb = self.pose_bias[:, pidx.to(self.pose_bias.device)] * self.POSE_GAIN  # (H, B, Fq, Fk)
+            bias = bias + pb.transpose(0, 1)
+        bias = bias.masked_fill(~allowed.to(bias.device)[None, None], float("-inf"))
         L = cfg.tokens_per_frame
-        return bias.repeat_interleave(L, dim=1).repeat_interleave(L, dim=2)[None]
+        return bias.repeat_interleave(L, dim=2).repeat_interleave(L, dim=3)
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
                 times: torch.Tensor, clean: torch.Tensor,
-                cache: KVCache | RingKVCache | None = None, write_cache: bool = False) -> torch.Tensor:
+                cache: KVCache | RingKVCache | None = None, write_cache: bool = False,
+                poses: torch.Tensor | None = None) -> torch.Tensor:
         """Predict velocities for a sequence of frames.
 
         x: (B, F, C, h, w); sigma: (B, F) in [0, 1]; actions: (B, F) long (null allowed);
         times: (F,) long time index of each frame; clean: (F,) bool (context vs noisy).
         With ``cache``, the frames also attend to the cached frames; with ``write_cache``
-        (all frames clean), their keys/values are appended to it afterwards.
+        (all frames clean), their keys/values are appended to it afterwards. ``poses`` (B, F, 2):
+        the frames' poses for a model with pose attention (default: :meth:`call_poses`).
         """
         B, Fn = x.shape[:2]
         L = self.cfg.tokens_per_frame
@@ -452,34 +578,46 @@ class FrameTransformer(nn.Module):
             k_clean = torch.cat([torch.ones(cache.num_frames, dtype=torch.bool, device=x.device), clean])
         else:
             k_times, k_clean = times, clean
+        q_poses = k_poses = None
+        if self.cfg.pose_moves is not None:
+            if poses is None:
+                poses = self.call_poses(actions, times, clean, cache)
+            q_poses = poses.to(x.device)
+            if isinstance(cache, RingKVCache) or (cache is not None and cache.num_frames):
+                assert cache is not None
+                k_poses = torch.cat([cache.key_poses(B).to(x.device), q_poses], 1)
+            else:
+                k_poses = q_poses
         core = FrameTransformer._core
         if self._compiled_core is not None and isinstance(cache, RingKVCache) and cache.compiled \
                 and not torch.is_grad_enabled():
             core = self._compiled_core
             x = x.contiguous()  # one layout per shape (a strided view would compile another graph)
         out, new_kv = core(self, x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
-                           isinstance(cache, RingKVCache))
+                           isinstance(cache, RingKVCache), q_poses, k_poses)
         if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
             if cache is None or not bool(clean.any()):
                 raise ValueError("write_cache needs a cache and at least one clean frame")
             if bool(clean.all()):
-                cache.append([(k.detach(), v.detach()) for k, v in new_kv], times)
+                cache.append([(k.detach(), v.detach()) for k, v in new_kv], times, q_poses)
             else:
                 tok = clean.repeat_interleave(L).nonzero().squeeze(1)
                 cache.append([(k.detach().index_select(2, tok), v.detach().index_select(2, tok))
-                              for k, v in new_kv], times[clean].cpu())
+                              for k, v in new_kv], times[clean].cpu(),
+                             None if q_poses is None else q_poses[:, clean])
         return out
 
     def _core(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, times: torch.Tensor,
               clean: torch.Tensor, k_times: torch.Tensor, k_clean: torch.Tensor, k_valid: torch.Tensor | None,
-              layers: list | None, ring: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+              layers: list | None, ring: bool, q_poses: torch.Tensor | None = None,
+              k_poses: torch.Tensor | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The forward's tensor work, without the cache's bookkeeping (what :meth:`compile_streaming`
         compiles): the frames' velocities and each layer's keys/values of the call's tokens.
         ``layers``: per layer the cached (keys, values) or, with ``ring``, a ring cache's slots."""
         Fn = x.shape[1]
         tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
         cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
-        bias = self.attention_bias(times, clean, k_times, k_clean, k_valid)
+        bias = self.attention_bias(times, clean, k_times, k_clean, k_valid, q_poses, k_poses)
         new_kv = []
         h = tokens
         for i, blk in enumerate(self.blocks):
@@ -520,18 +658,25 @@ class FrameTransformer(nn.Module):
         return self._compiled_core is not None
 
     def forward_teacher(self, x_clean: torch.Tensor, x_noisy: torch.Tensor, sigma: torch.Tensor,
-                        actions: torch.Tensor, clean_sigma: torch.Tensor | None = None) -> torch.Tensor:
+                        actions: torch.Tensor, clean_sigma: torch.Tensor | None = None,
+                        pose_actions: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: velocities of the noisy frames given the clean history.
 
         x_clean, x_noisy: (B, F, C, h, w); sigma: (B, F) noise of the noisy frames;
-        clean_sigma: (B, F) noise level of the (optionally noise-augmented) context, 0 by default.
+        clean_sigma: (B, F) noise level of the (optionally noise-augmented) context, 0 by default;
+        pose_actions: the actions the poses follow (default ``actions``; training passes the pressed
+        ones where ``actions`` has some dropped to the null action).
         """
         B, Fn = x_clean.shape[:2]
         times, clean = teacher_forcing_descriptors(Fn, x_clean.device)
         if clean_sigma is None:
             clean_sigma = torch.zeros_like(sigma)
+        poses = None
+        if self.cfg.pose_moves is not None:  # both halves at the clip's poses (vectorised: no graph break)
+            p = self.frame_poses(actions if pose_actions is None else pose_actions)
+            poses = torch.cat([p, p], 1)
         out = self.forward(torch.cat([x_clean, x_noisy], 1), torch.cat([clean_sigma, sigma], 1),
-                           torch.cat([actions, actions], 1), times, clean)
+                           torch.cat([actions, actions], 1), times, clean, poses=poses)
         return out[:, Fn:]
 
     def teacher_context(self, x_clean: torch.Tensor, actions: torch.Tensor) -> KVCache:
@@ -553,8 +698,9 @@ class FrameTransformer(nn.Module):
         ``forward_teacher(x_clean, x_noisy, sigma, actions)`` to float tolerance."""
         Fn = x_noisy.shape[1]
         times = torch.arange(Fn, device=x_noisy.device)
+        poses = self.frame_poses(actions) if self.cfg.pose_moves is not None else None
         return self.forward(x_noisy, sigma, actions, times, torch.zeros(Fn, dtype=torch.bool, device=x_noisy.device),
-                            cache=context)
+                            cache=context, poses=poses)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

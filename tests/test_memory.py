@@ -106,7 +106,7 @@ def test_generated_context_enters_at_the_level_the_sampler_writes_it():
 
     seen = {}
 
-    def model(clean, noisy, sigma, acts, clean_sigma):
+    def model(clean, noisy, sigma, acts, clean_sigma, pose_actions=None):
         seen.update(clean=clean, clean_sigma=clean_sigma)
         return torch.zeros_like(noisy)
 

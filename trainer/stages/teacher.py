@@ -125,7 +125,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
         clean = flow.add_noise(base, torch.randn(x0.shape, generator=gen).to(dev), clean_sigma)
     if cfg.memory_span > 0 and F > 2:
         clean, clean_sigma = memory_spans(base, clean, clean_sigma, cfg, gen)
-    v = model(clean, x_t, sigma, acts, clean_sigma)
+    # poses (a model with pose attention) follow the pressed actions, not the dropped ones: the player
+    # moved whether or not the model is told the key of that frame
+    v = model(clean, x_t, sigma, acts, clean_sigma, pose_actions=actions)
     target = flow.velocity_target(x0, eps)
     w = token_change_weights(x0, cfg.change_weight)
     err = (v.float() - target).pow(2)
@@ -184,8 +186,8 @@ class TeacherForcing(nn.Module):
         self.net = net
 
     def forward(self, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
-                clean_sigma: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma)
+                clean_sigma: torch.Tensor, pose_actions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma, pose_actions)
 
 
 class ClipData:

@@ -1,0 +1,103 @@
+"""Pose attention: each frame's pose is the running sum of its actions' moves, and each head adds a
+learned bias by the displacement between a query's pose and a key's; the same in the teacher-forcing
+layout, in streamed sessions (ring and dynamic caches, fused writes, row resets) and after a warm start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.rollout import SamplerConfig, Session
+from model.transformer import FrameTransformer, KVCache, RingKVCache, TransformerConfig
+
+MOVES = [[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]]  # NOOP, UP, DOWN, LEFT, RIGHT
+
+
+def tiny(pose: bool = True, seed: int = 0, **kw) -> FrameTransformer:
+    cfg = TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=2, heads=2, num_actions=5,
+                            pose_moves=MOVES if pose else None, pose_radius=2, **kw)
+    torch.manual_seed(seed)
+    model = FrameTransformer(cfg).double().eval()
+    with torch.no_grad():  # a non-trivial network, pose bias included
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def clip(B=2, F=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
+    xt = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
+    sigma = torch.rand(B, F, generator=g, dtype=torch.float64)
+    actions = torch.randint(0, 6, (B, F), generator=g)  # the null action (5) included: it does not move
+    return x0, xt, sigma, actions
+
+
+def test_poses_are_the_running_sum_of_the_moves():
+    model = tiny()
+    acts = torch.tensor([[4, 4, 1, 5, 3, 0]])  # R R U null L NOOP
+    assert model.frame_poses(acts).tolist() == [[[1, 0], [2, 0], [2, -1], [2, -1], [1, -1], [1, -1]]]
+    assert model.frame_poses(acts, torch.tensor([[5, 5]]))[0, 0].tolist() == [6, 5]
+
+
+@pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
+@pytest.mark.parametrize("block,window", [(1, 16), (1, 3), (2, 4)])
+def test_streaming_with_poses_equals_the_teacher_forcing_forward(cache_cls, block, window):
+    model = tiny(block_frames=block, window=window)
+    x0, xt, sigma, actions = clip(F=8)
+    full = model.forward_teacher(x0, xt, sigma, actions)
+    cache = cache_cls(model.cfg)
+    outs = []
+    for s in range(0, 8, block):
+        t, sl = torch.arange(s, s + block), slice(s, s + block)
+        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(block, dtype=torch.bool),
+                          cache=cache))
+        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(block, dtype=torch.bool),
+              cache=cache, write_cache=True)
+    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-10)
+    # the cache keeps each row's pose of each frame it holds
+    last = model.frame_poses(actions)[:, -1]
+    assert torch.equal(cache.pose_at(7), last)
+
+
+def test_the_pose_bias_changes_what_a_frame_sees_and_starts_at_zero():
+    model = tiny()
+    x0, xt, sigma, actions = clip()
+    a = model.forward_teacher(x0, xt, sigma, actions)
+    other = actions.clone()
+    other[:, 2] = torch.where(other[:, 2] == 1, 2, 1)  # the same frames, another path through the world
+    b = model.forward_teacher(x0, xt, sigma, other, pose_actions=other)
+    c = model.forward_teacher(x0, xt, sigma, other, pose_actions=actions)  # only the embedding differs
+    assert not torch.allclose(a[:, 3:], b[:, 3:]) and not torch.allclose(b[:, 3:], c[:, 3:])
+    # zero pose bias: exactly the model without poses (what a warm start begins from)
+    plain = tiny(pose=False)
+    posed = FrameTransformer(model.cfg).double().eval()
+    posed.load_from(plain)
+    assert torch.count_nonzero(posed.pose_bias) == 0
+    assert torch.equal(posed.forward_teacher(x0, xt, sigma, actions), plain.forward_teacher(x0, xt, sigma, actions))
+
+
+@pytest.mark.parametrize("cache", ["ring", "dynamic"])
+def test_a_session_tracks_each_rows_pose_through_fused_writes_and_resets(cache):
+    model = tiny(window=4).float()
+    gen = torch.Generator().manual_seed(0)
+    sess = Session(model, 2, generator=gen, cache=cache)
+    start = torch.randn(2, 2, 3, 4, 4)
+    sess.prime(start, torch.tensor([[4, 4], [1, 0]]), defer=True)
+    sampler = SamplerConfig(kind="consistency", steps=2)
+    steps = torch.tensor([[4, 3], [2, 2], [4, 1], [3, 3], [0, 4]])
+    for a in steps:
+        sess.generate(a[:, None], sampler, fuse=True)
+    sess.flush()
+    moved = model.frame_poses(torch.cat([torch.tensor([[4, 4], [1, 0]]), steps.T], 1))[:, -1]
+    assert torch.equal(sess.cache.pose_at(sess.t - 1), moved)
+    sess.reset_rows(torch.tensor([1]), torch.randn(1, 3, 4, 4))
+    assert sess.cache.pose_at(sess.t - 1)[1].tolist() == [0, 0]
+    assert torch.equal(sess.cache.pose_at(sess.t - 1)[0], moved[0])
+
+
+def test_pose_settings_are_checked():
+    with pytest.raises(ValueError, match="pose_moves"):
+        TransformerConfig(num_actions=5, pose_moves=[[0, 0], [1, 0]])
+    with pytest.raises(ValueError, match="pose_radius"):
+        TransformerConfig(pose_radius=0)
