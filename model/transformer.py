@@ -57,6 +57,10 @@ class TransformerConfig:
     # where the player stands again is found by where it was taken, not only by how long ago
     pose_moves: list[list[int]] | None = None
     pose_radius: int = 8
+    # the pose bias is applied times this gain: Adam moves a parameter by about the learning rate per
+    # step whatever its gradient's size, and entries that start at zero must reach logits of several
+    # units within a training piece (in effect a learning rate this many times the model's)
+    pose_gain: float = 40.0
 
     def __post_init__(self) -> None:
         if self.pose_moves is not None:
@@ -68,6 +72,8 @@ class TransformerConfig:
             self.pose_moves = [list(m) for m in moves]
         if self.pose_radius < 1:
             raise ValueError(f"pose_radius must be >= 1, got {self.pose_radius}")
+        if self.pose_gain <= 0:
+            raise ValueError(f"pose_gain must be > 0, got {self.pose_gain}")
         if self.latent_size % self.patch:
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
         if self.width % self.heads:
@@ -481,11 +487,6 @@ class FrameTransformer(nn.Module):
         t = self.t_mlp(timestep_embedding(sigma, self.cfg.width).to(self.pos.dtype))
         return t + self.action_emb(actions)
 
-    #: the pose bias is applied times this gain: Adam moves a parameter by about the learning rate per
-    #: step whatever its gradient's size, and a few hundred entries that start at zero must reach
-    #: logits of several units within a training piece (a per-parameter learning rate, in effect)
-    POSE_GAIN = 10.0
-
     def frame_poses(self, actions: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, 2) the poses of consecutive frames with ``actions`` (B, F): ``start`` (B, 2, the pose
         of the frame before the first; zeros by default) plus the running sum of the actions' moves."""
@@ -539,7 +540,7 @@ class FrameTransformer(nn.Module):
             d = q_poses[:, :, None, :] - k_poses[:, None, :, :]  # (B, Fq, Fk, 2)
             pidx = (d[..., 0] + R) * (2 * R + 1) + (d[..., 1] + R)
             pidx = torch.where((d.abs() > R).any(-1), (2 * R + 1) ** 2, pidx)
-            pb = self.pose_bias[:, pidx.to(self.pose_bias.device)] * self.POSE_GAIN  # (H, B, Fq, Fk)
+            pb = self.pose_bias[:, pidx.to(self.pose_bias.device)] * cfg.pose_gain  # (H, B, Fq, Fk)
             bias = bias + pb.transpose(0, 1)
         bias = bias.masked_fill(~allowed.to(bias.device)[None, None], float("-inf"))
         L = cfg.tokens_per_frame
