@@ -9,6 +9,9 @@ the model runs in bf16) do it in about half the time (``benchmarks.roofline`` me
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +22,22 @@ except Exception:  # noqa: BLE001 - any import failure means "not available"
 
 BACKENDS = ("auto", "sdpa", "math", "xformers")
 
+#: the lists of :func:`record_attention` blocks now open (diagnostics; empty in normal use)
+_recorders: list[list[torch.Tensor]] = []
+
+
+@contextmanager
+def record_attention() -> Iterator[list[torch.Tensor]]:
+    """Collect the attention weights of every :func:`attention` call inside the block: one (B, Nq, Nk)
+    tensor per call, softmax(q k^T / sqrt(d) + bias) averaged over the heads (float32). A diagnostic
+    (``python -m evaluation.memory_probe``): it computes the weights a second time, so it is slow."""
+    out: list[torch.Tensor] = []
+    _recorders.append(out)
+    try:
+        yield out
+    finally:
+        _recorders.remove(out)
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
               backend: str = "auto") -> torch.Tensor:
@@ -28,6 +47,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; valid: {list(BACKENDS)}")
+    if _recorders:
+        s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        w = (s if bias is None else s + bias.float()).softmax(-1).mean(1).detach()
+        for rec in _recorders:
+            rec.append(w)
     use_x = backend == "xformers" or (backend == "auto" and q.is_cuda and _xops is not None)
     if use_x:
         if _xops is None or not q.is_cuda:

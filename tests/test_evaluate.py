@@ -167,6 +167,17 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert rep["revisit_aligned_psnr"] >= rep["revisit_center_psnr"] and rep["revisit_shift_px"] >= 0
     assert 0.0 <= rep["action_accuracy"] <= 1.0 and np.isfinite(rep["frechet_late"])
     assert 0.0 <= rep["idm_ae_accuracy"] <= 1.0
+    # the memory probe replays the memory test: its return frame's attention by key frame sums to 1
+    probe = tmp_path / "probe.json"
+    r = run("evaluation.memory_probe", "--checkpoint", str(tmp_path / "teacher"), "--episodes", "2", "--steps", "2",
+            "--out", str(probe))
+    assert r.returncode == 0, r.stderr[-2000:]
+    pr = json.loads(probe.read_text())["results"][0]
+    att = pr["attention"]
+    assert att["context"] + att["hidden"] + att["own"] == pytest.approx(1.0, abs=1e-4)
+    assert att["key_times"] == [0, 32, 33, 34, 35]  # window 4: the sink and 3 recent cached frames, then its own
+    assert pr["model_calls_recorded"] == 2 and len(pr["psnr"]) == len(pr["copy_last_psnr"]) == 2
+    assert all(a >= 0 for a in pr["aligned_psnr"])
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
     assert rep["provenance"]["weights_sha1"] and rep["provenance"]["command"].startswith("python -m evaluation")
     assert out.with_suffix(".md").read_text().startswith("# Evaluation")

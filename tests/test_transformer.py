@@ -262,3 +262,21 @@ def test_solve_teacher_ode_with_context_equals_full_forwards(cfg_scale):
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(saved_f, saved_s, strict=True))
     per_step = 2 if cfg_scale != 1.0 else 1
     assert nfe_s == 2 * 6 * per_step and nfe_f == nfe_s + 2 * per_step
+
+
+def test_recorded_attention_weights_are_the_masked_softmax():
+    from model.attention import _recorders, record_attention
+
+    model = tiny(window=3)
+    x0, xt, sigma, actions = clip(F=5)
+    with record_attention() as maps:
+        model.forward_teacher(x0, xt, sigma, actions)
+    assert not _recorders and len(maps) == model.cfg.depth
+    L = model.cfg.tokens_per_frame
+    w = maps[0]  # (B, Nq, Nk) over the teacher-forcing layout's 2 x 5 frames
+    assert w.shape == (2, 10 * L, 10 * L) and torch.allclose(w.sum(-1), torch.ones(2, 10 * L))
+    # the noisy frame 4 sees clean frames 0 (sink), 2, 3 (window 3) and itself, nothing else
+    seen = w[:, (5 + 4) * L:(5 + 5) * L].sum((0, 1)).view(10, L).sum(-1) > 0
+    assert seen.tolist() == [True, False, True, True, False, False, False, False, False, True]
+    model.forward_teacher(x0, xt, sigma, actions)
+    assert len(maps) == model.cfg.depth  # nothing recorded outside the block

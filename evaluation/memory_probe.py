@@ -1,0 +1,127 @@
+"""``python -m evaluation.memory_probe``: where a world model looks, and what it draws, in the memory test.
+
+The memory test of the revisit (``revisit_hidden_walk_psnr``, docs/EVALUATION.md): a few real context
+frames, then a walk of 31 frames entered as noise at level 1 (only their actions real), then the return
+frame, generated. This command replays that test on the evaluation's revisit seeds and reports per
+checkpoint:
+
+- the return frame's attention, averaged over layers, heads, its tokens and the sampler's steps, split
+  by key frame: the context frames, the hidden walk (its first and last 8 frames), the frame itself;
+- per episode, the PSNR of the drawn return frame, its PSNR at the best shift of up to ``--max-shift``
+  pixels (and that shift: a view drawn in the wrong place rather than wrong), and the PSNR of copying
+  the last context frame (100 where the walk ends exactly where it began, e.g. 35+ where creatures moved).
+
+It runs the model in fp32 with the dynamic cache (the weights are recomputed for the record), so its
+PSNR can differ from the report's by sampling numerics, not by protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation import metrics as M
+from evaluation.fidelity import revisit_pairs, revisit_script
+from evaluation.rollouts import EVAL_SEED_BASE, EvaluationError, play_real
+from model.attention import record_attention
+from model.rollout import SamplerConfig, Session
+from world.io import atomic_write_json
+
+WALK = 32  # the revisit's steps: 16 out and 16 back; all but the return frame hidden
+
+
+def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context: int = 4, steps: int = 16,
+          seed: int = 0, max_shift: int = 8, first_seed: int = EVAL_SEED_BASE) -> dict[str, Any]:
+    from model.io import load_autoencoder, load_world_model
+    from world import make_world
+    from world.dataset import recorded_settings
+
+    model, cfg, _ = load_world_model(checkpoint)
+    ae, _ = load_autoencoder(cfg["autoencoder"])
+    settings = recorded_settings(cfg.get("data", {}).get("dataset"), world)
+    settings.update(cfg.get("world_settings", {}) or {})
+    pairs = revisit_pairs(list(make_world(world, **settings).action_names))
+    if not pairs:
+        raise EvaluationError(f"world {world!r} has no pair of opposite moves: the revisit cannot be played")
+    if model.cfg.block_frames != 1:
+        raise EvaluationError(f"the memory probe generates one frame at a time; {checkpoint} denoises blocks of "
+                              f"{model.cfg.block_frames}")
+    real = play_real(world, settings, episodes, context + WALK, first_seed + 20_000,
+                     script_fn=lambda i: revisit_script(i, context, pairs=pairs))
+    acts = torch.from_numpy(real.actions).long()
+    B, hidden = acts.shape[0], WALK - 1
+    c = model.cfg
+    gen = torch.Generator().manual_seed(seed)
+    sess = Session(model, B, generator=gen, cache="dynamic")
+    sess.prime(ae.encode_frames(real.frames[:, :context]), acts[:, :context])
+    sess.write(torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen),
+               acts[:, context:context + hidden], sigma=1.0)
+    key_times = torch.cat([sess.cache.times, torch.tensor([sess.t])])  # the cache's frames, then the drawn one
+    with record_attention() as maps:
+        x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=float(
+            (cfg.get("loss") or {}).get("shift", 3.0))), write=False)  # the denoising calls only
+    L = c.tokens_per_frame
+    calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
+    mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame
+    t = key_times
+    end = context + hidden
+
+    def share(sel: torch.Tensor) -> float:
+        return float(mass[sel].sum())
+
+    drawn = ae.decode_frames(x.float())[:, -1]
+    target = real.frames[:, -1]
+    _, best, shift = M.shift_aligned_psnr(drawn, target, max_shift)
+    return {
+        "checkpoint": checkpoint, "episodes": B, "seeds": list(real.seeds), "euler_steps": steps,
+        "attention": {"context": share(t < context), "hidden": share((t >= context) & (t < end)),
+                      "hidden_first_8": share((t >= context) & (t < context + 8)),
+                      "hidden_last_8": share((t >= end - 8) & (t < end)), "own": share(t == end),
+                      "per_key_frame": [round(v, 4) for v in mass.tolist()], "key_times": t.tolist()},
+        "psnr": M.psnr_batch(drawn, target).tolist(), "aligned_psnr": np.atleast_1d(best).tolist(),
+        "shift_px": np.atleast_2d(shift).tolist(),
+        "copy_last_psnr": M.psnr_batch(real.frames[:, context - 1], target).tolist(),
+        "psnr_mean": float(M.psnr_batch(drawn, target).mean()),
+        "model_calls_recorded": len(calls),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluation.memory_probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="a world model (repeat to compare)")
+    p.add_argument("--world", default="adventure")
+    p.add_argument("--episodes", type=int, default=8, help="revisit episodes (the curve's 8 by default)")
+    p.add_argument("--steps", type=int, default=16, help="Euler steps of the return frame")
+    p.add_argument("--max-shift", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", help="a JSON file for the results")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    results = []
+    for ck in args.checkpoint:
+        try:
+            r = probe(ck, args.world, args.episodes, steps=args.steps, max_shift=args.max_shift)
+        except EvaluationError as e:
+            raise SystemExit(f"memory probe: {e}") from None
+        results.append(r)
+        a = r["attention"]
+        print(f"{ck}\n  attention: context {a['context']:.3f}, hidden {a['hidden']:.3f} (first 8 "
+              f"{a['hidden_first_8']:.3f}, last 8 {a['hidden_last_8']:.3f}), own {a['own']:.3f}\n"
+              f"  PSNR {r['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in r["psnr"]) +
+              "\n  at best shift: " + " ".join(f"{v:.1f}" for v in r["aligned_psnr"]) +
+              f" (shifts {r['shift_px']})\n  copy last: " + " ".join(f"{v:.1f}" for v in r["copy_last_psnr"]))
+    if args.out:
+        atomic_write_json(Path(args.out), {"command": "python -m evaluation.memory_probe", "results": results,
+                                           "wall_s": time.time() - t0}, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
