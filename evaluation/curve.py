@@ -35,7 +35,9 @@ COLUMNS = (("revisit PSNR", "revisit_psnr", "{:.2f}"),
 KEEP = ("psnr_mean_16", "changed_psnr_mean_16", "seen_psnr_mean_16", "player_found_16", "creatures_found_8",
         "creatures_found_at", "action_accuracy", "action_accuracy_switch", "action_accuracy_hold",
         "revisit_psnr", "copy_last_revisit_psnr", "revisit_teacher_forced_psnr", "revisit_hidden_walk_psnr",
-        "revisit_hidden_still_psnr", "copy_last_still_psnr", "revisit_psnr_at", "gap_closed_1", "sharpness_ratio_16")
+        "revisit_hidden_still_psnr", "copy_last_still_psnr", "revisit_psnr_at", "gap_closed_1", "sharpness_ratio_16",
+        "revisit_returned", "revisit_hidden_walk_psnr_each", "copy_last_revisit_psnr_each", "revisit_psnr_returned",
+        "revisit_hidden_walk_psnr_returned", "copy_last_revisit_psnr_returned")
 BEGIN, END = "<!-- curve:{name} begin (python -m evaluation.curve) -->", "<!-- curve:{name} end -->"
 
 

@@ -304,6 +304,9 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
                                                               lt[:, -w:].reshape(-1, *lt.shape[-3:]))))
     report["revisit_psnr"] = report["copy_last_revisit_psnr"] = report["revisit_teacher_forced_psnr"] = None
     report["revisit_hidden_walk_psnr"] = report["revisit_hidden_still_psnr"] = report["copy_last_still_psnr"] = None
+    report["revisit_returned"] = report["revisit_hidden_walk_psnr_each"] = report["copy_last_revisit_psnr_each"] = None
+    report["revisit_psnr_returned"] = report["revisit_hidden_walk_psnr_returned"] = None
+    report["copy_last_revisit_psnr_returned"] = None
     report["revisit_center_psnr"] = report["revisit_aligned_psnr"] = report["revisit_shift_px"] = None
     report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
@@ -332,7 +335,22 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         walk = rreal.frames.shape[1] - context  # 32 steps: all but the return frame hidden
         recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision,
                           hidden=walk - 1)
-        report["revisit_hidden_walk_psnr"] = float(M.psnr_batch(recall[:, -1], rreal.frames[:, -1]).mean())
+        recall_each = M.psnr_batch(recall[:, -1], rreal.frames[:, -1])
+        report["revisit_hidden_walk_psnr"] = float(recall_each.mean())
+        # which walks end where they began: a step into a wall is not taken (effective NOOP), so a leg
+        # blocked on the way out overshoots the start on the way back. Returned: as many moves taken
+        # each way. Only there can recall draw the return; the fields below average over those walks
+        eff = rreal.effective[:, context:]
+        go, back = rreal.actions[:, context], rreal.actions[:, -1]
+        returned = (eff == go[:, None]).sum(1) == (eff == back[:, None]).sum(1)
+        copy_each = M.psnr_batch(rreal.frames[:, context - 1], rreal.frames[:, -1])
+        report["revisit_returned"] = [bool(b) for b in returned]
+        report["revisit_hidden_walk_psnr_each"] = [float(v) for v in recall_each]
+        report["copy_last_revisit_psnr_each"] = [float(v) for v in copy_each]
+        for key, each in (("revisit_psnr_returned", M.psnr_batch(rgen[:, -1], rreal.frames[:, -1])),
+                          ("revisit_hidden_walk_psnr_returned", recall_each),
+                          ("copy_last_revisit_psnr_returned", copy_each)):
+            report[key] = float(np.asarray(each)[returned].mean()) if returned.any() else None
         # the same with the player standing still through the hidden frames (NOOPs, the same seeds): memory
         # without having to work out from the walk's actions where it went
         if recorded is None:

@@ -68,6 +68,10 @@ def render_markdown(report: dict[str, Any]) -> str:
          pair_text(report, "revisit_teacher_forced_psnr", "revisit_hidden_walk_psnr"), None, None),
         ("31 hidden frames standing still (dB)", report.get("revisit_hidden_still_psnr"),
          report.get("copy_last_still_psnr"), None),
+        (f"walks that returned ({sum(report.get('revisit_returned') or [])} of "
+         f"{len(report.get('revisit_returned') or [])}): revisit / walk hidden (dB)",
+         pair_text(report, "revisit_psnr_returned", "revisit_hidden_walk_psnr_returned"),
+         report.get("copy_last_revisit_psnr_returned"), None),
     ]
     p = report["protocol"]
     out = [f"# Evaluation: {report['provenance']['checkpoint']}", "",

@@ -162,6 +162,12 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert len(rep["revisit_psnr_at"]) == 32 and rep["revisit_psnr_at"][-1] == pytest.approx(rep["revisit_psnr"])
     assert np.isfinite(rep["revisit_teacher_forced_psnr"]) and rep["sampler"]["context_sigma"] == 0.0
     assert np.isfinite(rep["revisit_hidden_walk_psnr"])  # the return frame with the walk hidden
+    # whether the walk ended where it began, from the moves the world took (one walk here)
+    assert len(rep["revisit_returned"]) == len(rep["revisit_hidden_walk_psnr_each"]) == 1
+    if rep["revisit_returned"][0]:
+        assert rep["revisit_hidden_walk_psnr_returned"] == pytest.approx(rep["revisit_hidden_walk_psnr"])
+    else:
+        assert rep["revisit_hidden_walk_psnr_returned"] is None
     assert np.isfinite(rep["revisit_hidden_still_psnr"]) and np.isfinite(rep["copy_last_still_psnr"])
     # the return frame at its best shift reads at least as well as at shift 0 on the same crop
     assert rep["revisit_aligned_psnr"] >= rep["revisit_center_psnr"] and rep["revisit_shift_px"] >= 0
