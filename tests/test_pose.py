@@ -9,28 +9,15 @@ import torch
 
 from model.rollout import SamplerConfig, Session
 from model.transformer import FrameTransformer, KVCache, RingKVCache, TransformerConfig
+from tests.test_transformer import clip
+from tests.test_transformer import tiny as _tiny
 
 MOVES = [[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]]  # NOOP, UP, DOWN, LEFT, RIGHT
 
 
-def tiny(pose: bool = True, seed: int = 0, **kw) -> FrameTransformer:
-    cfg = TransformerConfig(latent_channels=3, latent_size=4, patch=2, width=32, depth=2, heads=2, num_actions=5,
-                            pose_moves=MOVES if pose else None, pose_radius=2, **kw)
-    torch.manual_seed(seed)
-    model = FrameTransformer(cfg).double().eval()
-    with torch.no_grad():  # a non-trivial network, pose bias included
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
-
-
-def clip(B=2, F=7, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
-    xt = torch.randn(B, F, 3, 4, 4, generator=g, dtype=torch.float64)
-    sigma = torch.rand(B, F, generator=g, dtype=torch.float64)
-    actions = torch.randint(0, 6, (B, F), generator=g)  # the null action (5) included: it does not move
-    return x0, xt, sigma, actions
+def tiny(pose: bool = True, **kw) -> FrameTransformer:
+    """test_transformer's tiny randomised model, with pose attention (radius 2) unless ``pose`` is off."""
+    return _tiny(**({"pose_moves": MOVES, "pose_radius": 2} if pose else {}), **kw)
 
 
 def test_poses_are_the_running_sum_of_the_moves():
