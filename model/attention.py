@@ -26,6 +26,11 @@ BACKENDS = ("auto", "sdpa", "math", "xformers")
 _recorders: list[list[torch.Tensor]] = []
 
 
+def recording_attention() -> bool:
+    """Whether a :func:`record_attention` block is open."""
+    return bool(_recorders)
+
+
 @contextmanager
 def record_attention() -> Iterator[list[torch.Tensor]]:
     """Collect the attention weights of every :func:`attention` call inside the block: one (B, Nq, Nk)

@@ -265,13 +265,13 @@ def test_solve_teacher_ode_with_context_equals_full_forwards(cfg_scale):
 
 
 def test_recorded_attention_weights_are_the_masked_softmax():
-    from model.attention import _recorders, record_attention
+    from model.attention import record_attention, recording_attention
 
     model = tiny(window=3)
     x0, xt, sigma, actions = clip(F=5)
     with record_attention() as maps:
         model.forward_teacher(x0, xt, sigma, actions)
-    assert not _recorders and len(maps) == model.cfg.depth
+    assert not recording_attention() and len(maps) == model.cfg.depth
     L = model.cfg.tokens_per_frame
     w = maps[0]  # (B, Nq, Nk) over the teacher-forcing layout's 2 x 5 frames
     assert w.shape == (2, 10 * L, 10 * L) and torch.allclose(w.sum(-1), torch.ones(2, 10 * L))
