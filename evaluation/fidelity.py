@@ -198,6 +198,10 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
 ADVENTURE_PAIRS = ((4, 3), (3, 4), (2, 1), (1, 2))  # RIGHT/LEFT, LEFT/RIGHT, DOWN/UP, UP/DOWN
 
 
+#: the revisit walks are played on held-out seeds from ``first_seed`` + this (apart from the others)
+REVISIT_SEED_OFFSET = 20_000
+
+
 def revisit_pairs(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
     """(out, back) action pairs of opposite moves found among a world's action names (RIGHT and
     LEFT, MOVE_RIGHT and MOVE_LEFT, TURN_LEFT and TURN_RIGHT, UP and DOWN, ...); () if none."""
@@ -311,7 +315,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
     report["revisit_psnr_at"] = []
     pairs = revisit_pairs(names)
     if revisit_episodes and pairs:
-        rreal, rgen = rollout_pair(revisit_episodes, context + 32, first_seed + 20_000,
+        rreal, rgen = rollout_pair(revisit_episodes, context + 32, first_seed + REVISIT_SEED_OFFSET,
                                    script_fn=lambda i: revisit_script(i, context, pairs=pairs))
         report["revisit_psnr"] = float(M.psnr_batch(rgen[:, -1], rreal.frames[:, -1]).mean())
         report["copy_last_revisit_psnr"] = float(M.psnr_batch(rreal.frames[:, context - 1],
@@ -354,7 +358,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         # the same with the player standing still through the hidden frames (NOOPs, the same seeds): memory
         # without having to work out from the walk's actions where it went
         if recorded is None:
-            still = play_real(world, settings, revisit_episodes, context + walk, first_seed + 20_000,
+            still = play_real(world, settings, revisit_episodes, context + walk, first_seed + REVISIT_SEED_OFFSET,
                               script_fn=lambda i: [0] * (context - 1 + walk))
             check_heldout(still.seeds, dataset)
             seeds_used.extend(still.seeds)

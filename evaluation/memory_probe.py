@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from evaluation import metrics as M
-from evaluation.fidelity import revisit_pairs, revisit_script
+from evaluation.fidelity import REVISIT_SEED_OFFSET, revisit_pairs, revisit_script
 from evaluation.rollouts import EVAL_SEED_BASE, EvaluationError, play_real
 from model.attention import record_attention
 from model.rollout import SamplerConfig, Session
@@ -51,7 +51,7 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     if model.cfg.block_frames != 1:
         raise EvaluationError(f"the memory probe generates one frame at a time; {checkpoint} denoises blocks of "
                               f"{model.cfg.block_frames}")
-    real = play_real(world, settings, episodes, context + WALK, first_seed + 20_000,
+    real = play_real(world, settings, episodes, context + WALK, first_seed + REVISIT_SEED_OFFSET,
                      script_fn=lambda i: revisit_script(i, context, pairs=pairs))
     acts = torch.from_numpy(real.actions).long()
     B, hidden = acts.shape[0], WALK - 1
@@ -88,7 +88,21 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         "copy_last_psnr": M.psnr_batch(real.frames[:, context - 1], target).tolist(),
         "psnr_mean": float(M.psnr_batch(drawn, target).mean()),
         "model_calls_recorded": len(calls),
+        "pose_bias": pose_bias_summary(model),
     }
+
+
+def pose_bias_summary(model: Any) -> dict[str, list[float]] | None:
+    """Per head, the learned pose bias (times its gain, in logits) at zero displacement, the mean
+    within one step per axis, and the shared entry beyond the radius; None without pose attention."""
+    if model.cfg.pose_moves is None:
+        return None
+    R = model.cfg.pose_radius
+    table = model.pose_bias.detach().float() * model.cfg.pose_gain
+    grid = table[:, :(2 * R + 1) ** 2].view(-1, 2 * R + 1, 2 * R + 1)
+    return {"zero": [round(v, 3) for v in grid[:, R, R].tolist()],
+            "within_1": [round(v, 3) for v in grid[:, R - 1:R + 2, R - 1:R + 2].mean((1, 2)).tolist()],
+            "beyond_radius": [round(v, 3) for v in table[:, -1].tolist()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
               f"  PSNR {r['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in r["psnr"]) +
               "\n  at best shift: " + " ".join(f"{v:.1f}" for v in r["aligned_psnr"]) +
               f" (shifts {r['shift_px']})\n  copy last: " + " ".join(f"{v:.1f}" for v in r["copy_last_psnr"]))
+        if r["pose_bias"]:
+            print(f"  pose bias per head (logits): zero displacement {r['pose_bias']['zero']}, beyond the "
+                  f"radius {r['pose_bias']['beyond_radius']}")
     if args.out:
         atomic_write_json(Path(args.out), {"command": "python -m evaluation.memory_probe", "results": results,
                                            "wall_s": time.time() - t0}, indent=1)

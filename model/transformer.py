@@ -250,9 +250,10 @@ class KVCache:
         for i, (k, v) in enumerate(layer_kv):
             old = self.layers[i]
             self.layers[i] = (k, v) if old is None else (torch.cat([old[0], k], 2), torch.cat([old[1], v], 2))
-        B = layer_kv[0][0].shape[0]
-        new = torch.zeros(B, len(times), 2, dtype=torch.long) if poses is None else poses.cpu().long()
-        self.poses = torch.cat([self.key_poses(B), new], 1)
+        if poses is not None or self.poses is not None:  # a model without poses keeps none
+            B = layer_kv[0][0].shape[0]
+            new = torch.zeros(B, len(times), 2, dtype=torch.long) if poses is None else poses.cpu().long()
+            self.poses = torch.cat([self.key_poses(B), new], 1)
         self.times = torch.cat([self.times, times.cpu()])
         self._evict()
 
@@ -378,7 +379,8 @@ class RingKVCache:
         self._alloc(layer_kv[0][0], len(times))
         assert self.buffers is not None
         B = layer_kv[0][0].shape[0]
-        self.slot_poses = self.key_poses(B).clone()
+        if poses is not None and self.slot_poses is None:  # a model without poses keeps none
+            self.slot_poses = self.key_poses(B)
         for j, t in enumerate(times.tolist()):
             s = self.slot_of(int(t))
             for (k, v), (bk, bv) in zip(layer_kv, self.buffers):
@@ -386,7 +388,8 @@ class RingKVCache:
                 bv[:, :, s * L:(s + 1) * L].copy_(v[:, :, j * L:(j + 1) * L])
             self.slot_times[s] = int(t)
             self.valid[s] = True
-            self.slot_poses[:, s] = 0 if poses is None else poses[:, j].cpu()
+            if self.slot_poses is not None:
+                _same_rows(self.slot_poses, B)[:, s] = 0 if poses is None else poses[:, j].cpu()
 
     append = write
 

@@ -88,3 +88,27 @@ def test_pose_settings_are_checked():
         TransformerConfig(num_actions=5, pose_moves=[[0, 0], [1, 0]])
     with pytest.raises(ValueError, match="pose_radius"):
         TransformerConfig(pose_radius=0)
+
+
+def test_a_model_without_poses_keeps_none_in_its_caches():
+    model = tiny(pose=False, window=4).float()
+    for cache in ("ring", "dynamic"):
+        sess = Session(model, 2, generator=torch.Generator().manual_seed(0), cache=cache)
+        sess.prime(torch.randn(2, 2, 3, 4, 4), torch.tensor([[4, 4], [1, 0]]))
+        sess.generate(torch.tensor([[4], [3]]), SamplerConfig(kind="consistency", steps=1))
+        assert sess.cache.pose_at(sess.t - 1) is None
+
+
+def test_the_probe_reads_the_pose_bias_per_head():
+    from evaluation.memory_probe import pose_bias_summary
+
+    model = tiny()
+    assert pose_bias_summary(tiny(pose=False)) is None
+    with torch.no_grad():
+        model.pose_bias.zero_()
+        model.pose_bias[0, 2 * 5 + 2] = 0.1  # head 0, displacement (0, 0) at radius 2
+        model.pose_bias[1, -1] = -0.05       # head 1, beyond the radius
+    s = pose_bias_summary(model)
+    g = model.cfg.pose_gain
+    assert s["zero"] == pytest.approx([0.1 * g, 0.0]) and s["beyond_radius"] == pytest.approx([0.0, -0.05 * g])
+    assert s["within_1"][0] == pytest.approx(0.1 * g / 9, abs=1e-3)  # rounded to 3 digits
