@@ -284,7 +284,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         real = recorded.take(n, length) if recorded is not None else play_real(world, settings, n, length, start, **kw)
         check_heldout(real.seeds, dataset)
         seeds_used.extend(real.seeds)
-        g = generate(model, ae, real.frames[:, :context], real.actions, sampler, seed, precision)
+        g = generate(model, ae, real.frames[:, :context], real.actions, sampler, seed, precision,
+                     taken=real.effective == real.actions)
         return real, g
 
     t_gen = time.time()
@@ -332,13 +333,14 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         report["revisit_center_psnr"] = float(zero.mean())
         report["revisit_aligned_psnr"] = float(best.mean())
         report["revisit_shift_px"] = float(np.abs(shift).sum(1).mean())
-        last = generate(model, ae, rreal.frames[:, :-1], rreal.actions, sampler, seed, precision)
+        taken = rreal.effective == rreal.actions  # the real frames' moves the game took (pose_taken models)
+        last = generate(model, ae, rreal.frames[:, :-1], rreal.actions, sampler, seed, precision, taken=taken)
         report["revisit_teacher_forced_psnr"] = float(M.psnr_batch(last[:, -1], rreal.frames[:, -1]).mean())
         # memory alone: the return frame from the context frames, the walk hidden (noise at level 1,
         # told; its actions real): does the model recall the place it saw 32 steps back?
         walk = rreal.frames.shape[1] - context  # 32 steps: all but the return frame hidden
         recall = generate(model, ae, rreal.frames[:, :context], rreal.actions, sampler, seed, precision,
-                          hidden=walk - 1)
+                          hidden=walk - 1, taken=taken)
         recall_each = M.psnr_batch(recall[:, -1], rreal.frames[:, -1])
         report["revisit_hidden_walk_psnr"] = float(recall_each.mean())
         # which walks end where they began: a step into a wall is not taken (effective NOOP), so a leg
@@ -363,7 +365,7 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
             check_heldout(still.seeds, dataset)
             seeds_used.extend(still.seeds)
             kept = generate(model, ae, still.frames[:, :context], still.actions, sampler, seed, precision,
-                            hidden=walk - 1)
+                            hidden=walk - 1, taken=still.effective == still.actions)
             report["revisit_hidden_still_psnr"] = float(M.psnr_batch(kept[:, -1], still.frames[:, -1]).mean())
             report["copy_last_still_psnr"] = float(M.psnr_batch(still.frames[:, context - 1],
                                                                 still.frames[:, -1]).mean())

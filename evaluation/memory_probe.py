@@ -58,9 +58,10 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     c = model.cfg
     gen = torch.Generator().manual_seed(seed)
     sess = Session(model, B, generator=gen, cache="dynamic")
-    sess.prime(ae.encode_frames(real.frames[:, :context]), acts[:, :context])
+    taken = torch.from_numpy(real.effective == real.actions)  # the moves the game took (pose_taken models)
+    sess.prime(ae.encode_frames(real.frames[:, :context]), acts[:, :context], taken=taken[:, :context])
     sess.write(torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen),
-               acts[:, context:context + hidden], sigma=1.0)
+               acts[:, context:context + hidden], sigma=1.0, taken=taken[:, context:context + hidden])
     key_times = torch.cat([sess.cache.times, torch.tensor([sess.t])])  # the cache's frames, then the drawn one
     with record_attention() as maps:
         x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=float(

@@ -198,7 +198,8 @@ def inference_model(model: FrameTransformer, precision: str) -> FrameTransformer
 
 
 def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, actions: np.ndarray,
-             sampler: SamplerConfig, seed: int, precision: str = "auto", hidden: int = 0) -> np.ndarray:
+             sampler: SamplerConfig, seed: int, precision: str = "auto", hidden: int = 0,
+             taken: np.ndarray | None = None) -> np.ndarray:
     """Open-loop rollout: context uint8 (B, C, H, W, 3), actions (B, C + T) in the clip
     convention -> generated uint8 frames (B, T - hidden, H, W, 3). The model computes in its own weights'
     precision (:func:`inference_model` casts a copy once); with an fp32 model and ``precision``
@@ -206,7 +207,11 @@ def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, acti
 
     ``hidden``: the first frames after the context enter the cache as pure noise at level 1, told
     to the model (only their actions are real), and are not returned: what the model draws after
-    them comes from the context frames before them (the memory test of the revisit)."""
+    them comes from the context frames before them (the memory test of the revisit).
+
+    ``taken`` (B, C + T) bool: which of the real frames' pressed moves the game took (its effective
+    actions), for the context and hidden frames of a ``pose_taken`` model; the frames it generates
+    are placed by its own taken head."""
     B, C = context.shape[:2]
     T = actions.shape[1] - C
     if not 0 <= hidden < T:
@@ -218,12 +223,13 @@ def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, acti
     out = []
     own = next(model.parameters()).dtype
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=own == torch.float32 and resolve(precision) == "bf16"):
-        sess.prime(ae.encode_frames(context), acts[:, :C])
+        tk = None if taken is None else torch.from_numpy(np.asarray(taken, bool))
+        sess.write(ae.encode_frames(context), acts[:, :C], taken=None if tk is None else tk[:, :C])
         t = C
         if hidden:
             c = model.cfg
             noise = torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen)
-            sess.write(noise, acts[:, C:C + hidden], sigma=1.0)
+            sess.write(noise, acts[:, C:C + hidden], sigma=1.0, taken=None if tk is None else tk[:, C:C + hidden])
             t += hidden
         while t < C + T:
             k = min(K, C + T - t)

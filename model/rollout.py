@@ -86,7 +86,10 @@ class Session:
         # fused cache write: a finished frame (latents, actions, times, noise levels) waits here and is
         # written by the next frame's first model call (one forward instead of two); None when
         # everything is in the cache
-        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        # a pose_taken model: whether each frame of the block being denoised took its pressed move, as
+        # the model's taken head read it at the latest conditional call ((B, K) bool; None: not read)
+        self.taken: torch.Tensor | None = None
 
     def _shape(self, frames: int) -> tuple[int, ...]:
         c = self.cfg
@@ -97,21 +100,24 @@ class Session:
         """Write a pending finished frame into the cache now (unfused)."""
         if self.pending is None:
             return
-        lat, acts, times, sigma = self.pending
+        lat, acts, times, sigma, taken = self.pending
         self.pending = None
         self.model(lat, sigma, acts, times, torch.ones(len(times), dtype=torch.bool), cache=self.cache,
-                   write_cache=True)
+                   write_cache=True, taken=taken)
 
     @torch.no_grad()
-    def write(self, latents: torch.Tensor, actions: torch.Tensor, defer: bool = False, sigma: float = 0.0) -> None:
+    def write(self, latents: torch.Tensor, actions: torch.Tensor, defer: bool = False, sigma: float = 0.0,
+              taken: torch.Tensor | None = None) -> None:
         """Write frames (B, F, C, h, w) with their actions (B, F) into the cache, at noise level
         ``sigma`` (0: clean; the latents are expected noised already); with ``defer`` they are
-        written by the next frame's first model call (fused)."""
+        written by the next frame's first model call (fused). ``taken`` (B, F) bool: which pressed
+        moves the world took (the poses of a ``pose_taken`` model; default all, or a real game's
+        effective actions when the caller has them)."""
         self.flush()
         F = latents.shape[1]
         sig = torch.full((self.batch, F), float(sigma), device=self.device, dtype=self.dtype)
         self.pending = (latents.to(self.device, self.dtype), actions.to(self.device), torch.arange(self.t, self.t + F),
-                        sig)
+                        sig, None if taken is None else taken.bool().cpu())
         self.t += F
         if not defer:
             self.flush()
@@ -120,33 +126,48 @@ class Session:
 
     @torch.no_grad()
     def write_generated(self, latents: torch.Tensor, actions: torch.Tensor, sampler: SamplerConfig,
-                        defer: bool = False) -> None:
+                        defer: bool = False, taken: torch.Tensor | None = None) -> None:
         """Write the model's own finished frames: clean, or noised to ``sampler.context_sigma`` and
-        marked so (the level a memory-trained model was taught to trust less than real frames)."""
+        marked so (the level a memory-trained model was taught to trust less than real frames);
+        ``taken``: as :meth:`write` (the model's own reading, from :meth:`generate`)."""
         s = sampler.context_sigma
         if s > 0:
             eps = torch.randn(latents.shape, generator=self.gen, dtype=torch.float32).to(latents.device, latents.dtype)
             latents = flow.add_noise(latents, eps, torch.full(latents.shape[:2], s, device=latents.device,
                                                                dtype=latents.dtype))
-        self.write(latents, actions, defer=defer, sigma=s)
+        self.write(latents, actions, defer=defer, sigma=s, taken=taken)
 
     def _velocity(self, times: torch.Tensor):
         K = len(times)
         noisy = torch.zeros(K, dtype=torch.bool)
 
+        read = self.cfg.pose_taken
+        null = self.cfg.null_action
+
+        def keep(out, actions: torch.Tensor, P: int = 0) -> torch.Tensor:
+            if not read:
+                return out
+            out, logits = out
+            if logits is not None and not bool((actions == null).all()):  # a conditional call
+                self.taken = (logits[:, P:] > 0).cpu()
+            return out
+
         def v(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
             B = x.shape[0]
             if B == self.batch and self.pending is not None:  # fused: write the last frame, denoise this
-                lat, acts, ptimes, psigma = self.pending
+                lat, acts, ptimes, psigma, ptaken = self.pending
                 self.pending = None
                 P = lat.shape[1]
-                out = self.model(torch.cat([lat, x], 1), torch.cat([psigma.to(sigma.dtype), sigma], 1),
-                                 torch.cat([acts, actions], 1), torch.cat([ptimes, times]),
-                                 torch.cat([torch.ones(P, dtype=torch.bool), noisy]), cache=self.cache,
-                                 write_cache=True)
+                if ptaken is not None:
+                    ptaken = torch.cat([ptaken, torch.ones(B, K, dtype=torch.bool)], 1)
+                out = keep(self.model(torch.cat([lat, x], 1), torch.cat([psigma.to(sigma.dtype), sigma], 1),
+                                      torch.cat([acts, actions], 1), torch.cat([ptimes, times]),
+                                      torch.cat([torch.ones(P, dtype=torch.bool), noisy]), cache=self.cache,
+                                      write_cache=True, taken=ptaken, return_taken=read), actions, P)
                 return out[:, P:].to(x.dtype)
             if B == self.batch:
-                return self.model(x, sigma, actions, times, noisy, cache=self.cache).to(x.dtype)
+                return keep(self.model(x, sigma, actions, times, noisy, cache=self.cache, return_taken=read),
+                            actions).to(x.dtype)
             self.flush()  # CFG batches cond and uncond: write the pending frame once, first
             # CFG batches cond and uncond along the batch: run them one after the other
             # against the same cache (the cache is per batch element).
@@ -164,6 +185,7 @@ class Session:
         times = torch.arange(self.t, self.t + K)
         noise = torch.randn(self._shape(K), generator=self.gen, dtype=torch.float32).to(self.device, self.dtype)
         actions = actions.to(self.device)
+        self.taken = None
         v = self._velocity(times)
         if sampler.kind == "euler":
             null = torch.full_like(actions, self.cfg.null_action)
@@ -177,7 +199,7 @@ class Session:
                 v = _guided(v, torch.full_like(actions, self.cfg.null_action), sampler.cfg)
             x0 = flow.sample_consistency(v, noise, actions, flow.step_list(steps, sampler.shift), self.gen)
         if write:
-            self.write_generated(x0, actions, sampler, defer=fuse)
+            self.write_generated(x0, actions, sampler, defer=fuse, taken=self.taken)
         self.generated += K
         return x0
 
@@ -216,7 +238,8 @@ class Session:
     def snapshot(self) -> dict[str, object]:
         return {"cache": self.cache.state(), "t": self.t, "generated": self.generated,
                 "gen": None if self.gen is None else self.gen.get_state(),
-                "pending": None if self.pending is None else tuple(t.clone() for t in self.pending)}
+                "pending": None if self.pending is None else tuple(None if t is None else t.clone()
+                                                                   for t in self.pending)}
 
     def restore(self, snap: dict[str, object]) -> None:
         self.cache.load_state(snap["cache"])  # type: ignore[arg-type]
@@ -225,7 +248,8 @@ class Session:
         if self.gen is not None and snap["gen"] is not None:
             self.gen.set_state(snap["gen"])  # type: ignore[arg-type]
         pending = snap.get("pending")
-        self.pending = None if pending is None else tuple(t.clone() for t in pending)  # type: ignore[assignment]
+        self.pending = None if pending is None else tuple(  # type: ignore[assignment]
+            None if t is None else t.clone() for t in pending)  # type: ignore[union-attr]
 
 
 def _guided(v, null: torch.Tensor, scale: float):

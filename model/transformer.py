@@ -61,8 +61,16 @@ class TransformerConfig:
     # step whatever its gradient's size, and entries that start at zero must reach logits of several
     # units within a training piece (in effect a learning rate this many times the model's)
     pose_gain: float = 40.0
+    # poses from the moves the world took, not the keys pressed (needs pose_moves): a key pressed into
+    # a wall moves no view, so a pose that counts it is one step off from then on. A head predicts,
+    # from each frame's denoising output, whether its pressed move was taken (trained on the data's
+    # effective actions); a finished frame enters the cache at the pose of the moves taken, and the
+    # frame being denoised sits at its previous frame's pose plus its pressed move
+    pose_taken: bool = False
 
     def __post_init__(self) -> None:
+        if self.pose_taken and self.pose_moves is None:
+            raise ValueError("pose_taken needs pose_moves (the per-action moves the poses sum)")
         if self.pose_moves is not None:
             moves = self.pose_moves
             if len(moves) != self.num_actions or any(len(m) != 2 or any(not isinstance(v, int) for v in m)
@@ -443,6 +451,11 @@ class FrameTransformer(nn.Module):
             self.pose_bias = nn.Parameter(torch.zeros(cfg.heads, (2 * cfg.pose_radius + 1) ** 2 + 1))
             moves = torch.tensor(cfg.pose_moves + [[0, 0]], dtype=torch.long)  # the null action does not move
             self.register_buffer("pose_moves", moves, persistent=False)
+        if cfg.pose_taken:
+            # logit of "the frame's pressed move was taken"; starts at taken (most moves are)
+            self.taken_head = nn.Linear(D, 1)
+            nn.init.zeros_(self.taken_head.weight)
+            nn.init.constant_(self.taken_head.bias, 2.0)
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(D, 2 * D)
         self.patch_out = nn.Linear(D, C * p * p)
@@ -473,6 +486,11 @@ class FrameTransformer(nn.Module):
             state["pose_bias"] = self.pose_bias.detach().clone()
         if b.pose_moves is None:
             state.pop("pose_bias", None)
+        for k, v in self.state_dict().items():  # the taken head added: it starts fresh
+            if k.startswith("taken_head.") and k not in state:
+                state[k] = v.detach().clone()
+        if not b.pose_taken:
+            state = {k: v for k, v in state.items() if not k.startswith("taken_head.")}
         self.load_state_dict(state)
 
     # ------------------------------------------------------------ pieces
@@ -490,18 +508,34 @@ class FrameTransformer(nn.Module):
         t = self.t_mlp(timestep_embedding(sigma, self.cfg.width).to(self.pos.dtype))
         return t + self.action_emb(actions)
 
-    def frame_poses(self, actions: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    def frame_poses(self, actions: torch.Tensor, start: torch.Tensor | None = None,
+                    taken: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, 2) the poses of consecutive frames with ``actions`` (B, F): ``start`` (B, 2, the pose
-        of the frame before the first; zeros by default) plus the running sum of the actions' moves."""
-        mv = self.pose_moves.to(actions.device)[actions].cumsum(1)
+        of the frame before the first; zeros by default) plus the running sum of the actions' moves
+        (with ``taken`` (B, F) bool, only the moves taken)."""
+        mv = self.pose_moves.to(actions.device)[actions]
+        if taken is not None:
+            mv = mv * taken.to(mv.device)[..., None].long()
+        mv = mv.cumsum(1)
         return mv if start is None else mv + start.to(mv.device)[:, None]
 
+    def denoising_poses(self, actions: torch.Tensor, key_poses: torch.Tensor) -> torch.Tensor:
+        """(B, F, 2) the poses of frames being denoised at consecutive times with pressed ``actions``:
+        with ``pose_taken``, each sits at the finished pose of the frame before it (``key_poses``
+        (B, F, 2) of the same frames; zero before the first) plus its pressed move; else the keys'."""
+        if not self.cfg.pose_taken:
+            return key_poses
+        prev = torch.cat([torch.zeros_like(key_poses[:, :1]), key_poses[:, :-1]], 1)
+        return prev + self.pose_moves.to(actions.device)[actions]
+
     def call_poses(self, actions: torch.Tensor, times: torch.Tensor, clean: torch.Tensor,
-                   cache: KVCache | RingKVCache | None) -> torch.Tensor:
+                   cache: KVCache | RingKVCache | None, taken: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F, 2) the poses of a call's frames: a frame at time t has the pose of the frame at
         t - 1 (among the call's clean frames, else in the cache, else the session's start: zero) plus
-        its action's move. The clean frames and the noisy frames of a call each run at consecutive
-        times (every call the sessions and the teacher-forcing layouts make)."""
+        its action's move (for the clean frames of a ``pose_taken`` model, only where ``taken`` (B, F)
+        says the move was taken; every move by default). The clean frames and the noisy frames of a
+        call each run at consecutive times (every call the sessions and the teacher-forcing layouts
+        make)."""
         B, Fn = actions.shape
         poses = torch.zeros(B, Fn, 2, dtype=torch.long)
         acts = actions.cpu()
@@ -517,9 +551,11 @@ class FrameTransformer(nn.Module):
             p = cache.pose_at(t) if cache is not None else None
             return torch.zeros(B, 2, dtype=torch.long) if p is None else p.cpu()
 
+        tk = None if taken is None or not self.cfg.pose_taken else taken.cpu()
         for group, own in ((ci, False), (ni, True)):
             if group:
-                poses[:, group] = self.frame_poses(acts[:, group], before(tl[group[0]] - 1, own)).cpu()
+                g_taken = tk[:, group] if tk is not None and not own else None
+                poses[:, group] = self.frame_poses(acts[:, group], before(tl[group[0]] - 1, own), g_taken).cpu()
         return poses
 
     def attention_bias(self, q_times: torch.Tensor, q_clean: torch.Tensor, k_times: torch.Tensor,
@@ -553,14 +589,17 @@ class FrameTransformer(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
                 times: torch.Tensor, clean: torch.Tensor,
                 cache: KVCache | RingKVCache | None = None, write_cache: bool = False,
-                poses: torch.Tensor | None = None) -> torch.Tensor:
+                poses: torch.Tensor | None = None, taken: torch.Tensor | None = None,
+                return_taken: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Predict velocities for a sequence of frames.
 
         x: (B, F, C, h, w); sigma: (B, F) in [0, 1]; actions: (B, F) long (null allowed);
         times: (F,) long time index of each frame; clean: (F,) bool (context vs noisy).
         With ``cache``, the frames also attend to the cached frames; with ``write_cache``
         (all frames clean), their keys/values are appended to it afterwards. ``poses`` (B, F, 2):
-        the frames' poses for a model with pose attention (default: :meth:`call_poses`).
+        the frames' poses for a model with pose attention (default: :meth:`call_poses`, with
+        ``taken`` (B, F) bool: which clean frames' pressed moves were taken). With ``return_taken``
+        the result is (velocities, the taken head's (B, F) logits or None).
         """
         B, Fn = x.shape[:2]
         L = self.cfg.tokens_per_frame
@@ -585,7 +624,7 @@ class FrameTransformer(nn.Module):
         q_poses = k_poses = None
         if self.cfg.pose_moves is not None:
             if poses is None:
-                poses = self.call_poses(actions, times, clean, cache)
+                poses = self.call_poses(actions, times, clean, cache, taken)
             q_poses = poses.to(x.device)
             if isinstance(cache, RingKVCache) or (cache is not None and cache.num_frames):
                 assert cache is not None
@@ -597,8 +636,8 @@ class FrameTransformer(nn.Module):
                 and not torch.is_grad_enabled():
             core = self._compiled_core
             x = x.contiguous()  # one layout per shape (a strided view would compile another graph)
-        out, new_kv = core(self, x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
-                           isinstance(cache, RingKVCache), q_poses, k_poses)
+        out, new_kv, taken_logits = core(self, x, sigma, actions, times, clean, k_times, k_clean, k_valid, layers,
+                                         isinstance(cache, RingKVCache), q_poses, k_poses)
         if write_cache:  # the clean frames' keys/values (a fused call also holds noisy frames)
             if cache is None or not bool(clean.any()):
                 raise ValueError("write_cache needs a cache and at least one clean frame")
@@ -609,14 +648,16 @@ class FrameTransformer(nn.Module):
                 cache.append([(k.detach().index_select(2, tok), v.detach().index_select(2, tok))
                               for k, v in new_kv], times[clean].cpu(),
                              None if q_poses is None else q_poses[:, clean])
-        return out
+        return (out, taken_logits) if return_taken else out
 
     def _core(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, times: torch.Tensor,
               clean: torch.Tensor, k_times: torch.Tensor, k_clean: torch.Tensor, k_valid: torch.Tensor | None,
               layers: list | None, ring: bool, q_poses: torch.Tensor | None = None,
-              k_poses: torch.Tensor | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+              k_poses: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
         """The forward's tensor work, without the cache's bookkeeping (what :meth:`compile_streaming`
-        compiles): the frames' velocities and each layer's keys/values of the call's tokens.
+        compiles): the frames' velocities, each layer's keys/values of the call's tokens and, for a
+        ``pose_taken`` model, the (B, F) logits of each frame's move having been taken.
         ``layers``: per layer the cached (keys, values) or, with ``ring``, a ring cache's slots."""
         Fn = x.shape[1]
         tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
@@ -629,8 +670,9 @@ class FrameTransformer(nn.Module):
             h, kv = blk(h, cond, bias, None if ring else lay, lay if ring else None)
             new_kv.append(kv)
         shift, scale = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
-        h = rearrange(h, "b (f l) d -> b f l d", f=Fn)
-        return self._untokens(self.patch_out(modulate(self.final_norm(h), shift, scale))), new_kv
+        h = self.final_norm(rearrange(h, "b (f l) d -> b f l d", f=Fn))
+        taken = self.taken_head(h.mean(2)).squeeze(-1) if self.cfg.pose_taken else None
+        return self._untokens(self.patch_out(modulate(h, shift, scale))), new_kv, taken
 
     _compiled_core = None
 
@@ -663,13 +705,17 @@ class FrameTransformer(nn.Module):
 
     def forward_teacher(self, x_clean: torch.Tensor, x_noisy: torch.Tensor, sigma: torch.Tensor,
                         actions: torch.Tensor, clean_sigma: torch.Tensor | None = None,
-                        pose_actions: torch.Tensor | None = None) -> torch.Tensor:
+                        pose_actions: torch.Tensor | None = None, taken: torch.Tensor | None = None,
+                        return_taken: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher forcing: velocities of the noisy frames given the clean history.
 
         x_clean, x_noisy: (B, F, C, h, w); sigma: (B, F) noise of the noisy frames;
         clean_sigma: (B, F) noise level of the (optionally noise-augmented) context, 0 by default;
         pose_actions: the actions the poses follow (default ``actions``; training passes the pressed
-        ones where ``actions`` has some dropped to the null action).
+        ones where ``actions`` has some dropped to the null action); taken: (B, F) bool, which of the
+        clip's pressed moves the world took (a ``pose_taken`` model: the clean frames sit at the poses
+        of the moves taken, each noisy frame at its previous clean frame's plus its pressed move;
+        default all taken). With ``return_taken``: (velocities, the noisy frames' taken logits).
         """
         B, Fn = x_clean.shape[:2]
         times, clean = teacher_forcing_descriptors(Fn, x_clean.device)
@@ -677,13 +723,17 @@ class FrameTransformer(nn.Module):
             clean_sigma = torch.zeros_like(sigma)
         poses = None
         if self.cfg.pose_moves is not None:  # both halves at the clip's poses (vectorised: no graph break)
-            p = self.frame_poses(actions if pose_actions is None else pose_actions)
-            poses = torch.cat([p, p], 1)
-        out = self.forward(torch.cat([x_clean, x_noisy], 1), torch.cat([clean_sigma, sigma], 1),
-                           torch.cat([actions, actions], 1), times, clean, poses=poses)
+            pa = actions if pose_actions is None else pose_actions
+            p = self.frame_poses(pa, taken=taken if self.cfg.pose_taken else None)
+            poses = torch.cat([p, self.denoising_poses(pa, p)], 1)
+        out, logits = self.forward(torch.cat([x_clean, x_noisy], 1), torch.cat([clean_sigma, sigma], 1),
+                                   torch.cat([actions, actions], 1), times, clean, poses=poses, return_taken=True)
+        if return_taken:
+            return out[:, Fn:], None if logits is None else logits[:, Fn:]
         return out[:, Fn:]
 
-    def teacher_context(self, x_clean: torch.Tensor, actions: torch.Tensor) -> KVCache:
+    def teacher_context(self, x_clean: torch.Tensor, actions: torch.Tensor,
+                        taken: torch.Tensor | None = None) -> KVCache:
         """The clean half of the teacher-forcing layout, computed once: a :class:`KVCache` holding
         the keys/values of the clean clip ``x_clean`` (B, F, ...) with its ``actions`` (the same
         actions the noisy frames get, as in :meth:`forward_teacher`). Every Euler step of a
@@ -693,7 +743,8 @@ class FrameTransformer(nn.Module):
         cache = KVCache(self.cfg, rolling=False)  # every frame stays: each noisy frame's mask picks its own
         times = torch.arange(Fn, device=x_clean.device)
         self.forward(x_clean, torch.zeros(x_clean.shape[:2], device=x_clean.device), actions, times,
-                     torch.ones(Fn, dtype=torch.bool, device=x_clean.device), cache=cache, write_cache=True)
+                     torch.ones(Fn, dtype=torch.bool, device=x_clean.device), cache=cache, write_cache=True,
+                     taken=taken)
         return cache
 
     def forward_noisy(self, x_noisy: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
@@ -702,7 +753,9 @@ class FrameTransformer(nn.Module):
         ``forward_teacher(x_clean, x_noisy, sigma, actions)`` to float tolerance."""
         Fn = x_noisy.shape[1]
         times = torch.arange(Fn, device=x_noisy.device)
-        poses = self.frame_poses(actions) if self.cfg.pose_moves is not None else None
+        poses = None
+        if self.cfg.pose_moves is not None:
+            poses = self.denoising_poses(actions, context.key_poses(x_noisy.shape[0])[:, :Fn].to(actions.device))
         return self.forward(x_noisy, sigma, actions, times, torch.zeros(Fn, dtype=torch.bool, device=x_noisy.device),
                             cache=context, poses=poses)
 

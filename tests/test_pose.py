@@ -112,3 +112,79 @@ def test_the_probe_reads_the_pose_bias_per_head():
     g = model.cfg.pose_gain
     assert s["zero"] == pytest.approx([0.1 * g, 0.0]) and s["beyond_radius"] == pytest.approx([0.0, -0.05 * g])
     assert s["within_1"][0] == pytest.approx(0.1 * g / 9, abs=1e-3)  # rounded to 3 digits
+
+
+# ---------------------------------------------------------------- poses of the moves taken (pose_taken)
+@pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
+def test_taken_poses_stream_as_the_teacher_forcing_layout_places_them(cache_cls):
+    model = tiny(pose_taken=True)
+    x0, xt, sigma, actions = clip(F=8)
+    actions = actions.clamp(max=4)  # pressed keys (no null)
+    taken = torch.rand(actions.shape, generator=torch.Generator().manual_seed(3)) < 0.6
+    full, logits = model.forward_teacher(x0, xt, sigma, actions, taken=taken, return_taken=True)
+    assert logits.shape == actions.shape
+    cache = cache_cls(model.cfg)
+    outs = []
+    for s in range(8):
+        t, sl = torch.tensor([s]), slice(s, s + 1)
+        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(1, dtype=torch.bool), cache=cache))
+        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(1, dtype=torch.bool),
+              cache=cache, write_cache=True, taken=taken[:, sl])
+    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-10)
+    # a finished frame sits at the pose of the moves taken; a move into a wall does not count
+    assert torch.equal(cache.pose_at(7), model.frame_poses(actions, taken=taken)[:, -1])
+    # with every move taken, the layout is that of poses from the pressed keys
+    plain = tiny()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("taken_head")})
+    assert torch.allclose(model.forward_teacher(x0, xt, sigma, actions, taken=torch.ones_like(taken)),
+                          plain.forward_teacher(x0, xt, sigma, actions), atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_a_session_places_frames_where_the_taken_head_says_the_player_went(cfg):
+    model = tiny(pose_taken=True, window=4).float()
+    moves = torch.tensor([[4], [4], [1]])  # RIGHT, RIGHT, UP
+    for bias, want in ((10.0, [2, -1]), (-10.0, [0, 0])):
+        with torch.no_grad():
+            model.taken_head.bias.fill_(bias)
+        for fuse in (False, True):
+            sess = Session(model, 1, generator=torch.Generator().manual_seed(0))
+            sess.prime(torch.randn(1, 1, 3, 4, 4), torch.zeros(1, 1, dtype=torch.long), defer=fuse)
+            for a in moves:
+                sess.generate(a[None], SamplerConfig(kind="euler", steps=2, cfg=cfg), fuse=fuse)
+                assert sess.taken is not None and bool(sess.taken.all()) == (bias > 0)
+            sess.flush()
+            assert sess.cache.pose_at(sess.t - 1).tolist() == [want]
+
+
+def test_the_taken_head_learns_which_moves_the_world_took():
+    from trainer.stages.teacher import TeacherLossConfig, TeacherForcing, teacher_forcing_loss
+
+    torch.manual_seed(0)
+    model = tiny(pose_taken=True).float()
+    x0, xt, sigma, actions = clip(F=6)
+    x0, actions = x0.float(), actions.clamp(max=4)
+    # a move is taken where the frame it leads to differs from the one before (a wall shows no change)
+    taken = torch.rand(actions.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    x0[:, 1:][~taken[:, 1:]] = x0[:, :-1][~taken[:, 1:]]
+    wrapped = TeacherForcing(model)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    cfg = TeacherLossConfig(action_dropout=0.0, taken_weight=1.0)
+    first = None
+    for _ in range(60):
+        loss, m = teacher_forcing_loss(wrapped, x0, actions, cfg, model.cfg.null_action,
+                                       torch.Generator().manual_seed(2), taken=taken)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = m["taken_bce"] if first is None else first
+    assert m["taken_bce"] < 0.5 * first and m["taken_acc"] > 0.8, (first, m)
+
+
+def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():
+    with pytest.raises(ValueError, match="pose_taken needs pose_moves"):
+        TransformerConfig(pose_taken=True)
+    src = tiny()
+    dst = FrameTransformer(TransformerConfig(**{**vars(src.cfg), "pose_taken": True})).double()
+    dst.load_from(src)
+    assert torch.equal(dst.pose_bias, src.pose_bias) and dst.taken_head.bias.item() == 2.0

@@ -273,28 +273,34 @@ def test_teacher_loss_falls(tmp_path, dataset):
     assert any(k.endswith("time_bias") for k in load_weights(ck))
     assert torch.isfinite(torch.tensor(list(ls.values()))).all()
 
-    # pose attention added to the trained teacher (init=): the pose bias starts at zero, trains, and the
-    # checkpoint loads as a model that tracks the poses while it streams
+    # pose attention from the moves taken added to the trained teacher (init=): the pose bias starts at
+    # zero and the taken head fresh, both train on the data's effective actions, and the checkpoint
+    # loads as a model that places each generated frame where its taken head says the player went
     moves = [[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]]
     pose_cfg = write_config(tmp_path / "pose.yaml", "adventure_teacher.yaml", run_dir=str(tmp_path / "pose"),
                             autoencoder=str(tmp_path / "ae_for_teacher"), latent_cache_dir=str(tmp_path / "lat"),
                             frames=4, data={"dataset": str(dataset), "holdout_episodes": 1},
                             model={"latent_channels": 8, "width": 32, "depth": 2, "heads": 2, "pose_moves": moves,
-                                   "pose_radius": 2},
+                                   "pose_radius": 2, "pose_taken": True},
                             train={"steps": 10, "batch_size": 8, "lr": 0.003, "warmup": 2, "log_every": 5,
-                                   "ckpt_every": 10, "eval_every": 0, "ema_decay": 0.0},
+                                   "ckpt_every": 10, "eval_every": 10, "ema_decay": 0.0},
                             eval_windows=8, init=str(tmp_path / "teacher"))
-    run_trainer("teacher", pose_cfg)
+    r = run_trainer("teacher", pose_cfg)
+    assert "heldout_taken_acc" in r.stdout
     from model.io import load_world_model
     from model.rollout import SamplerConfig, Session
 
     net, card, _ = load_world_model(tmp_path / "pose")
     assert card["model"]["pose_moves"] == moves and net.pose_bias.abs().max() > 0
-    sess = Session(net, 1, generator=torch.Generator().manual_seed(0))
-    sess.prime(torch.randn(1, 1, 8, 8, 8), torch.zeros(1, 1, dtype=torch.long))
-    for a in (4, 4, 1):  # RIGHT, RIGHT, UP
-        sess.generate(torch.tensor([[a]]), SamplerConfig(kind="euler", steps=2))
-    assert sess.cache.pose_at(sess.t - 1).tolist() == [[2, -1]]
+    assert card["model"]["pose_taken"] and net.taken_head.bias.item() != 2.0  # trained from its init
+    for bias, want in ((10.0, [[2, -1]]), (-10.0, [[0, 0]])):  # every move taken; none
+        with torch.no_grad():
+            net.taken_head.bias.fill_(bias)
+        sess = Session(net, 1, generator=torch.Generator().manual_seed(0))
+        sess.prime(torch.randn(1, 1, 8, 8, 8), torch.zeros(1, 1, dtype=torch.long))
+        for a in (4, 4, 1):  # RIGHT, RIGHT, UP
+            sess.generate(torch.tensor([[a]]), SamplerConfig(kind="euler", steps=2))
+        assert sess.cache.pose_at(sess.t - 1).tolist() == want
 
 
 def test_sweep_probes_then_runs_each_variant_to_its_time_box(tmp_path, dataset):

@@ -35,6 +35,13 @@ class LatentCache:
         idx = starts[:, None] + np.arange(frames)[None, :]
         return self.latents[idx].astype(np.float32), self.actions[idx]
 
+    def window_taken(self, rows: np.ndarray, frames: int) -> np.ndarray:
+        """rows (N, 2) [episode, start] -> (N, F) bool: the recorded effective action equals the
+        pressed one (the world took the move; a key pressed into a wall was not taken)."""
+        starts = self.offsets[rows[:, 0]] + rows[:, 1]
+        idx = starts[:, None] + np.arange(frames)[None, :]
+        return self.effective[idx] == self.actions[idx]
+
     @classmethod
     def build(cls, dataset: str, ae: Autoencoder, ae_id: str, cache_dir: str | Path,
               batch: int = 256) -> LatentCache:

@@ -52,8 +52,13 @@ class TeacherLossConfig:
     rollout_span: int = 0
     rollout_prob: float = 0.5
     rollout_steps: int = 4
+    # a pose_taken model's taken head: weight of its binary cross-entropy against the data's effective
+    # actions (was each frame's pressed move taken?), over the frames whose pressed key moves
+    taken_weight: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.taken_weight < 0:
+            raise ValueError(f"loss.taken_weight must be >= 0, got {self.taken_weight}")
         if self.memory_span < 0 or not 0 <= self.memory_prob <= 1 or not 0 <= self.memory_sigma <= 1:
             raise ValueError(f"loss.memory_span must be >= 0, memory_prob and memory_sigma in [0, 1]; got "
                              f"{self.memory_span}, {self.memory_prob}, {self.memory_sigma}")
@@ -96,7 +101,8 @@ def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor
 
 def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
                          null_action: int, gen: torch.Generator | None = None,
-                         context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None
+                         context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None,
+                         taken: torch.Tensor | None = None, moving: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, dict[str, float]]:
     """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
 
@@ -104,7 +110,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     a rollout span of the model's own frames); the targets stay x0. ``context_sigma`` (B, F):
     the level each context frame enters at, noised to it and told to the model (the model's own
     frames at ``generated_sigma``, as the sampler writes them at play); context noise
-    augmentation applies to the frames it leaves at 0."""
+    augmentation applies to the frames it leaves at 0. ``taken`` (B, F) bool, for a ``pose_taken``
+    model: which pressed moves the world took (the data's effective actions); the model's taken head
+    is then trained on them (``cfg.taken_weight``) over the frames where ``moving`` (B, F) bool."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -127,12 +135,26 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
         clean, clean_sigma = memory_spans(base, clean, clean_sigma, cfg, gen)
     # poses (a model with pose attention) follow the pressed actions, not the dropped ones: the player
     # moved whether or not the model is told the key of that frame
-    v = model(clean, x_t, sigma, acts, clean_sigma, pose_actions=actions)
+    logits = None
+    if taken is None:
+        v = model(clean, x_t, sigma, acts, clean_sigma, pose_actions=actions)
+    else:
+        v, logits = model(clean, x_t, sigma, acts, clean_sigma, pose_actions=actions, taken=taken)
     target = flow.velocity_target(x0, eps)
     w = token_change_weights(x0, cfg.change_weight)
     err = (v.float() - target).pow(2)
     loss = (err * w).mean()
-    return loss, {"mse_unweighted": err.detach().mean().item()}
+    metrics = {"mse_unweighted": err.detach().mean().item()}
+    if logits is not None and taken is not None:
+        m = moving if moving is not None else torch.ones_like(taken, dtype=torch.bool)
+        y = taken.float().to(dev)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
+        mf = m.float().to(dev)
+        n = mf.sum().clamp(min=1)
+        loss = loss + cfg.taken_weight * (bce * mf).sum() / n
+        metrics["taken_bce"] = float((bce.detach() * mf).sum() / n)
+        metrics["taken_acc"] = float((((logits.detach() > 0).float() == y).float() * mf).sum() / n)
+    return loss, metrics
 
 
 def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tensor, cfg: TeacherLossConfig,
@@ -186,8 +208,12 @@ class TeacherForcing(nn.Module):
         self.net = net
 
     def forward(self, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor,
-                clean_sigma: torch.Tensor, pose_actions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma, pose_actions)
+                clean_sigma: torch.Tensor, pose_actions: torch.Tensor | None = None,
+                taken: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        if taken is None:
+            return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma, pose_actions)
+        return self.net.forward_teacher(clean, noisy, sigma, actions, clean_sigma, pose_actions, taken,
+                                        return_taken=True)
 
 
 class ClipData:
@@ -220,9 +246,17 @@ class ClipData:
         z, a = self.cache.windows(rows, self.frames)
         return torch.from_numpy(z).float().to(device), torch.from_numpy(a).long().to(device)
 
+    def taken(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(N, F) bool for the same windows as :meth:`clips`: did the world take each pressed move
+        (the recorded effective action equals the pressed one)?"""
+        return torch.from_numpy(self.cache.window_taken(rows, self.frames)).to(device)
+
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.clips(self.next_rows(batch_size, info), info.device)
+
+    def next_rows(self, batch_size: int, info: DistInfo) -> np.ndarray:
         idx = self.sampler.take(batch_size * info.world_size)[info.rank * batch_size:(info.rank + 1) * batch_size]
-        return self.clips(self.train_windows[idx], info.device)
+        return self.train_windows[idx]
 
 
 class TeacherStage:
@@ -254,11 +288,21 @@ class TeacherStage:
     def _clips(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.clips(rows, device)
 
-    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data.next_batch(batch_size, info)
+    def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, ...]:
+        """(latents, actions), and for a ``pose_taken`` model the windows' taken moves too."""
+        rows = self.data.next_rows(batch_size, info)
+        batch = self.data.clips(rows, info.device)
+        return (*batch, self.data.taken(rows, info.device)) if self.cfg.model.pose_taken else batch
+
+    def _taken_args(self, actions: torch.Tensor, taken: torch.Tensor | None) -> dict[str, Any]:
+        if taken is None:
+            return {}
+        moving = self.net.pose_moves.to(actions.device)[actions].abs().sum(-1) > 0
+        return {"taken": taken, "moving": moving}
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, actions = batch
+        x0, actions = batch[0], batch[1]
+        taken = batch[2] if len(batch) > 2 else None
         lc = self.cfg.loss
         context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
@@ -270,7 +314,7 @@ class TeacherStage:
                 ctx_sigma = torch.zeros(x0.shape[:2], device=x0.device)
                 ctx_sigma[:, span] = lc.generated_sigma
         loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context,
-                                       ctx_sigma)
+                                       ctx_sigma, **self._taken_args(actions, taken))
         return loss, {**m, **extra}
 
     @torch.no_grad()
@@ -284,15 +328,22 @@ class TeacherStage:
         losses = []
         dev = next(model.parameters()).device
         for i in range(0, len(self.eval_windows), 16):
-            x0, a = self._clips(self.eval_windows[i:i + 16], dev)
+            rows = self.eval_windows[i:i + 16]
+            x0, a = self._clips(rows, dev)
+            taken = self.data.taken(rows, dev) if self.cfg.model.pose_taken else None
             with autocast(dev, self.cfg.train.precision):
+                # taken_weight 0: the held-out loss stays the flow-matching loss alone (comparable
+                # with models without a taken head); the head's accuracy is reported beside it
                 loss, m = teacher_forcing_loss(model, x0, a, TeacherLossConfig(
-                    shift=self.cfg.loss.shift, action_dropout=0.0, change_weight=self.cfg.loss.change_weight),
-                    self.cfg.model.null_action, gen)
-            losses.append((float(loss), m["mse_unweighted"]))
+                    shift=self.cfg.loss.shift, action_dropout=0.0, change_weight=self.cfg.loss.change_weight,
+                    taken_weight=0.0), self.cfg.model.null_action, gen, **self._taken_args(a, taken))
+            losses.append((float(loss), m["mse_unweighted"], m.get("taken_acc", float("nan"))))
         model.train(was)
         arr = np.array(losses)
-        return {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
+        out = {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
+        if self.cfg.model.pose_taken:
+            out["heldout_taken_acc"] = float(arr[:, 2].mean())
+        return out
 
     def data_state(self) -> dict[str, Any]:
         return {"sampler": self.data.sampler.state(), "gen": self.gen.get_state()}
