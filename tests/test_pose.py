@@ -158,7 +158,7 @@ def test_a_session_places_frames_where_the_taken_head_says_the_player_went(cfg):
 
 
 def test_the_taken_head_learns_which_moves_the_world_took():
-    from trainer.stages.teacher import TeacherLossConfig, TeacherForcing, teacher_forcing_loss
+    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, teacher_forcing_loss
 
     torch.manual_seed(0)
     model = tiny(pose_taken=True).float()
