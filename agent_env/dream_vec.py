@@ -158,7 +158,8 @@ class DreamVectorEnv(VectorEnv):
                 z[rz] = self._start(resets)
             with self.dreamer.autocast():
                 # fused into the next step's first forward (at the sampler's context noise level)
-                self._session.write_generated(z[:, None], a, self.dreamer.sampler, defer=True)
+                self._session.write_generated(z[:, None], a, self.dreamer.sampler, defer=True,
+                                              taken=self._session.taken)  # a pose_taken model's reading
                 if len(resets):
                     self._session.reset_rows(rz, z[rz])
             live = ~self._needs_reset

@@ -71,6 +71,9 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.pose_taken and self.pose_moves is None:
             raise ValueError("pose_taken needs pose_moves (the per-action moves the poses sum)")
+        if self.pose_taken and self.block_frames != 1:
+            raise ValueError(f"pose_taken places each frame by its predecessor's taken move: frame-wise models "
+                             f"only (block_frames 1), got block_frames={self.block_frames}")
         if self.pose_moves is not None:
             moves = self.pose_moves
             if len(moves) != self.num_actions or any(len(m) != 2 or any(not isinstance(v, int) for v in m)

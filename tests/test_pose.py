@@ -184,6 +184,8 @@ def test_the_taken_head_learns_which_moves_the_world_took():
 def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():
     with pytest.raises(ValueError, match="pose_taken needs pose_moves"):
         TransformerConfig(pose_taken=True)
+    with pytest.raises(ValueError, match="frame-wise models only"):
+        TransformerConfig(pose_moves=MOVES, pose_taken=True, block_frames=2)
     src = tiny()
     dst = FrameTransformer(TransformerConfig(**{**vars(src.cfg), "pose_taken": True})).double()
     dst.load_from(src)

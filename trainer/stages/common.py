@@ -64,6 +64,8 @@ class Student:
         clips = ClipData(tcfg["autoencoder"], data, frames, cache_dir, mcfg, eval_windows, seed)
         student = FrameTransformer(mcfg)
         student.load_from(teacher)
+        if mcfg.pose_taken:  # the distillation losses do not train the taken head: it keeps the teacher's
+            student.taken_head.requires_grad_(False)  # (and DDP sees no parameter without a gradient)
         return cls(TeacherForcing(teacher).requires_grad_(False).eval(), tcfg, shift, mcfg, clips,
                    TeacherForcing(student))
 

@@ -212,6 +212,8 @@ class DMDStage:
                              cfg.eval_windows, cfg.train.seed)
         self.real = TeacherForcing(teacher).requires_grad_(False).eval()
         self.fake = TeacherForcing(copy.deepcopy(teacher)).requires_grad_(True)
+        if getattr(self.fake.net, "taken_head", None) is not None:  # not trained by the fake-score loss
+            self.fake.net.taken_head.requires_grad_(False)
         self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=cfg.dmd.critic_lr, betas=(0.9, 0.99))
         self.fake_train: nn.Module = self.fake  # DDP around it with several processes (parallelize)
         self.generator = GeneratorModule(generator.requires_grad_(True))
