@@ -67,8 +67,17 @@ class TransformerConfig:
     # effective actions); a finished frame enters the cache at the pose of the moves taken, and the
     # frame being denoised sits at its previous frame's pose plus its pressed move
     pose_taken: bool = False
+    # pose values (needs pose_moves): the bias only re-weights the keys, so the output cannot tell from
+    # which displacement its content came, and a model that shifts the view by its own frame's move
+    # draws a place found at displacement 0 one step off. Each head then also attends over its keys'
+    # poses (two extra value channels) and hands the query-minus-attended displacement (clamped to
+    # pose_radius) through a zero-initialised linear layer into its output
+    pose_values: bool = False
+    pose_values_gain: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.pose_values and self.pose_moves is None:
+            raise ValueError("pose_values needs pose_moves (the per-action moves the poses sum)")
         if self.pose_taken and self.pose_moves is None:
             raise ValueError("pose_taken needs pose_moves (the per-action moves the poses sum)")
         if self.pose_taken and self.block_frames != 1:
@@ -157,16 +166,23 @@ class Attention(nn.Module):
         head_dim = cfg.width // cfg.heads
         self.q_norm = RMSNorm(head_dim)
         self.k_norm = RMSNorm(head_dim)
+        if cfg.pose_values:  # zero: a warm start computes what it did
+            self.pose_out = nn.Linear(2 * cfg.heads, cfg.width, bias=False)
+            nn.init.zeros_(self.pose_out.weight)
+            self.pose_scale = cfg.pose_values_gain / cfg.pose_radius
+            self.pose_radius = cfg.pose_radius
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None,
+                poses: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, N, D). Returns the output and this call's (k, v) for a cache.
 
         ``past_kv``: cached keys/values the tokens also attend to (concatenated before them);
         ``ring``: a :class:`RingKVCache` layer's (keys, values, start) instead: this call's keys/values
         are written into its scratch slots from ``start`` on and attention reads the buffer in place
-        (no copy of the cache)."""
+        (no copy of the cache). ``poses`` (a ``pose_values`` model): the query tokens' (B, Nq, 2) and
+        the key tokens' (B, Nk, 2) poses, in steps from a reference near them."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         new_kv = (k, v)
@@ -181,8 +197,17 @@ class Attention(nn.Module):
         elif past_kv is not None:
             k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
             v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
-        out = attention(q, k, v, bias, self.backend)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)")), new_kv
+        if poses is None or not hasattr(self, "pose_out"):
+            out = attention(q, k, v, bias, self.backend)
+            return self.proj(rearrange(out, "b h n d -> b n (h d)")), new_kv
+        qp, kp = poses
+        d = v.shape[-1]
+        pv = kp.to(v.dtype)[:, None].expand(-1, v.shape[1], -1, -1)  # (B, H, Nk, 2): the keys' poses
+        out = attention(q, k, torch.cat([v, pv], -1), bias, self.backend)
+        seen = qp.to(out.dtype)[:, None] - out[..., d:]  # (B, H, Nq, 2): the displacement attended to
+        seen = seen.clamp(-self.pose_radius, self.pose_radius) * self.pose_scale
+        return (self.proj(rearrange(out[..., :d], "b h n d -> b n (h d)"))
+                + self.pose_out(rearrange(seen, "b h n c -> b n (h c)"))), new_kv
 
 
 class Block(nn.Module):
@@ -201,7 +226,8 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
-                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ring: RingSlot | None = None,
+                poses: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, F*L, D) tokens, frame-major; cond: (B, F, D) the condition of each frame.
 
@@ -211,7 +237,7 @@ class Block(nn.Module):
         Fn = cond.shape[1]
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)  # (B, F, 1, D)
         x = x.view(B, Fn, N // Fn, D)
-        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1).reshape(B, N, D), bias, past_kv, ring)
+        h, kv = self.attn(modulate(self.norm1(x), sh1, sc1).reshape(B, N, D), bias, past_kv, ring, poses)
         x = x + g1 * h.view_as(x)
         x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
         return x.reshape(B, N, D), kv
@@ -489,11 +515,12 @@ class FrameTransformer(nn.Module):
             state["pose_bias"] = self.pose_bias.detach().clone()
         if b.pose_moves is None:
             state.pop("pose_bias", None)
-        for k, v in self.state_dict().items():  # the taken head added: it starts fresh
-            if k.startswith("taken_head.") and k not in state:
+        own = self.state_dict()
+        for k, v in own.items():  # a taken head or pose values added: they start fresh
+            if (k.startswith("taken_head.") or ".pose_out." in k) and k not in state:
                 state[k] = v.detach().clone()
-        if not b.pose_taken:
-            state = {k: v for k, v in state.items() if not k.startswith("taken_head.")}
+        state = {k: v for k, v in state.items()  # ... and ones this model lacks are dropped
+                 if not (k.startswith("taken_head.") or ".pose_out." in k) or k in own}
         self.load_state_dict(state)
 
     # ------------------------------------------------------------ pieces
@@ -666,11 +693,17 @@ class FrameTransformer(nn.Module):
         tokens = rearrange(self._tokens(x), "b f l d -> b (f l) d")
         cond = self._cond(sigma, actions)  # (B, F, D): per frame, broadcast over its tokens
         bias = self.attention_bias(times, clean, k_times, k_clean, k_valid, q_poses, k_poses)
+        pv = None
+        if self.cfg.pose_values and q_poses is not None and k_poses is not None:
+            # per token, in steps from the call's last frame (small numbers: exact enough in bf16)
+            L = self.cfg.tokens_per_frame
+            ref = q_poses[:, -1:]
+            pv = ((q_poses - ref).float().repeat_interleave(L, 1), (k_poses - ref).float().repeat_interleave(L, 1))
         new_kv = []
         h = tokens
         for i, blk in enumerate(self.blocks):
             lay = layers[i] if layers is not None else None
-            h, kv = blk(h, cond, bias, None if ring else lay, lay if ring else None)
+            h, kv = blk(h, cond, bias, None if ring else lay, lay if ring else None, pv)
             new_kv.append(kv)
         shift, scale = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         h = self.final_norm(rearrange(h, "b (f l) d -> b f l d", f=Fn))

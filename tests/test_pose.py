@@ -190,3 +190,47 @@ def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():
     dst = FrameTransformer(TransformerConfig(**{**vars(src.cfg), "pose_taken": True})).double()
     dst.load_from(src)
     assert torch.equal(dst.pose_bias, src.pose_bias) and dst.taken_head.bias.item() == 2.0
+
+
+# ---------------------------------------------------------------- pose values
+@pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
+@pytest.mark.parametrize("taken", [False, True])
+def test_pose_values_stream_as_the_teacher_forcing_layout_computes_them(cache_cls, taken):
+    model = tiny(pose_values=True, pose_taken=taken, window=5)
+    assert model.blocks[0].attn.pose_out.weight.abs().max() > 0  # randomised: the path is live
+    x0, xt, sigma, actions = clip(F=8)
+    actions = actions.clamp(max=4)
+    tk = torch.rand(actions.shape, generator=torch.Generator().manual_seed(3)) < 0.6 if taken else None
+    full = model.forward_teacher(x0, xt, sigma, actions, taken=tk)
+    cache = cache_cls(model.cfg)
+    outs = []
+    for s in range(8):
+        t, sl = torch.tensor([s]), slice(s, s + 1)
+        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(1, dtype=torch.bool), cache=cache))
+        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(1, dtype=torch.bool),
+              cache=cache, write_cache=True, taken=None if tk is None else tk[:, sl])
+    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-10)
+
+
+def test_pose_values_start_at_zero_and_tell_the_output_where_its_content_came_from():
+    src = tiny()
+    dst = FrameTransformer(TransformerConfig(**{**vars(src.cfg), "pose_values": True})).double().eval()
+    dst.load_from(src)  # warm start: the added layers are zero, the output is the source's
+    x0, xt, sigma, actions = clip()
+    assert torch.equal(dst.forward_teacher(x0, xt, sigma, actions), src.forward_teacher(x0, xt, sigma, actions))
+    with torch.no_grad():
+        dst.pose_bias.zero_()  # the bias no longer tells displacements apart: only the values can
+        for blk in dst.blocks:
+            blk.attn.pose_out.weight.normal_()
+    other = actions.clone()
+    other[:, 1] = torch.where(other[:, 1] == 3, 4, 3)  # the same frames and keys, another displacement
+    a = dst.forward_teacher(x0, xt, sigma, actions, pose_actions=actions)
+    b = dst.forward_teacher(x0, xt, sigma, actions, pose_actions=other)
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+    with torch.no_grad():
+        for blk in dst.blocks:
+            blk.attn.pose_out.weight.zero_()
+    assert torch.equal(dst.forward_teacher(x0, xt, sigma, actions, pose_actions=actions),
+                       dst.forward_teacher(x0, xt, sigma, actions, pose_actions=other))
+    with pytest.raises(ValueError, match="pose_values needs pose_moves"):
+        TransformerConfig(pose_values=True)

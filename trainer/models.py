@@ -33,7 +33,8 @@ def init_from(net: torch.nn.Module, path: str | Path, what: str) -> Path:
     state = strip_prefix(load_weights(weights), "net.")
     if isinstance(net, FrameTransformer) and isinstance(cfg.get("model"), dict):
         src_cfg = from_dict(TransformerConfig, cfg["model"], f"{weights} config")
-        shape = ("window", "sink", "block_frames", "pose_moves", "pose_radius", "pose_gain", "pose_taken")
+        shape = ("window", "sink", "block_frames", "pose_moves", "pose_radius", "pose_gain", "pose_taken",
+                 "pose_values")
         if any(getattr(src_cfg, k) != getattr(net.cfg, k) for k in shape):
             # another window/sink/block size (e.g. a long-context teacher from the shipped one): the
             # time-distance bias is extended (FrameTransformer.load_from), every other weight copied; a
