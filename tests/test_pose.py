@@ -115,6 +115,18 @@ def test_the_probe_reads_the_pose_bias_per_head():
 
 
 # ---------------------------------------------------------------- poses of the moves taken (pose_taken)
+def stream_frames(model: FrameTransformer, cache, x0, xt, sigma, actions, taken=None) -> torch.Tensor:
+    """The noisy frames denoised one at a time against ``cache``, each clean frame written after its
+    noisy one (with its taken move): the streamed counterpart of ``forward_teacher``."""
+    outs = []
+    for s in range(x0.shape[1]):
+        t, sl = torch.tensor([s]), slice(s, s + 1)
+        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(1, dtype=torch.bool), cache=cache))
+        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(1, dtype=torch.bool),
+              cache=cache, write_cache=True, taken=None if taken is None else taken[:, sl])
+    return torch.cat(outs, 1)
+
+
 @pytest.mark.parametrize("cache_cls", [KVCache, RingKVCache])
 def test_taken_poses_stream_as_the_teacher_forcing_layout_places_them(cache_cls):
     model = tiny(pose_taken=True)
@@ -124,13 +136,7 @@ def test_taken_poses_stream_as_the_teacher_forcing_layout_places_them(cache_cls)
     full, logits = model.forward_teacher(x0, xt, sigma, actions, taken=taken, return_taken=True)
     assert logits.shape == actions.shape
     cache = cache_cls(model.cfg)
-    outs = []
-    for s in range(8):
-        t, sl = torch.tensor([s]), slice(s, s + 1)
-        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(1, dtype=torch.bool), cache=cache))
-        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(1, dtype=torch.bool),
-              cache=cache, write_cache=True, taken=taken[:, sl])
-    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-10)
+    assert torch.allclose(full, stream_frames(model, cache, x0, xt, sigma, actions, taken), atol=1e-10)
     # a finished frame sits at the pose of the moves taken; a move into a wall does not count
     assert torch.equal(cache.pose_at(7), model.frame_poses(actions, taken=taken)[:, -1])
     # with every move taken, the layout is that of poses from the pressed keys
@@ -202,14 +208,7 @@ def test_pose_values_stream_as_the_teacher_forcing_layout_computes_them(cache_cl
     actions = actions.clamp(max=4)
     tk = torch.rand(actions.shape, generator=torch.Generator().manual_seed(3)) < 0.6 if taken else None
     full = model.forward_teacher(x0, xt, sigma, actions, taken=tk)
-    cache = cache_cls(model.cfg)
-    outs = []
-    for s in range(8):
-        t, sl = torch.tensor([s]), slice(s, s + 1)
-        outs.append(model(xt[:, sl], sigma[:, sl], actions[:, sl], t, torch.zeros(1, dtype=torch.bool), cache=cache))
-        model(x0[:, sl], torch.zeros_like(sigma[:, sl]), actions[:, sl], t, torch.ones(1, dtype=torch.bool),
-              cache=cache, write_cache=True, taken=None if tk is None else tk[:, sl])
-    assert torch.allclose(full, torch.cat(outs, 1), atol=1e-10)
+    assert torch.allclose(full, stream_frames(model, cache_cls(model.cfg), x0, xt, sigma, actions, tk), atol=1e-10)
 
 
 def test_pose_values_start_at_zero_and_tell_the_output_where_its_content_came_from():
