@@ -9,7 +9,10 @@ checkpoint:
   by key frame: the context frames, the hidden walk (its first and last 8 frames), the frame itself;
 - per episode, the PSNR of the drawn return frame, its PSNR at the best shift of up to ``--max-shift``
   pixels (and that shift: a view drawn in the wrong place rather than wrong), and the PSNR of copying
-  the last context frame (100 where the walk ends exactly where it began, e.g. 35+ where creatures moved).
+  the last context frame (100 where the walk ends exactly where it began, e.g. 35+ where creatures moved);
+- the same return frame drawn from the same noise with its key hidden (the null action, as action
+  dropout hides it in training; a pose model's poses still follow the pressed key): whether a view
+  drawn in the wrong place comes from the frame's own action (``null_action``).
 
 It runs the model in fp32 with the dynamic cache (the weights are recomputed for the record), so its
 PSNR can differ from the report's by sampling numerics, not by protocol.
@@ -63,9 +66,12 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     sess.write(torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen),
                acts[:, context:context + hidden], sigma=1.0, taken=taken[:, context:context + hidden])
     key_times = torch.cat([sess.cache.times, torch.tensor([sess.t])])  # the cache's frames, then the drawn one
+    shift_s = float((cfg.get("loss") or {}).get("shift", 3.0))
+    snap = sess.snapshot()
     with record_attention() as maps:
-        x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=float(
-            (cfg.get("loss") or {}).get("shift", 3.0))), write=False)  # the denoising calls only
+        x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=shift_s),
+                          write=False)  # the denoising calls only
+    x_null = draw_with_null_action(sess, snap, acts[:, -1:], steps, shift_s)
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
     mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame
@@ -78,6 +84,8 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     drawn = ae.decode_frames(x.float())[:, -1]
     target = real.frames[:, -1]
     _, best, shift = M.shift_aligned_psnr(drawn, target, max_shift)
+    drawn_null = ae.decode_frames(x_null.float())[:, -1]
+    _, best_null, shift_null = M.shift_aligned_psnr(drawn_null, target, max_shift)
     return {
         "checkpoint": checkpoint, "episodes": B, "seeds": list(real.seeds), "euler_steps": steps,
         "attention": {"context": share(t < context), "hidden": share((t >= context) & (t < end)),
@@ -89,8 +97,35 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         "copy_last_psnr": M.psnr_batch(real.frames[:, context - 1], target).tolist(),
         "psnr_mean": float(M.psnr_batch(drawn, target).mean()),
         "model_calls_recorded": len(calls),
+        "null_action": {"psnr": M.psnr_batch(drawn_null, target).tolist(),
+                        "aligned_psnr": np.atleast_1d(best_null).tolist(),
+                        "shift_px": np.atleast_2d(shift_null).tolist(),
+                        "psnr_mean": float(M.psnr_batch(drawn_null, target).mean())},
         "pose_bias": pose_bias_summary(model),
     }
+
+
+@torch.no_grad()
+def draw_with_null_action(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps: int,
+                          shift: float) -> torch.Tensor:
+    """The frame ``sess.generate(pressed)`` drew from the state ``snap``, redrawn from the same noise
+    with the null action in the model's embedding; the frame's pose still follows ``pressed``."""
+    from model import flow
+
+    sess.restore(snap)
+    sess.flush()
+    model = sess.model
+    times = torch.tensor([sess.t])
+    noisy = torch.zeros(1, dtype=torch.bool)
+    noise = torch.randn(sess._shape(1), generator=sess.gen, dtype=torch.float32).to(sess.device, sess.dtype)
+    poses = model.call_poses(pressed, times, noisy, sess.cache) if model.cfg.pose_moves is not None else None
+    null = torch.full_like(pressed, model.cfg.null_action)
+    x = noise
+    sig = flow.sigma_grid(steps + 1, shift)
+    for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist()):
+        sigma = torch.full(x.shape[:2], s, dtype=x.dtype)
+        x = flow.euler_step(x, model(x, sigma, null, times, noisy, cache=sess.cache, poses=poses), s, s_next)
+    return x
 
 
 def pose_bias_summary(model: Any) -> dict[str, list[float]] | None:
@@ -132,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
               f"  PSNR {r['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in r["psnr"]) +
               "\n  at best shift: " + " ".join(f"{v:.1f}" for v in r["aligned_psnr"]) +
               f" (shifts {r['shift_px']})\n  copy last: " + " ".join(f"{v:.1f}" for v in r["copy_last_psnr"]))
+        n = r["null_action"]
+        print(f"  key hidden (null action): PSNR {n['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in n["psnr"]) +
+              "\n    at best shift: " + " ".join(f"{v:.1f}" for v in n["aligned_psnr"]) + f" (shifts {n['shift_px']})")
         if r["pose_bias"]:
             print(f"  pose bias per head (logits): zero displacement {r['pose_bias']['zero']}, beyond the "
                   f"radius {r['pose_bias']['beyond_radius']}")

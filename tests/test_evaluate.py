@@ -184,6 +184,10 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert att["key_times"] == [0, 32, 33, 34, 35]  # window 4: the sink and 3 recent cached frames, then its own
     assert pr["model_calls_recorded"] == 2 and len(pr["psnr"]) == len(pr["copy_last_psnr"]) == 2
     assert all(a >= 0 for a in pr["aligned_psnr"])
+    # ... and redraws the return frame from the same noise with its key hidden (tests/test_pose.py
+    # checks the redraw itself)
+    n = pr["null_action"]
+    assert len(n["psnr"]) == len(n["shift_px"]) == 2 and all(0 < v <= 100 for v in n["psnr"])
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
     assert rep["provenance"]["weights_sha1"] and rep["provenance"]["command"].startswith("python -m evaluation")
     assert out.with_suffix(".md").read_text().startswith("# Evaluation")

@@ -233,3 +233,22 @@ def test_pose_values_start_at_zero_and_tell_the_output_where_its_content_came_fr
                        dst.forward_teacher(x0, xt, sigma, actions, pose_actions=other))
     with pytest.raises(ValueError, match="pose_values needs pose_moves"):
         TransformerConfig(pose_values=True)
+
+
+def test_the_probe_redraws_a_frame_from_the_same_noise_with_its_key_hidden():
+    from evaluation.memory_probe import draw_with_null_action
+
+    model = tiny(window=6).float()
+    sess = Session(model, 2, generator=torch.Generator().manual_seed(0), cache="dynamic")
+    sess.prime(torch.randn(2, 3, 3, 4, 4), torch.tensor([[0, 4, 4], [0, 1, 1]]))
+    snap = sess.snapshot()
+    pressed = torch.tensor([[3], [2]])
+    drawn = sess.generate(pressed, SamplerConfig(kind="euler", steps=3), write=False)
+    hidden = draw_with_null_action(sess, snap, pressed, 3, 3.0)
+    assert not torch.allclose(drawn, hidden)  # the key matters to this model
+    with torch.no_grad():  # a null embedding equal to the pressed keys': the very same frame
+        model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[3]
+    sess.restore(snap)
+    same = torch.tensor([[3], [3]])
+    drawn = sess.generate(same, SamplerConfig(kind="euler", steps=3), write=False)
+    assert torch.allclose(drawn, draw_with_null_action(sess, snap, same, 3, 3.0), atol=1e-5)
