@@ -12,7 +12,9 @@ checkpoint:
   the last context frame (100 where the walk ends exactly where it began, e.g. 35+ where creatures moved);
 - the same return frame drawn from the same noise with its key hidden (the null action, as action
   dropout hides it in training; a pose model's poses still follow the pressed key): whether a view
-  drawn in the wrong place comes from the frame's own action (``null_action``).
+  drawn in the wrong place comes from the frame's own action (``null_action``);
+- for a pose model, the return frame redrawn with the hidden walk's frames moved out of the pose bias's
+  radius (``hidden_far``): whether the frames one step from the return pull the view off.
 
 It runs the model in fp32 with the dynamic cache (the weights are recomputed for the record), so its
 PSNR can differ from the report's by sampling numerics, not by protocol.
@@ -71,7 +73,11 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     with record_attention() as maps:
         x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=shift_s),
                           write=False)  # the denoising calls only
-    x_null = draw_with_null_action(sess, snap, acts[:, -1:], steps, shift_s)
+    x_null = redraw(sess, snap, acts[:, -1:], steps, shift_s)
+    x_far = None
+    if model.cfg.pose_moves is not None:  # the hidden walk's frames out of the pose bias's reach
+        x_far = redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
+                       far_times=torch.arange(context, context + hidden))
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
     mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame
@@ -84,8 +90,15 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     drawn = ae.decode_frames(x.float())[:, -1]
     target = real.frames[:, -1]
     _, best, shift = M.shift_aligned_psnr(drawn, target, max_shift)
-    drawn_null = ae.decode_frames(x_null.float())[:, -1]
-    _, best_null, shift_null = M.shift_aligned_psnr(drawn_null, target, max_shift)
+
+    def scores(x: torch.Tensor | None) -> dict[str, Any] | None:
+        if x is None:
+            return None
+        d = ae.decode_frames(x.float())[:, -1]
+        _, b, sh = M.shift_aligned_psnr(d, target, max_shift)
+        p = M.psnr_batch(d, target)
+        return {"psnr": p.tolist(), "aligned_psnr": np.atleast_1d(b).tolist(), "shift_px": np.atleast_2d(sh).tolist(),
+                "psnr_mean": float(p.mean())}
     return {
         "checkpoint": checkpoint, "episodes": B, "seeds": list(real.seeds), "euler_steps": steps,
         "attention": {"context": share(t < context), "hidden": share((t >= context) & (t < end)),
@@ -97,19 +110,19 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         "copy_last_psnr": M.psnr_batch(real.frames[:, context - 1], target).tolist(),
         "psnr_mean": float(M.psnr_batch(drawn, target).mean()),
         "model_calls_recorded": len(calls),
-        "null_action": {"psnr": M.psnr_batch(drawn_null, target).tolist(),
-                        "aligned_psnr": np.atleast_1d(best_null).tolist(),
-                        "shift_px": np.atleast_2d(shift_null).tolist(),
-                        "psnr_mean": float(M.psnr_batch(drawn_null, target).mean())},
+        "null_action": scores(x_null),
+        "hidden_far": scores(x_far),
         "pose_bias": pose_bias_summary(model),
     }
 
 
 @torch.no_grad()
-def draw_with_null_action(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps: int,
-                          shift: float) -> torch.Tensor:
-    """The frame ``sess.generate(pressed)`` drew from the state ``snap``, redrawn from the same noise
-    with the null action in the model's embedding; the frame's pose still follows ``pressed``."""
+def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps: int, shift: float,
+           null_key: bool = True, far_times: torch.Tensor | None = None) -> torch.Tensor:
+    """The frame ``sess.generate(pressed)`` drew from the state ``snap``, redrawn from the same noise:
+    with ``null_key`` the null action in the model's embedding (the frame's pose still follows
+    ``pressed``); with ``far_times`` the cached frames at those times moved out of the pose bias's
+    radius (a pose model; the drawn frame keeps its pose)."""
     from model import flow
 
     sess.restore(snap)
@@ -119,12 +132,16 @@ def draw_with_null_action(sess: Session, snap: dict[str, object], pressed: torch
     noisy = torch.zeros(1, dtype=torch.bool)
     noise = torch.randn(sess._shape(1), generator=sess.gen, dtype=torch.float32).to(sess.device, sess.dtype)
     poses = model.call_poses(pressed, times, noisy, sess.cache) if model.cfg.pose_moves is not None else None
-    null = torch.full_like(pressed, model.cfg.null_action)
+    if far_times is not None and poses is not None and isinstance(sess.cache.poses, torch.Tensor):
+        far = torch.isin(sess.cache.times, far_times)
+        sess.cache.poses[:, far, 0] += 4 * model.cfg.pose_radius
+    key = torch.full_like(pressed, model.cfg.null_action) if null_key else pressed
     x = noise
     sig = flow.sigma_grid(steps + 1, shift)
     for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist()):
         sigma = torch.full(x.shape[:2], s, dtype=x.dtype)
-        x = flow.euler_step(x, model(x, sigma, null, times, noisy, cache=sess.cache, poses=poses), s, s_next)
+        x = flow.euler_step(x, model(x, sigma, key, times, noisy, cache=sess.cache, poses=poses), s, s_next)
+    sess.restore(snap)  # the cache as it was
     return x
 
 
@@ -167,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
               f"  PSNR {r['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in r["psnr"]) +
               "\n  at best shift: " + " ".join(f"{v:.1f}" for v in r["aligned_psnr"]) +
               f" (shifts {r['shift_px']})\n  copy last: " + " ".join(f"{v:.1f}" for v in r["copy_last_psnr"]))
-        n = r["null_action"]
-        print(f"  key hidden (null action): PSNR {n['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in n["psnr"]) +
-              "\n    at best shift: " + " ".join(f"{v:.1f}" for v in n["aligned_psnr"]) + f" (shifts {n['shift_px']})")
+        for label, key in (("key hidden (null action)", "null_action"), ("hidden walk out of pose reach", "hidden_far")):
+            n = r[key]
+            if n:
+                print(f"  {label}: PSNR {n['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in n["psnr"]) +
+                      "\n    at best shift: " + " ".join(f"{v:.1f}" for v in n["aligned_psnr"]) +
+                      f" (shifts {n['shift_px']})")
         if r["pose_bias"]:
             print(f"  pose bias per head (logits): zero displacement {r['pose_bias']['zero']}, beyond the "
                   f"radius {r['pose_bias']['beyond_radius']}")

@@ -236,19 +236,23 @@ def test_pose_values_start_at_zero_and_tell_the_output_where_its_content_came_fr
 
 
 def test_the_probe_redraws_a_frame_from_the_same_noise_with_its_key_hidden():
-    from evaluation.memory_probe import draw_with_null_action
+    from evaluation.memory_probe import redraw
 
     model = tiny(window=6).float()
     sess = Session(model, 2, generator=torch.Generator().manual_seed(0), cache="dynamic")
     sess.prime(torch.randn(2, 3, 3, 4, 4), torch.tensor([[0, 4, 4], [0, 1, 1]]))
     snap = sess.snapshot()
+    before = sess.cache.poses.clone()
     pressed = torch.tensor([[3], [2]])
     drawn = sess.generate(pressed, SamplerConfig(kind="euler", steps=3), write=False)
-    hidden = draw_with_null_action(sess, snap, pressed, 3, 3.0)
-    assert not torch.allclose(drawn, hidden)  # the key matters to this model
+    assert not torch.allclose(drawn, redraw(sess, snap, pressed, 3, 3.0))  # the key matters to this model
+    # the frames of times 1-2 out of the pose bias's reach: another frame, and the cache as it was
+    far = redraw(sess, snap, pressed, 3, 3.0, null_key=False, far_times=torch.tensor([1, 2]))
+    assert not torch.allclose(drawn, far) and torch.equal(sess.cache.poses, before)
+    assert torch.allclose(drawn, redraw(sess, snap, pressed, 3, 3.0, null_key=False), atol=1e-5)
     with torch.no_grad():  # a null embedding equal to the pressed keys': the very same frame
         model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[3]
-    sess.restore(snap)
     same = torch.tensor([[3], [3]])
+    sess.restore(snap)
     drawn = sess.generate(same, SamplerConfig(kind="euler", steps=3), write=False)
-    assert torch.allclose(drawn, draw_with_null_action(sess, snap, same, 3, 3.0), atol=1e-5)
+    assert torch.allclose(drawn, redraw(sess, snap, same, 3, 3.0), atol=1e-5)
