@@ -14,7 +14,8 @@ checkpoint:
   dropout hides it in training; a pose model's poses still follow the pressed key): whether a view
   drawn in the wrong place comes from the frame's own action (``null_action``);
 - for a pose model, the return frame redrawn with the hidden walk's frames moved out of the pose bias's
-  radius (``hidden_far``): whether the frames one step from the return pull the view off.
+  radius (``hidden_far``): whether the frames one step from the return pull the view off; and with
+  the context frames moved one step each way (``context_moved``): which displacement it draws in place.
 
 It runs the model in fp32 with the dynamic cache (the weights are recomputed for the record), so its
 PSNR can differ from the report's by sampling numerics, not by protocol.
@@ -74,10 +75,14 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=shift_s),
                           write=False)  # the denoising calls only
     x_null = redraw(sess, snap, acts[:, -1:], steps, shift_s)
-    x_far = None
+    x_far, x_ctx = None, {}
     if model.cfg.pose_moves is not None:  # the hidden walk's frames out of the pose bias's reach
         x_far = redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
                        far_times=torch.arange(context, context + hidden))
+        # the context frames moved one step each way: which displacement does the model draw in place?
+        x_ctx = {f"{dx},{dy}": redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
+                                      far_times=torch.arange(context), offset=(dx, dy))
+                 for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
     mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame
@@ -112,17 +117,19 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         "model_calls_recorded": len(calls),
         "null_action": scores(x_null),
         "hidden_far": scores(x_far),
+        "context_moved": None if x_far is None else {k: scores(v) for k, v in x_ctx.items()},
         "pose_bias": pose_bias_summary(model),
     }
 
 
 @torch.no_grad()
 def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps: int, shift: float,
-           null_key: bool = True, far_times: torch.Tensor | None = None) -> torch.Tensor:
+           null_key: bool = True, far_times: torch.Tensor | None = None,
+           offset: tuple[int, int] | None = None) -> torch.Tensor:
     """The frame ``sess.generate(pressed)`` drew from the state ``snap``, redrawn from the same noise:
     with ``null_key`` the null action in the model's embedding (the frame's pose still follows
     ``pressed``); with ``far_times`` the cached frames at those times moved out of the pose bias's
-    radius (a pose model; the drawn frame keeps its pose)."""
+    radius, or by ``offset`` (dx, dy) steps when given (a pose model; the drawn frame keeps its pose)."""
     from model import flow
 
     sess.restore(snap)
@@ -134,7 +141,7 @@ def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps:
     poses = model.call_poses(pressed, times, noisy, sess.cache) if model.cfg.pose_moves is not None else None
     if far_times is not None and poses is not None and isinstance(sess.cache.poses, torch.Tensor):
         far = torch.isin(sess.cache.times, far_times)
-        sess.cache.poses[:, far, 0] += 4 * model.cfg.pose_radius
+        sess.cache.poses[:, far] += torch.tensor(offset if offset is not None else (4 * model.cfg.pose_radius, 0))
     key = torch.full_like(pressed, model.cfg.null_action) if null_key else pressed
     x = noise
     sig = flow.sigma_grid(steps + 1, shift)
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label}: PSNR {n['psnr_mean']:.2f}: " + " ".join(f"{v:.1f}" for v in n["psnr"]) +
                       "\n    at best shift: " + " ".join(f"{v:.1f}" for v in n["aligned_psnr"]) +
                       f" (shifts {n['shift_px']})")
+        for k, n in (r.get("context_moved") or {}).items():
+            print(f"  context moved by ({k}) steps: PSNR " + " ".join(f"{v:.1f}" for v in n["psnr"]) +
+                  f" (best shifts {n['shift_px']})")
         if r["pose_bias"]:
             print(f"  pose bias per head (logits): zero displacement {r['pose_bias']['zero']}, beyond the "
                   f"radius {r['pose_bias']['beyond_radius']}")

@@ -188,6 +188,7 @@ def test_evaluate_command_end_to_end(tmp_path):
     # checks the redraw itself)
     n = pr["null_action"]
     assert len(n["psnr"]) == len(n["shift_px"]) == 2 and all(0 < v <= 100 for v in n["psnr"])
+    assert pr["hidden_far"] is None and pr["context_moved"] is None  # a model without poses
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
     assert rep["provenance"]["weights_sha1"] and rep["provenance"]["command"].startswith("python -m evaluation")
     assert out.with_suffix(".md").read_text().startswith("# Evaluation")

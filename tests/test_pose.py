@@ -250,6 +250,8 @@ def test_the_probe_redraws_a_frame_from_the_same_noise_with_its_key_hidden():
     far = redraw(sess, snap, pressed, 3, 3.0, null_key=False, far_times=torch.tensor([1, 2]))
     assert not torch.allclose(drawn, far) and torch.equal(sess.cache.poses, before)
     assert torch.allclose(drawn, redraw(sess, snap, pressed, 3, 3.0, null_key=False), atol=1e-5)
+    moved = redraw(sess, snap, pressed, 3, 3.0, null_key=False, far_times=torch.tensor([0]), offset=(1, 0))
+    assert not torch.allclose(drawn, moved) and torch.equal(sess.cache.poses, before)
     with torch.no_grad():  # a null embedding equal to the pressed keys': the very same frame
         model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[3]
     same = torch.tensor([[3], [3]])
