@@ -187,6 +187,30 @@ def test_the_taken_head_learns_which_moves_the_world_took():
     assert m["taken_bce"] < 0.5 * first and m["taken_acc"] > 0.8, (first, m)
 
 
+def test_the_balanced_taken_loss_weighs_blocked_and_taken_moves_alike():
+    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, teacher_forcing_loss
+
+    model = tiny(pose_taken=True).float()
+    x0, xt, sigma, actions = clip(F=6)
+    x0, actions = x0.float(), actions.clamp(min=1, max=4)  # every frame moves
+    taken = torch.ones_like(actions, dtype=torch.bool)
+    taken[0, 2] = False  # one blocked move of 12
+    wrapped = TeacherForcing(model)
+
+    def loss(balance: bool, weight: float) -> tuple[float, dict]:
+        cfg = TeacherLossConfig(action_dropout=0.0, taken_weight=weight, taken_balance=balance)
+        value, m = teacher_forcing_loss(wrapped, x0, actions, cfg, model.cfg.null_action,
+                                        torch.Generator().manual_seed(2), taken=taken)
+        return float(value.detach()), m
+
+    base, m = loss(False, 0.0)
+    plain = loss(False, 1.0)[0] - base
+    balanced = loss(True, 1.0)[0] - base
+    bce = m["taken_bce"]  # the unweighted mean over the 12 moves
+    assert plain == pytest.approx(bce, rel=1e-4) and balanced != pytest.approx(plain, rel=1e-3)
+    assert m["taken_blocked_recall"] in (0.0, 1.0)  # one blocked move: called blocked or not
+
+
 def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():
     with pytest.raises(ValueError, match="pose_taken needs pose_moves"):
         TransformerConfig(pose_taken=True)

@@ -55,6 +55,10 @@ class TeacherLossConfig:
     # a pose_taken model's taken head: weight of its binary cross-entropy against the data's effective
     # actions (was each frame's pressed move taken?), over the frames whose pressed key moves
     taken_weight: float = 0.1
+    # average the head's loss over the taken and the blocked moves separately (each half the weight):
+    # blocked moves are about 2% of a recorded dataset, and an unweighted loss leaves the head at
+    # "always taken" (docs/TRAINING_LOG.md, tenth session)
+    taken_balance: bool = False
 
     def __post_init__(self) -> None:
         if self.taken_weight < 0:
@@ -151,9 +155,19 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
         bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
         mf = m.float().to(dev)
         n = mf.sum().clamp(min=1)
-        loss = loss + cfg.taken_weight * (bce * mf).sum() / n
+        blocked = mf * (1 - y)
+        nb = blocked.sum()
+        if cfg.taken_balance and float(nb) > 0:
+            kept = mf * y
+            head = 0.5 * (bce * kept).sum() / kept.sum().clamp(min=1) + 0.5 * (bce * blocked).sum() / nb
+        else:
+            head = (bce * mf).sum() / n
+        loss = loss + cfg.taken_weight * head
         metrics["taken_bce"] = float((bce.detach() * mf).sum() / n)
         metrics["taken_acc"] = float((((logits.detach() > 0).float() == y).float() * mf).sum() / n)
+        # the share of blocked moves the head calls blocked (nan in a batch without any)
+        metrics["taken_blocked_recall"] = float(((logits.detach() <= 0).float() * blocked).sum() / nb) \
+            if float(nb) > 0 else float("nan")
     return loss, metrics
 
 
@@ -337,12 +351,15 @@ class TeacherStage:
                 loss, m = teacher_forcing_loss(model, x0, a, TeacherLossConfig(
                     shift=self.cfg.loss.shift, action_dropout=0.0, change_weight=self.cfg.loss.change_weight,
                     taken_weight=0.0), self.cfg.model.null_action, gen, **self._taken_args(a, taken))
-            losses.append((float(loss), m["mse_unweighted"], m.get("taken_acc", float("nan"))))
+            losses.append((float(loss), m["mse_unweighted"], m.get("taken_acc", float("nan")),
+                           m.get("taken_blocked_recall", float("nan"))))
         model.train(was)
         arr = np.array(losses)
         out = {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
         if self.cfg.model.pose_taken:
             out["heldout_taken_acc"] = float(arr[:, 2].mean())
+            if np.isfinite(arr[:, 3]).any():
+                out["heldout_taken_blocked_recall"] = float(np.nanmean(arr[:, 3]))
         return out
 
     def data_state(self) -> dict[str, Any]:
