@@ -78,10 +78,10 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     x_far, x_ctx = None, {}
     if model.cfg.pose_moves is not None:  # the hidden walk's frames out of the pose bias's reach
         x_far = redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
-                       far_times=torch.arange(context, context + hidden))
+                       moved_times=torch.arange(context, context + hidden))
         # the context frames moved one step each way: which displacement does the model draw in place?
         x_ctx = {f"{dx},{dy}": redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
-                                      far_times=torch.arange(context), offset=(dx, dy))
+                                      moved_times=torch.arange(context), offset=(dx, dy))
                  for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
@@ -92,11 +92,10 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     def share(sel: torch.Tensor) -> float:
         return float(mass[sel].sum())
 
-    drawn = ae.decode_frames(x.float())[:, -1]
     target = real.frames[:, -1]
-    _, best, shift = M.shift_aligned_psnr(drawn, target, max_shift)
 
     def scores(x: torch.Tensor | None) -> dict[str, Any] | None:
+        """The drawn return frame's PSNR, PSNR at the best shift, that shift, and the mean PSNR."""
         if x is None:
             return None
         d = ae.decode_frames(x.float())[:, -1]
@@ -104,31 +103,32 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         p = M.psnr_batch(d, target)
         return {"psnr": p.tolist(), "aligned_psnr": np.atleast_1d(b).tolist(), "shift_px": np.atleast_2d(sh).tolist(),
                 "psnr_mean": float(p.mean())}
+
+    drawn = scores(x)
+    assert drawn is not None
     return {
         "checkpoint": checkpoint, "episodes": B, "seeds": list(real.seeds), "euler_steps": steps,
         "attention": {"context": share(t < context), "hidden": share((t >= context) & (t < end)),
                       "hidden_first_8": share((t >= context) & (t < context + 8)),
                       "hidden_last_8": share((t >= end - 8) & (t < end)), "own": share(t == end),
                       "per_key_frame": [round(v, 4) for v in mass.tolist()], "key_times": t.tolist()},
-        "psnr": M.psnr_batch(drawn, target).tolist(), "aligned_psnr": np.atleast_1d(best).tolist(),
-        "shift_px": np.atleast_2d(shift).tolist(),
+        **drawn,
         "copy_last_psnr": M.psnr_batch(real.frames[:, context - 1], target).tolist(),
-        "psnr_mean": float(M.psnr_batch(drawn, target).mean()),
         "model_calls_recorded": len(calls),
         "null_action": scores(x_null),
         "hidden_far": scores(x_far),
-        "context_moved": None if x_far is None else {k: scores(v) for k, v in x_ctx.items()},
+        "context_moved": {k: scores(v) for k, v in x_ctx.items()} or None,
         "pose_bias": pose_bias_summary(model),
     }
 
 
 @torch.no_grad()
 def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps: int, shift: float,
-           null_key: bool = True, far_times: torch.Tensor | None = None,
+           null_key: bool = True, moved_times: torch.Tensor | None = None,
            offset: tuple[int, int] | None = None) -> torch.Tensor:
     """The frame ``sess.generate(pressed)`` drew from the state ``snap``, redrawn from the same noise:
     with ``null_key`` the null action in the model's embedding (the frame's pose still follows
-    ``pressed``); with ``far_times`` the cached frames at those times moved out of the pose bias's
+    ``pressed``); with ``moved_times`` the cached frames at those times moved out of the pose bias's
     radius, or by ``offset`` (dx, dy) steps when given (a pose model; the drawn frame keeps its pose)."""
     from model import flow
 
@@ -139,8 +139,8 @@ def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps:
     noisy = torch.zeros(1, dtype=torch.bool)
     noise = torch.randn(sess._shape(1), generator=sess.gen, dtype=torch.float32).to(sess.device, sess.dtype)
     poses = model.call_poses(pressed, times, noisy, sess.cache) if model.cfg.pose_moves is not None else None
-    if far_times is not None and poses is not None and isinstance(sess.cache.poses, torch.Tensor):
-        far = torch.isin(sess.cache.times, far_times)
+    if moved_times is not None and poses is not None and isinstance(sess.cache.poses, torch.Tensor):
+        far = torch.isin(sess.cache.times, moved_times)
         sess.cache.poses[:, far] += torch.tensor(offset if offset is not None else (4 * model.cfg.pose_radius, 0))
     key = torch.full_like(pressed, model.cfg.null_action) if null_key else pressed
     x = noise
@@ -154,15 +154,19 @@ def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps:
 
 def pose_bias_summary(model: Any) -> dict[str, list[float]] | None:
     """Per head, the learned pose bias (times its gain, in logits) at zero displacement, the mean
-    within one step per axis, and the shared entry beyond the radius; None without pose attention."""
+    within one step per axis, and the shared entry beyond the radius; with pose values, per block the
+    largest weight of their layer (``values_weight_max``); None without pose attention."""
     if model.cfg.pose_moves is None:
         return None
     R = model.cfg.pose_radius
     table = model.pose_bias.detach().float() * model.cfg.pose_gain
     grid = table[:, :(2 * R + 1) ** 2].view(-1, 2 * R + 1, 2 * R + 1)
-    return {"zero": [round(v, 3) for v in grid[:, R, R].tolist()],
-            "within_1": [round(v, 3) for v in grid[:, R - 1:R + 2, R - 1:R + 2].mean((1, 2)).tolist()],
-            "beyond_radius": [round(v, 3) for v in table[:, -1].tolist()]}
+    out = {"zero": [round(v, 3) for v in grid[:, R, R].tolist()],
+           "within_1": [round(v, 3) for v in grid[:, R - 1:R + 2, R - 1:R + 2].mean((1, 2)).tolist()],
+           "beyond_radius": [round(v, 3) for v in table[:, -1].tolist()]}
+    if model.cfg.pose_values:  # per block, the largest weight of the layer the attended displacement enters by
+        out["values_weight_max"] = [round(float(b.attn.pose_out.weight.abs().max()), 4) for b in model.blocks]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if r["pose_bias"]:
             print(f"  pose bias per head (logits): zero displacement {r['pose_bias']['zero']}, beyond the "
                   f"radius {r['pose_bias']['beyond_radius']}")
+            if "values_weight_max" in r["pose_bias"]:
+                print(f"  pose values' largest weight per block: {r['pose_bias']['values_weight_max']}")
     if args.out:
         atomic_write_json(Path(args.out), {"command": "python -m evaluation.memory_probe", "results": results,
                                            "wall_s": time.time() - t0}, indent=1)

@@ -224,7 +224,7 @@ def generate(model: FrameTransformer, ae: Autoencoder, context: np.ndarray, acti
     own = next(model.parameters()).dtype
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=own == torch.float32 and resolve(precision) == "bf16"):
         tk = None if taken is None else torch.from_numpy(np.asarray(taken, bool))
-        sess.write(ae.encode_frames(context), acts[:, :C], taken=None if tk is None else tk[:, :C])
+        sess.prime(ae.encode_frames(context), acts[:, :C], taken=None if tk is None else tk[:, :C])
         t = C
         if hidden:
             c = model.cfg

@@ -71,9 +71,10 @@ class TransformerConfig:
     # which displacement its content came, and a model that shifts the view by its own frame's move
     # draws a place found at displacement 0 one step off. Each head then also attends over its keys'
     # poses (two extra value channels) and hands the query-minus-attended displacement (clamped to
-    # pose_radius) through a zero-initialised linear layer into its output
+    # pose_radius) through a zero-initialised linear layer into its output. The gain plays pose_gain's
+    # part for that layer: at 10 its weights stayed too small to matter over 485 steps
     pose_values: bool = False
-    pose_values_gain: float = 10.0
+    pose_values_gain: float = 100.0
 
     def __post_init__(self) -> None:
         if self.pose_values and self.pose_moves is None:
@@ -516,11 +517,12 @@ class FrameTransformer(nn.Module):
         if b.pose_moves is None:
             state.pop("pose_bias", None)
         own = self.state_dict()
-        for k, v in own.items():  # a taken head or pose values added: they start fresh
-            if (k.startswith("taken_head.") or ".pose_out." in k) and k not in state:
-                state[k] = v.detach().clone()
-        state = {k: v for k, v in state.items()  # ... and ones this model lacks are dropped
-                 if not (k.startswith("taken_head.") or ".pose_out." in k) or k in own}
+        optional = [k for k in set(own) | set(state) if k.startswith("taken_head.") or ".pose_out." in k]
+        for k in optional:  # a taken head or pose values: fresh where added, dropped where this model lacks them
+            if k not in own:
+                del state[k]
+            elif k not in state:
+                state[k] = own[k].detach().clone()
         self.load_state_dict(state)
 
     # ------------------------------------------------------------ pieces

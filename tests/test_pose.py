@@ -188,27 +188,38 @@ def test_the_taken_head_learns_which_moves_the_world_took():
 
 
 def test_the_balanced_taken_loss_weighs_blocked_and_taken_moves_alike():
-    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, teacher_forcing_loss
+    from trainer.stages.teacher import TeacherLossConfig, teacher_forcing_loss
 
-    model = tiny(pose_taken=True).float()
-    x0, xt, sigma, actions = clip(F=6)
-    x0, actions = x0.float(), actions.clamp(min=1, max=4)  # every frame moves
-    taken = torch.ones_like(actions, dtype=torch.bool)
-    taken[0, 2] = False  # one blocked move of 12
-    wrapped = TeacherForcing(model)
+    B, F = 2, 6
+    x0 = torch.zeros(B, F, 3, 4, 4)
+    actions = torch.full((B, F), 4)
+    moving = torch.ones(B, F, dtype=torch.bool)
+    moving[1, 0] = False  # a frame that does not count
+    taken = torch.ones(B, F, dtype=torch.bool)
+    taken[0, 2] = taken[1, 3] = False  # two blocked moves of 11
+    logits = torch.linspace(-2.0, 3.0, B * F).view(B, F)
 
-    def loss(balance: bool, weight: float) -> tuple[float, dict]:
-        cfg = TeacherLossConfig(action_dropout=0.0, taken_weight=weight, taken_balance=balance)
-        value, m = teacher_forcing_loss(wrapped, x0, actions, cfg, model.cfg.null_action,
-                                        torch.Generator().manual_seed(2), taken=taken)
-        return float(value.detach()), m
+    def fixed(clean, x_t, sigma, acts, clean_sigma, pose_actions=None, taken=None):
+        return torch.zeros_like(x_t), logits  # a model whose head reads these logits
 
-    base, m = loss(False, 0.0)
-    plain = loss(False, 1.0)[0] - base
-    balanced = loss(True, 1.0)[0] - base
-    bce = m["taken_bce"]  # the unweighted mean over the 12 moves
-    assert plain == pytest.approx(bce, rel=1e-4) and balanced != pytest.approx(plain, rel=1e-3)
-    assert m["taken_blocked_recall"] in (0.0, 1.0)  # one blocked move: called blocked or not
+    def head_loss(balance: bool) -> tuple[float, dict]:
+        cfg = TeacherLossConfig(action_dropout=0.0, taken_weight=1.0, taken_balance=balance)
+        zero = TeacherLossConfig(action_dropout=0.0, taken_weight=0.0)
+        gen = torch.Generator().manual_seed(2)
+        value, m = teacher_forcing_loss(fixed, x0, actions, cfg, 5, gen, taken=taken, moving=moving)
+        base, _ = teacher_forcing_loss(fixed, x0, actions, zero, 5, torch.Generator().manual_seed(2),
+                                       taken=taken, moving=moving)
+        return float(value - base), m
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, taken.float(), reduction="none")
+    kept, blocked = moving & taken, moving & ~taken
+    plain, m = head_loss(False)
+    assert plain == pytest.approx(float(bce[moving].mean()), rel=1e-5)
+    balanced, _ = head_loss(True)
+    assert balanced == pytest.approx(0.5 * float(bce[kept].mean()) + 0.5 * float(bce[blocked].mean()), rel=1e-5)
+    # logits -2..3: the blocked move at (0, 2) reads below 0 (called blocked), the one at (1, 3) above
+    assert m["taken_blocked_recall"] == pytest.approx(0.5)
+    assert m["taken_acc"] == pytest.approx(float(((logits > 0) == taken)[moving].float().mean()))
 
 
 def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():
@@ -271,10 +282,10 @@ def test_the_probe_redraws_a_frame_from_the_same_noise_with_its_key_hidden():
     drawn = sess.generate(pressed, SamplerConfig(kind="euler", steps=3), write=False)
     assert not torch.allclose(drawn, redraw(sess, snap, pressed, 3, 3.0))  # the key matters to this model
     # the frames of times 1-2 out of the pose bias's reach: another frame, and the cache as it was
-    far = redraw(sess, snap, pressed, 3, 3.0, null_key=False, far_times=torch.tensor([1, 2]))
+    far = redraw(sess, snap, pressed, 3, 3.0, null_key=False, moved_times=torch.tensor([1, 2]))
     assert not torch.allclose(drawn, far) and torch.equal(sess.cache.poses, before)
     assert torch.allclose(drawn, redraw(sess, snap, pressed, 3, 3.0, null_key=False), atol=1e-5)
-    moved = redraw(sess, snap, pressed, 3, 3.0, null_key=False, far_times=torch.tensor([0]), offset=(1, 0))
+    moved = redraw(sess, snap, pressed, 3, 3.0, null_key=False, moved_times=torch.tensor([0]), offset=(1, 0))
     assert not torch.allclose(drawn, moved) and torch.equal(sess.cache.poses, before)
     with torch.no_grad():  # a null embedding equal to the pressed keys': the very same frame
         model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[3]
