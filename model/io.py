@@ -123,7 +123,10 @@ def load_weights(path: str | Path, name: str = "model") -> dict[str, torch.Tenso
 def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict with an error that names missing/unexpected keys and shape mismatches."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
+    # entries a module fills in itself when older weights lack them (its ``defaulted_state``)
+    defaulted = {f"{name}.{k}" if name else k for name, m in module.named_modules()
+                 for k in getattr(m, "defaulted_state", ())}
+    missing = sorted(set(own) - set(sd) - defaulted)
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in set(own) & set(sd) if own[k].shape != sd[k].shape]

@@ -149,7 +149,7 @@ class Session:
                 return out
             out, logits = out
             if logits is not None and not bool((actions == null).all()):  # a conditional call
-                self.taken = (logits[:, P:] > 0).cpu()
+                self.taken = self.model.taken_decision(logits[:, P:]).cpu()
             return out
 
         def v(x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -455,9 +456,18 @@ class RingKVCache:
         return 0 if self.buffers is None else sum(k.numel() * k.element_size() * 2 for k, _ in self.buffers)
 
 
+def _default_taken_prior(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Weights saved before the taken head had a prior (``taken_prior``) load with prior 0."""
+    if f"{prefix}taken_head.bias" in state and f"{prefix}taken_prior" not in state:
+        state[f"{prefix}taken_prior"] = torch.zeros(())
+
+
 # ---------------------------------------------------------------------------- model
 class FrameTransformer(nn.Module):
     """Velocity predictor over sequences of latent frames: (B, F, C, h, w) -> (B, F, C, h, w)."""
+
+    #: state entries that weights saved before them load without (filled in by a load pre-hook)
+    defaulted_state = ("taken_prior",)
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -486,12 +496,23 @@ class FrameTransformer(nn.Module):
             self.taken_head = nn.Linear(D, 1)
             nn.init.zeros_(self.taken_head.weight)
             nn.init.constant_(self.taken_head.bias, 2.0)
+            # the prior log-odds of "taken" added to the head's logit where it decides (logit adjustment):
+            # 0 for a head trained on the plain loss; a head trained with the class-balanced loss
+            # (loss.taken_balance) learnt odds as if both classes were equally common, and the trainer
+            # stores the data's log(taken / blocked) here so that play decides by the data's odds
+            self.register_buffer("taken_prior", torch.zeros(()))
+            self._register_load_state_dict_pre_hook(_default_taken_prior)
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(D, 2 * D)
         self.patch_out = nn.Linear(D, C * p * p)
         for lin in (self.final_ada, self.patch_out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+    def taken_decision(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bool, the taken head's decision on its ``logits``: taken where the logit plus the prior
+        log-odds (``taken_prior``) is positive."""
+        return (logits.float() + self.taken_prior.float()) > 0
 
     def load_from(self, other: FrameTransformer) -> None:
         """Initialise from a trained model of the same widths but possibly another block size (a
@@ -517,7 +538,8 @@ class FrameTransformer(nn.Module):
         if b.pose_moves is None:
             state.pop("pose_bias", None)
         own = self.state_dict()
-        optional = [k for k in set(own) | set(state) if k.startswith("taken_head.") or ".pose_out." in k]
+        optional = [k for k in set(own) | set(state) if k.startswith("taken_head.") or k == "taken_prior"
+                    or ".pose_out." in k]
         for k in optional:  # a taken head or pose values: fresh where added, dropped where this model lacks them
             if k not in own:
                 del state[k]

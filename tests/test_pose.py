@@ -141,7 +141,7 @@ def test_taken_poses_stream_as_the_teacher_forcing_layout_places_them(cache_cls)
     assert torch.equal(cache.pose_at(7), model.frame_poses(actions, taken=taken)[:, -1])
     # with every move taken, the layout is that of poses from the pressed keys
     plain = tiny()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("taken_head")})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("taken_head", "taken_prior"))})
     assert torch.allclose(model.forward_teacher(x0, xt, sigma, actions, taken=torch.ones_like(taken)),
                           plain.forward_teacher(x0, xt, sigma, actions), atol=1e-12)
 
@@ -220,6 +220,53 @@ def test_the_balanced_taken_loss_weighs_blocked_and_taken_moves_alike():
     # logits -2..3: the blocked move at (0, 2) reads below 0 (called blocked), the one at (1, 3) above
     assert m["taken_blocked_recall"] == pytest.approx(0.5)
     assert m["taken_acc"] == pytest.approx(float(((logits > 0) == taken)[moving].float().mean()))
+
+
+def test_the_prior_moves_the_decision_of_a_session_and_of_the_metrics():
+    from trainer.stages.teacher import TeacherLossConfig, teacher_forcing_loss
+
+    # a session: a head that reads -2 (blocked) decides "taken" once the prior log-odds exceed 2
+    model = tiny(pose_taken=True, window=4).float()
+    with torch.no_grad():
+        model.taken_head.bias.fill_(-2.0)
+    for prior, want in ((0.0, False), (3.0, True)):
+        model.taken_prior.fill_(prior)
+        sess = Session(model, 1, generator=torch.Generator().manual_seed(0))
+        sess.prime(torch.randn(1, 1, 3, 4, 4), torch.zeros(1, 1, dtype=torch.long))
+        sess.generate(torch.tensor([[4]]), SamplerConfig(kind="euler", steps=2))
+        assert sess.taken is not None and bool(sess.taken.all()) == want
+    # the metrics: logits -1 and +1 on one blocked and one taken move, read with prior 0 and 1.5
+    logits = torch.tensor([[-1.0, 1.0]])
+    taken = torch.tensor([[False, True]])
+
+    def fixed(clean, x_t, sigma, acts, clean_sigma, pose_actions=None, taken=None):
+        return torch.zeros_like(x_t), logits
+
+    cfg = TeacherLossConfig(action_dropout=0.0, taken_weight=1.0)
+    x0, acts = torch.zeros(1, 2, 3, 4, 4), torch.full((1, 2), 4)
+    for prior, acc, recall in ((0.0, 1.0, 1.0), (1.5, 0.5, 0.0)):
+        _, m = teacher_forcing_loss(fixed, x0, acts, cfg, 5, torch.Generator().manual_seed(0), taken=taken,
+                                    taken_prior=prior)
+        assert (m["taken_acc"], m["taken_blocked_recall"]) == (acc, recall)
+
+
+def test_weights_saved_without_a_prior_load_with_prior_zero():
+    model = tiny(pose_taken=True).float()
+    model.taken_prior.fill_(3.0)
+    state = {k: v for k, v in model.state_dict().items() if k != "taken_prior"}
+    fresh = tiny(pose_taken=True).float()
+    fresh.taken_prior.fill_(5.0)
+    fresh.load_state_dict(state)  # strict: the missing prior is filled in
+    assert fresh.taken_prior.item() == 0.0
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.taken_prior.item() == 3.0
+    # the loader's key check (checkpoints, init=, exports) lets the prior be missing, nothing else
+    from model.io import CheckpointError, load_into
+
+    load_into(fresh, state, "old weights")
+    assert fresh.taken_prior.item() == 0.0
+    with pytest.raises(CheckpointError, match=r"missing \['taken_head.bias'\]"):
+        load_into(fresh, {k: v for k, v in state.items() if k != "taken_head.bias"}, "damaged weights")
 
 
 def test_pose_taken_needs_pose_moves_and_a_warm_start_adds_a_fresh_head():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -282,15 +283,26 @@ def test_teacher_loss_falls(tmp_path, dataset):
                             frames=4, data={"dataset": str(dataset), "holdout_episodes": 1},
                             model={"latent_channels": 8, "width": 32, "depth": 2, "heads": 2, "pose_moves": moves,
                                    "pose_radius": 2, "pose_taken": True},
+                            loss={"taken_balance": True},
                             train={"steps": 10, "batch_size": 8, "lr": 0.003, "warmup": 2, "log_every": 5,
-                                   "ckpt_every": 10, "eval_every": 10, "ema_decay": 0.0},
+                                   "ckpt_every": 10, "eval_every": 10, "ema_decay": 0.5},
                             eval_windows=8, init=str(tmp_path / "teacher"))
     r = run_trainer("teacher", pose_cfg)
     assert "heldout_taken_acc" in r.stdout
     from model.io import load_world_model
     from model.rollout import SamplerConfig, Session
+    from trainer.data import load_episodes, split_episodes
 
     net, card, _ = load_world_model(tmp_path / "pose")
+    # the balanced head's weights carry the training episodes' prior log-odds of a move being taken
+    eps = load_episodes(str(dataset))
+    train_ids, _ = split_episodes(len(eps), 1)
+    pressed = np.concatenate([eps[e].actions for e in train_ids])
+    effective = np.concatenate([eps[e].effective for e in train_ids])
+    moving = pressed != 0
+    n_taken, n_blocked = int((moving & (effective == pressed)).sum()), int((moving & (effective != pressed)).sum())
+    assert n_blocked > 0
+    assert net.taken_prior.item() == pytest.approx(math.log(n_taken / n_blocked), rel=1e-6)
     assert card["model"]["pose_moves"] == moves and net.pose_bias.abs().max() > 0
     assert card["model"]["pose_taken"] and net.taken_head.bias.item() != 2.0  # trained from its init
     for bias, want in ((10.0, [[2, -1]]), (-10.0, [[0, 0]])):  # every move taken; none

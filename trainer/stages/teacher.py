@@ -12,6 +12,7 @@ Frames are encoded once by the frozen autoencoder and cached on disk as latents.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +107,8 @@ def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor
 def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
                          null_action: int, gen: torch.Generator | None = None,
                          context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None,
-                         taken: torch.Tensor | None = None, moving: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, dict[str, float]]:
+                         taken: torch.Tensor | None = None, moving: torch.Tensor | None = None,
+                         taken_prior: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
 
     ``context`` (same shape) replaces x0 as the clean history the noisy frames see (e.g. with
@@ -116,7 +117,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     frames at ``generated_sigma``, as the sampler writes them at play); context noise
     augmentation applies to the frames it leaves at 0. ``taken`` (B, F) bool, for a ``pose_taken``
     model: which pressed moves the world took (the data's effective actions); the model's taken head
-    is then trained on them (``cfg.taken_weight``) over the frames where ``moving`` (B, F) bool."""
+    is then trained on them (``cfg.taken_weight``) over the frames where ``moving`` (B, F) bool; its
+    accuracy and blocked-move recall are read as play decides, with ``taken_prior`` (the model's
+    ``taken_prior``, log-odds) added to the logits."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -164,9 +167,10 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
             head = (bce * mf).sum() / n
         loss = loss + cfg.taken_weight * head
         metrics["taken_bce"] = float((bce.detach() * mf).sum() / n)
-        metrics["taken_acc"] = float((((logits.detach() > 0).float() == y).float() * mf).sum() / n)
+        says = (logits.detach().float() + taken_prior) > 0
+        metrics["taken_acc"] = float(((says.float() == y).float() * mf).sum() / n)
         # the share of blocked moves the head calls blocked (nan in a batch without any)
-        metrics["taken_blocked_recall"] = float(((logits.detach() <= 0).float() * blocked).sum() / nb) \
+        metrics["taken_blocked_recall"] = float(((~says).float() * blocked).sum() / nb) \
             if float(nb) > 0 else float("nan")
     return loss, metrics
 
@@ -289,6 +293,33 @@ class TeacherStage:
 
             init_from(self.net, cfg.init, "teacher")
         self.wrapped = TeacherForcing(self.net)
+        self.taken_prior = self._taken_prior() if cfg.model.pose_taken and cfg.loss.taken_balance else 0.0
+
+    def _taken_prior(self) -> float:
+        """log(taken / blocked) over the training episodes' pressed moves: the odds a head trained
+        with the class-balanced loss did not learn, added back where it decides (logit adjustment)."""
+        c = self.cache
+        rows = np.unique(self.data.train_windows[:, 0])
+        idx = np.concatenate([np.arange(c.offsets[e], c.offsets[e + 1]) for e in rows])
+        a = c.actions[idx]
+        moves = self.net.pose_moves.numpy()
+        moving = np.abs(moves[np.clip(a, 0, len(moves) - 1)]).sum(-1) > 0
+        taken = moving & (c.effective[idx] == a)
+        n_taken, n_blocked = int(taken.sum()), int((moving & ~taken).sum())
+        if not n_blocked or not n_taken:
+            raise ValueError(f"loss.taken_balance needs both taken and blocked moves in the training data; "
+                             f"{c.num_episodes} episodes have {n_taken} taken and {n_blocked} blocked: "
+                             "set loss.taken_balance: false")
+        prior = math.log(n_taken / n_blocked)
+        from world.log import get_logger
+
+        get_logger().info(f"[teacher] loss.taken_balance: {n_taken} taken and {n_blocked} blocked pressed moves in "
+                          f"the training episodes; the head decides with prior log-odds {prior:.3f}")
+        return prior
+
+    def _set_prior(self) -> None:
+        if self.cfg.model.pose_taken:  # every step, so that a checkpoint (and a resume) carries it
+            self.net.taken_prior.fill_(self.taken_prior)
 
     def model(self) -> nn.Module:
         return self.wrapped
@@ -312,7 +343,7 @@ class TeacherStage:
         if taken is None:
             return {}
         moving = self.net.pose_moves.to(actions.device)[actions].abs().sum(-1) > 0
-        return {"taken": taken, "moving": moving}
+        return {"taken": taken, "moving": moving, "taken_prior": self.taken_prior}
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x0, actions = batch[0], batch[1]
@@ -327,6 +358,7 @@ class TeacherStage:
             if lc.generated_sigma > 0:  # the span's frames enter as the sampler writes them at play
                 ctx_sigma = torch.zeros(x0.shape[:2], device=x0.device)
                 ctx_sigma[:, span] = lc.generated_sigma
+        self._set_prior()
         loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context,
                                        ctx_sigma, **self._taken_args(actions, taken))
         return loss, {**m, **extra}
