@@ -83,6 +83,15 @@ def creature_stats(frames: np.ndarray, real_pos: list[list[np.ndarray]], find_cr
     return found_at, vis_at
 
 
+def view_moved(prev: np.ndarray, cur: np.ndarray, max_shift: int = 4, margin_db: float = 1.0) -> np.ndarray:
+    """(N,) bool for transitions of (N, H, W, 3) frames: did the view scroll? True where the previous
+    frame, shifted by some nonzero whole number of pixels (up to ``max_shift``), matches the new frame's
+    centre ``margin_db`` better than unshifted (sprites that move on a still view change a small part of
+    the frame; a scroll changes all of it)."""
+    zero, best, shift = M.shift_aligned_psnr(prev, cur, max_shift)
+    return (np.abs(shift).sum(1) > 0) & (best > zero + margin_db)
+
+
 def _idm_predict(idm, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     from model.idm import predict_actions
 
@@ -173,6 +182,8 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         pred_g = _idm_predict(idm, prev_g, gen)
         pred_r = _idm_predict(idm, prev_r, tgt)
         r["action_accuracy"] = float((pred_g == true).mean())
+        # per horizon: lost at once (the controls) or as the rollout leaves the real game (divergence)
+        r["action_accuracy_at"] = (pred_g == true).reshape(-1, Hn).mean(0).tolist()
         r["idm_real_accuracy"] = float((pred_r == true).mean())
         # the autoencoder's ceiling: the IDM on reconstructions of the real transitions
         prev_ae = np.concatenate([reconstruct(ae, last)[:, None], recon[:, :-1]], 1)
@@ -187,10 +198,18 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         for name, sel in (("switch", switch), ("hold", ~switch)):
             r[f"action_accuracy_{name}"] = float((pred_g == true)[sel].mean()) if sel.any() else None
             r[f"idm_real_accuracy_{name}"] = float((pred_r == true)[sel].mean()) if sel.any() else None
+        # and by whether the real view scrolled (a following camera) or stood still (a camera clamped at
+        # the map's edge, a fixed screen): on a still view only the sprites show the move
+        moved = view_moved(prev_r.reshape(-1, *tgt.shape[-3:]), tgt.reshape(-1, *tgt.shape[-3:]))
+        r["view_moved_share"] = float(moved.mean())
+        for name, sel in (("view_moved", moved), ("view_still", ~moved)):
+            r[f"action_accuracy_{name}"] = float((pred_g == true)[sel].mean()) if sel.any() else None
     else:
         r["action_accuracy"] = r["idm_real_accuracy"] = r["idm_ae_accuracy"] = r["action_confusion"] = None
+        r["action_accuracy_at"] = None
         for k in ("switch_share", "action_accuracy_switch", "action_accuracy_hold", "idm_real_accuracy_switch",
-                  "idm_real_accuracy_hold"):
+                  "idm_real_accuracy_hold", "view_moved_share", "action_accuracy_view_moved",
+                  "action_accuracy_view_still"):
             r[k] = None
     return r
 

@@ -58,6 +58,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("action accuracy on AE reconstructions", report.get("idm_ae_accuracy"), None, report["idm_real_accuracy"]),
         ("action accuracy, key changed / held", pair_text(report, "action_accuracy_switch", "action_accuracy_hold"),
          None, pair_text(report, "idm_real_accuracy_switch", "idm_real_accuracy_hold")),
+        ("action accuracy, view scrolled / still", pair_text(report, "action_accuracy_view_moved",
+                                                              "action_accuracy_view_still"), None, None),
         ("gap closed at step 1", report["gap_closed_1"], None, None),
         ("Fréchet early / late", f"{_fmt(report['frechet_early'])} / {_fmt(report['frechet_late'])}", None, None),
         ("revisit PSNR (dB)", report["revisit_psnr"], report["copy_last_revisit_psnr"], None),

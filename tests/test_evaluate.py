@@ -293,8 +293,26 @@ def test_action_accuracy_splits_key_changes_from_held_keys(monkeypatch):
     assert r["action_accuracy_hold"] == 1.0 and r["action_accuracy_switch"] == 0.0
     assert r["idm_real_accuracy_hold"] == r["idm_real_accuracy_switch"] == 1.0
     assert r["action_accuracy"] == pytest.approx(1 - r["switch_share"])
+    assert r["action_accuracy_at"] == pytest.approx((~switch).mean(0).tolist())  # per horizon, over episodes
+    # blank frames: no view scrolled, so every transition counts as on a still view
+    assert r["view_moved_share"] == 0.0 and r["action_accuracy_view_moved"] is None
+    assert r["action_accuracy_view_still"] == pytest.approx(r["action_accuracy"])
     assert pair_text(r, "action_accuracy_switch", "action_accuracy_hold") == "0.00 / 1.00"
     assert pair_text({}, "action_accuracy_switch", "action_accuracy_hold") is None  # an older report
+
+
+def test_view_moved_tells_a_scroll_from_a_sprite_moving_on_a_still_view():
+    import evaluation.fidelity as E
+
+    rng = np.random.default_rng(0)
+    world = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    prev = world[8:40, 8:40].copy()
+    scrolled = world[10:42, 8:40].copy()  # the camera moved 2 px down
+    still = prev.copy()
+    still[14:18, 14:18] = 255  # a sprite moved on a still view
+    blank = np.zeros_like(prev)
+    moved = E.view_moved(np.stack([prev, prev, prev, blank]), np.stack([scrolled, still, prev, blank]))
+    assert moved.tolist() == [True, False, False, False]
 
 
 def test_creatures_found_reads_the_moving_creatures_from_the_worlds_state():
