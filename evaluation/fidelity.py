@@ -88,8 +88,7 @@ def view_moved(prev: np.ndarray, cur: np.ndarray, max_shift: int = 4, margin_db:
     frame, shifted by some nonzero whole number of pixels (up to ``max_shift``), matches the new frame's
     centre ``margin_db`` better than unshifted (sprites that move on a still view change a small part of
     the frame; a scroll changes all of it)."""
-    zero, best, shift = M.shift_aligned_psnr(prev, cur, max_shift)
-    return (np.abs(shift).sum(1) > 0) & (best > zero + margin_db)
+    return np.abs(M.view_shift(prev, cur, max_shift, margin_db)).sum(1) > 0
 
 
 def _idm_predict(idm, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:

@@ -57,6 +57,16 @@ def shift_aligned_psnr(gen: np.ndarray, real: np.ndarray, max_shift: int
     return zero, best, best_shift
 
 
+def view_shift(prev: np.ndarray, cur: np.ndarray, max_shift: int = 4, margin_db: float = 1.0) -> np.ndarray:
+    """(N, 2) the whole-pixel shift (dy, dx) by which the view scrolled between (N, H, W, 3) frames
+    ``prev`` and ``cur`` (prev[y + dy, x + dx] ~ cur[y, x]), up to ``max_shift``; (0, 0) unless the
+    best shift matches the new frame's centre ``margin_db`` better than no shift (sprites that move
+    on a still view change a small part of the frame, a scroll changes all of it; a frame without
+    texture has no shift to find)."""
+    zero, best, shift = shift_aligned_psnr(prev, cur, max_shift)
+    return np.where((best > zero + margin_db)[:, None], shift, 0)
+
+
 def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> float:
     """Mean SSIM (grey-level luminance of RGB, uniform window, standard constants)."""
     def grey(x: np.ndarray) -> np.ndarray:

@@ -283,7 +283,7 @@ def test_teacher_loss_falls(tmp_path, dataset):
                             frames=4, data={"dataset": str(dataset), "holdout_episodes": 1},
                             model={"latent_channels": 8, "width": 32, "depth": 2, "heads": 2, "pose_moves": moves,
                                    "pose_radius": 2, "pose_taken": True},
-                            loss={"taken_balance": True},
+                            loss={"taken_balance": True, "motion_weight": 2.0},
                             train={"steps": 10, "batch_size": 8, "lr": 0.003, "warmup": 2, "log_every": 5,
                                    "ckpt_every": 10, "eval_every": 10, "ema_decay": 0.5},
                             eval_windows=8, init=str(tmp_path / "teacher"))
@@ -303,6 +303,14 @@ def test_teacher_loss_falls(tmp_path, dataset):
     n_taken, n_blocked = int((moving & (effective == pressed)).sum()), int((moving & (effective != pressed)).sum())
     assert n_blocked > 0
     assert net.taken_prior.item() == pytest.approx(math.log(n_taken / n_blocked), rel=1e-6)
+    # the sprite motion it was weighted by is cached beside the latents, episode after episode
+    from trainer.motion import sprite_motion
+
+    cached = list((tmp_path / "lat").glob("*_motion8.npz"))
+    assert len(cached) == 1
+    with np.load(cached[0]) as z:
+        want = np.concatenate([sprite_motion(e.frames, 8) for e in eps]).astype(np.float16)
+        assert np.array_equal(z["motion"], want)
     assert card["model"]["pose_moves"] == moves and net.pose_bias.abs().max() > 0
     assert card["model"]["pose_taken"] and net.taken_head.bias.item() != 2.0  # trained from its init
     for bias, want in ((10.0, [[2, -1]]), (-10.0, [[0, 0]])):  # every move taken; none

@@ -60,8 +60,14 @@ class TeacherLossConfig:
     # blocked moves are about 2% of a recorded dataset, and an unweighted loss leaves the head at
     # "always taken" (docs/TRAINING_LOG.md, tenth session)
     taken_balance: bool = False
+    # latent cells weighted by the sprites' motion too: cell weight += motion_weight * (motion / mean
+    # motion), motion being the frame's change once the view's scroll is taken out (trainer.motion), so
+    # that the player and the creatures weigh where the view stands still as where it scrolls (0 = off)
+    motion_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.motion_weight < 0:
+            raise ValueError(f"loss.motion_weight must be >= 0, got {self.motion_weight}")
         if self.taken_weight < 0:
             raise ValueError(f"loss.taken_weight must be >= 0, got {self.taken_weight}")
         if self.memory_span < 0 or not 0 <= self.memory_prob <= 1 or not 0 <= self.memory_sigma <= 1:
@@ -92,15 +98,21 @@ class TeacherExperiment:
     init: str = ""
 
 
-def token_change_weights(x0: torch.Tensor, change_weight: float) -> torch.Tensor:
-    """(B, F, 1, h, w) weights: 1 + k * change/mean(change), normalised to mean 1.
+def token_change_weights(x0: torch.Tensor, change_weight: float, motion: torch.Tensor | None = None,
+                         motion_weight: float = 0.0) -> torch.Tensor:
+    """(B, F, 1, h, w) weights: 1 + k * change/mean(change) (+ m * motion/mean(motion) with ``motion``
+    (B, F, h, w) and ``motion_weight`` m), normalised to mean 1.
 
     The change of frame i is the mean absolute latent difference to frame i-1 per token
-    (frame 0 takes frame 1's).
+    (frame 0 takes frame 1's); the motion, the same in pixels once the view's scroll is taken out
+    (:mod:`trainer.motion`).
     """
     diff = (x0[:, 1:] - x0[:, :-1]).abs().mean(2, keepdim=True)
     diff = torch.cat([diff[:, :1], diff], 1)
     w = 1.0 + change_weight * diff / diff.mean().clamp(min=1e-6)
+    if motion is not None and motion_weight > 0:
+        m = motion.to(w.device, w.dtype)[:, :, None]
+        w = w + motion_weight * m / m.mean().clamp(min=1e-6)
     return w / w.mean()
 
 
@@ -108,7 +120,8 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
                          null_action: int, gen: torch.Generator | None = None,
                          context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None,
                          taken: torch.Tensor | None = None, moving: torch.Tensor | None = None,
-                         taken_prior: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                         taken_prior: float = 0.0, motion: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
     """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
 
     ``context`` (same shape) replaces x0 as the clean history the noisy frames see (e.g. with
@@ -119,7 +132,8 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     model: which pressed moves the world took (the data's effective actions); the model's taken head
     is then trained on them (``cfg.taken_weight``) over the frames where ``moving`` (B, F) bool; its
     accuracy and blocked-move recall are read as play decides, with ``taken_prior`` (the model's
-    ``taken_prior``, log-odds) added to the logits."""
+    ``taken_prior``, log-odds) added to the logits. ``motion`` (B, F, h, w): the clips' sprite motion,
+    for ``cfg.motion_weight``."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -148,7 +162,7 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     else:
         v, logits = model(clean, x_t, sigma, acts, clean_sigma, pose_actions=actions, taken=taken)
     target = flow.velocity_target(x0, eps)
-    w = token_change_weights(x0, cfg.change_weight)
+    w = token_change_weights(x0, cfg.change_weight, motion, cfg.motion_weight)
     err = (v.float() - target).pow(2)
     loss = (err * w).mean()
     metrics = {"mse_unweighted": err.detach().mean().item()}
@@ -269,6 +283,12 @@ class ClipData:
         (the recorded effective action equals the pressed one)?"""
         return torch.from_numpy(self.cache.window_taken(rows, self.frames)).to(device)
 
+    def motion(self, rows: np.ndarray, motion: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(N, F, h, w) for the same windows as :meth:`clips`: their rows of a dataset's
+        :func:`trainer.motion.motion_cache`."""
+        idx = self.cache.offsets[rows[:, 0]][:, None] + rows[:, 1][:, None] + np.arange(self.frames)[None]
+        return torch.from_numpy(motion[idx].astype(np.float32)).to(device)
+
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clips(self.next_rows(batch_size, info), info.device)
 
@@ -294,6 +314,15 @@ class TeacherStage:
             init_from(self.net, cfg.init, "teacher")
         self.wrapped = TeacherForcing(self.net)
         self.taken_prior = self._taken_prior() if cfg.model.pose_taken and cfg.loss.taken_balance else 0.0
+        self.sprite_motion: np.ndarray | None = None
+        if cfg.loss.motion_weight > 0:
+            from trainer.motion import motion_cache
+
+            self.sprite_motion = motion_cache(cfg.data.dataset, cfg.model.latent_size, cfg.latent_cache_dir)
+            if len(self.sprite_motion) != len(self.cache.latents):
+                raise ValueError(f"the motion cache of {cfg.data.dataset} has {len(self.sprite_motion)} frames, its "
+                                 f"latent cache {len(self.cache.latents)}: delete the stale one in "
+                                 f"{cfg.latent_cache_dir} and run again")
 
     def _taken_prior(self) -> float:
         """log(taken / blocked) over the training episodes' pressed moves: the odds a head trained
@@ -334,10 +363,15 @@ class TeacherStage:
         return self.data.clips(rows, device)
 
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, ...]:
-        """(latents, actions), and for a ``pose_taken`` model the windows' taken moves too."""
+        """(latents, actions, taken, motion): the windows' taken moves for a ``pose_taken`` model and
+        their sprite motion for ``loss.motion_weight``, else None."""
         rows = self.data.next_rows(batch_size, info)
-        batch = self.data.clips(rows, info.device)
-        return (*batch, self.data.taken(rows, info.device)) if self.cfg.model.pose_taken else batch
+        return (*self.data.clips(rows, info.device), *self._extras(rows, info.device))
+
+    def _extras(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        taken = self.data.taken(rows, device) if self.cfg.model.pose_taken else None
+        motion = None if self.sprite_motion is None else self.data.motion(rows, self.sprite_motion, device)
+        return taken, motion
 
     def _taken_args(self, actions: torch.Tensor, taken: torch.Tensor | None) -> dict[str, Any]:
         if taken is None:
@@ -346,8 +380,7 @@ class TeacherStage:
         return {"taken": taken, "moving": moving, "taken_prior": self.taken_prior}
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, actions = batch[0], batch[1]
-        taken = batch[2] if len(batch) > 2 else None
+        x0, actions, taken, motion = batch
         lc = self.cfg.loss
         context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
@@ -360,7 +393,7 @@ class TeacherStage:
                 ctx_sigma[:, span] = lc.generated_sigma
         self._set_prior()
         loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context,
-                                       ctx_sigma, **self._taken_args(actions, taken))
+                                       ctx_sigma, motion=motion, **self._taken_args(actions, taken))
         return loss, {**m, **extra}
 
     @torch.no_grad()

@@ -1,0 +1,83 @@
+"""Sprite motion (trainer.motion): the change of a frame once the view's scroll is taken out, and the
+teacher loss's motion weight on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.motion import sprite_motion
+from trainer.stages.teacher import token_change_weights
+
+
+def episode() -> np.ndarray:
+    """5 frames of 32x32 from a textured 48x48 world: the view scrolls 2 px down twice, then stands
+    still while a 4x4 sprite walks right in cell (1, 2) of a 4x4 grid (8 px cells)."""
+    world = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    views = [world[y:y + 32, 8:40].copy() for y in (4, 6, 8, 8, 8)]
+    for t, x in ((3, 16), (4, 18)):
+        views[t][10:14, x:x + 4] = 255
+    return np.stack(views)
+
+
+def test_the_motion_is_where_sprites_moved_not_where_the_view_scrolled():
+    m = sprite_motion(episode(), grid=4)
+    assert m.shape == (5, 4, 4) and m.dtype == np.float32
+    plain = np.abs(np.diff(episode().astype(np.float32) / 255, axis=0)).mean(-1)
+    assert plain[0].mean() > 0.2  # a scroll changes the whole frame...
+    assert m[1].max() == 0.0 and m[2].max() == 0.0  # ...and no cell once the scroll is taken out
+    assert np.array_equal(m[0], m[1])  # frame 0 takes frame 1's
+    for t in (3, 4):  # the sprite appears, then moves: only its cell changed
+        assert m[t][1, 2] > 0.05 and np.delete(m[t].ravel(), 1 * 4 + 2).max() == 0.0
+
+
+def test_grid_must_divide_the_frames():
+    from trainer.data import DataError
+
+    with pytest.raises(DataError, match="do not divide"):
+        sprite_motion(episode(), grid=5)
+
+
+def test_the_motion_weight_raises_the_moving_cells_and_keeps_the_mean():
+    x0 = torch.randn(2, 3, 4, 4, 4)
+    motion = torch.zeros(2, 3, 4, 4)
+    motion[:, :, 1, 2] = 1.0
+    plain = token_change_weights(x0, 4.0)
+    assert torch.equal(plain, token_change_weights(x0, 4.0, motion, 0.0))
+    w = token_change_weights(x0, 4.0, motion, 2.0)
+    assert w.shape == (2, 3, 1, 4, 4) and float(w.mean()) == pytest.approx(1.0)
+    # the moving cell gains weight against every other cell
+    ratio = w / plain
+    assert bool((ratio[:, :, 0, 1, 2] > ratio[:, :, 0, 0, 0]).all())
+
+
+def test_clip_windows_read_their_own_frames_motion():
+    from trainer.latents import LatentCache
+    from trainer.stages.teacher import ClipData
+
+    offsets = np.array([0, 5, 12])  # episodes of 5 and 7 frames
+    n = int(offsets[-1])
+    cache = LatentCache(np.zeros((n, 1, 2, 2), np.float16), np.zeros(n, np.int64), np.zeros(n, np.int64),
+                        np.zeros(n), np.zeros(n, bool), offsets)
+    data = object.__new__(ClipData)
+    data.cache, data.frames = cache, 3
+    motion = np.arange(n, dtype=np.float16)[:, None, None] * np.ones((1, 2, 2), np.float16)
+    rows = np.array([[0, 2], [1, 4]])  # episode 0 from frame 2, episode 1 from frame 4
+    got = data.motion(rows, motion, torch.device("cpu"))
+    assert got.shape == (2, 3, 2, 2)
+    assert got[:, :, 0, 0].tolist() == [[2, 3, 4], [9, 10, 11]]
+
+
+def test_weight_shares_counts_the_still_views(tmp_path):
+    from tests.trainer_helpers import record_tiny_dataset
+    from trainer.motion import frame_weight_shares, main
+
+    # the synthetic episode: two scrolls (no sprite motion), then two still views with a sprite moving
+    r = frame_weight_shares([episode()], grid=4, change_weight=4.0, motion_weight=2.0)
+    assert r["transitions"] == 4 and r["still_share"] == 0.5 and r["motion_share_still"] == 1.0
+    assert r["weight_share_still_change"] < 0.5  # a scroll changes every cell, a sprite one
+    assert r["weight_share_still_change_and_motion"] > r["weight_share_still_change"]
+    # the command line, on a recorded dataset
+    ds = record_tiny_dataset(tmp_path / "tiny-v0", episodes=1, steps=12)
+    assert main(["--dataset", str(ds)]) == 0
