@@ -380,7 +380,9 @@ class TeacherStage:
         return {"taken": taken, "moving": moving, "taken_prior": self.taken_prior}
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, actions, taken, motion = batch
+        x0, actions = batch[0], batch[1]  # (latents, actions) alone from callers that bring no extras
+        taken = batch[2] if len(batch) > 2 else None
+        motion = batch[3] if len(batch) > 3 else None
         lc = self.cfg.loss
         context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
