@@ -27,13 +27,18 @@ def sprite_motion(frames: np.ndarray, grid: int, max_shift: int = 4) -> np.ndarr
     """(T, grid, grid) float32: for uint8 frames (T, H, W, 3) of one episode, the mean absolute
     change (0-1) of each cell once the view's scroll is taken out; frame 0 (nothing before it) takes
     frame 1's. The ``max_shift`` border, where scrolled-in scenery enters, counts as unchanged."""
+    return _motion_and_shifts(frames, grid, max_shift)[0]
+
+
+def _motion_and_shifts(frames: np.ndarray, grid: int, max_shift: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sprite_motion` and the (T - 1, 2) view shifts it took out."""
     T, H, W = frames.shape[:3]
     if H % grid or W % grid:
         raise DataError(f"frames of {H}x{W} pixels do not divide into a {grid}x{grid} latent grid")
     S = max_shift
     out = np.zeros((T, grid, grid), np.float32)
     if T < 2:
-        return out
+        return out, np.zeros((0, 2), np.int64)
     f = frames.astype(np.float32) / 255.0
     shifts = view_shift(frames[:-1], frames[1:], S)
     res = np.zeros((T - 1, H, W), np.float32)
@@ -42,7 +47,7 @@ def sprite_motion(frames: np.ndarray, grid: int, max_shift: int = 4) -> np.ndarr
         res[i, S:H - S, S:W - S] = np.abs(f[i + 1, S:H - S, S:W - S] - prev).mean(-1)
     out[1:] = res.reshape(T - 1, grid, H // grid, grid, W // grid).mean((2, 4))
     out[0] = out[1]
-    return out
+    return out, shifts
 
 
 def motion_cache(dataset: str | Path, grid: int, cache_dir: str | Path) -> np.ndarray:
@@ -87,11 +92,12 @@ def frame_weight_shares(episodes: list[np.ndarray], grid: int, change_weight: fl
     for f in episodes:
         if len(f) < 2:
             continue
-        still.append(np.abs(view_shift(f[:-1], f[1:])).sum(1) == 0)
+        m, shifts = _motion_and_shifts(f, grid)  # the view shifts once, for the motion and the still mask
+        still.append(np.abs(shifts).sum(1) == 0)
         raw = np.abs(np.diff(f.astype(np.float32) / 255.0, axis=0)).mean(-1)
         T, H, W = raw.shape
         change.append(raw.reshape(T, grid, H // grid, grid, W // grid).mean((2, 4)))
-        motion.append(sprite_motion(f, grid)[1:])
+        motion.append(m[1:])
     if not still:
         raise DataError(f"{name} hold no episode of 2 frames or more")
     s, c, m = np.concatenate(still), np.concatenate(change), np.concatenate(motion)
