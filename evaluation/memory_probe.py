@@ -75,7 +75,7 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         x = sess.generate(acts[:, -1:], SamplerConfig(kind="euler", steps=steps, shift=shift_s),
                           write=False)  # the denoising calls only
     x_null = redraw(sess, snap, acts[:, -1:], steps, shift_s)
-    x_far, x_ctx = None, {}
+    x_far, x_ctx, x_keys = None, {}, None
     if model.cfg.pose_moves is not None:  # the hidden walk's frames out of the pose bias's reach
         x_far = redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
                        moved_times=torch.arange(context, context + hidden))
@@ -83,6 +83,10 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         x_ctx = {f"{dx},{dy}": redraw(sess, snap, acts[:, -1:], steps, shift_s, null_key=False,
                                       moved_times=torch.arange(context), offset=(dx, dy))
                  for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
+        # the hidden walk's keys hidden (null action tokens) with its poses kept: does the model take
+        # the walk's motion from its keys, and draw the return one move further along it?
+        x_keys = redraw_hidden_keys_null(model, ae.encode_frames(real.frames[:, :context]), acts, taken, context,
+                                         hidden, seed, steps, shift_s)
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
     mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame
@@ -118,6 +122,7 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
         "null_action": scores(x_null),
         "hidden_far": scores(x_far),
         "context_moved": {k: scores(v) for k, v in x_ctx.items()} or None,
+        "hidden_keys_null": scores(x_keys),
         "pose_bias": pose_bias_summary(model),
     }
 
@@ -150,6 +155,29 @@ def redraw(sess: Session, snap: dict[str, object], pressed: torch.Tensor, steps:
         x = flow.euler_step(x, model(x, sigma, key, times, noisy, cache=sess.cache, poses=poses), s, s_next)
     sess.restore(snap)  # the cache as it was
     return x
+
+
+def redraw_hidden_keys_null(model: Any, ctx_latents: torch.Tensor, acts: torch.Tensor, taken: torch.Tensor, context: int,
+                            hidden: int, seed: int, steps: int, shift: float) -> torch.Tensor:
+    """The return frame of the memory test drawn from the same noise as :func:`probe`'s, the hidden
+    walk written with the null action in its frames' action tokens while their poses still follow the
+    pressed keys (a pose model)."""
+    c = model.cfg
+    B = acts.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    sess = Session(model, B, generator=gen, cache="dynamic")
+    sess.prime(ctx_latents, acts[:, :context], taken=taken[:, :context])
+    noise = torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen)
+    sess.flush()
+    times = torch.arange(sess.t, sess.t + hidden)
+    ones = torch.ones(hidden, dtype=torch.bool)
+    pressed = acts[:, context:context + hidden]
+    poses = model.call_poses(pressed, times, ones, sess.cache, taken=taken[:, context:context + hidden])
+    null = torch.full_like(pressed, c.null_action)
+    sig = torch.ones(B, hidden, dtype=sess.dtype)
+    model(noise.to(sess.dtype), sig, null, times, ones, cache=sess.cache, write_cache=True, poses=poses)
+    sess.t += hidden
+    return redraw(sess, sess.snapshot(), acts[:, -1:], steps, shift, null_key=False)
 
 
 def pose_bias_summary(model: Any) -> dict[str, list[float]] | None:

@@ -189,6 +189,7 @@ def test_evaluate_command_end_to_end(tmp_path):
     n = pr["null_action"]
     assert len(n["psnr"]) == len(n["shift_px"]) == 2 and all(0 < v <= 100 for v in n["psnr"])
     assert pr["hidden_far"] is None and pr["context_moved"] is None  # a model without poses
+    assert pr["hidden_keys_null"] is None
     assert min(rep["protocol"]["eval_seeds"]) >= EVAL_SEED_BASE
     assert rep["provenance"]["weights_sha1"] and rep["provenance"]["command"].startswith("python -m evaluation")
     assert out.with_suffix(".md").read_text().startswith("# Evaluation")

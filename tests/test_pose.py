@@ -340,3 +340,25 @@ def test_the_probe_redraws_a_frame_from_the_same_noise_with_its_key_hidden():
     sess.restore(snap)
     drawn = sess.generate(same, SamplerConfig(kind="euler", steps=3), write=False)
     assert torch.allclose(drawn, redraw(sess, snap, same, 3, 3.0), atol=1e-5)
+
+
+def test_the_probe_redraws_the_return_with_the_hidden_walks_keys_hidden():
+    from evaluation.memory_probe import redraw, redraw_hidden_keys_null
+
+    model = tiny(window=8).float()
+    ctx = torch.randn(1, 2, 3, 4, 4)
+    acts = torch.tensor([[0, 4, 4, 4, 4, 3]])  # 2 context frames, 3 hidden RIGHTs, then the return (LEFT)
+    taken = torch.ones_like(acts, dtype=torch.bool)
+
+    def with_keys() -> torch.Tensor:  # the hidden walk written with its pressed keys, as the probe's draw
+        gen = torch.Generator().manual_seed(5)
+        sess = Session(model, 1, generator=gen, cache="dynamic")
+        sess.prime(ctx, acts[:, :2], taken=taken[:, :2])
+        sess.write(torch.randn(1, 3, 3, 4, 4, generator=gen), acts[:, 2:5], sigma=1.0, taken=taken[:, 2:5])
+        return redraw(sess, sess.snapshot(), acts[:, -1:], 3, 3.0, null_key=False)
+
+    hidden = redraw_hidden_keys_null(model, ctx, acts, taken, 2, 3, 5, 3, 3.0)
+    assert not torch.allclose(with_keys(), hidden)  # the hidden keys matter to this model
+    with torch.no_grad():  # a null embedding equal to RIGHT's: the very same frame
+        model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[4]
+    assert torch.allclose(with_keys(), redraw_hidden_keys_null(model, ctx, acts, taken, 2, 3, 5, 3, 3.0), atol=1e-5)
