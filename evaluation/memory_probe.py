@@ -65,7 +65,8 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
     gen = torch.Generator().manual_seed(seed)
     sess = Session(model, B, generator=gen, cache="dynamic")
     taken = torch.from_numpy(real.effective == real.actions)  # the moves the game took (pose_taken models)
-    sess.prime(ae.encode_frames(real.frames[:, :context]), acts[:, :context], taken=taken[:, :context])
+    ctx_latents = ae.encode_frames(real.frames[:, :context])
+    sess.prime(ctx_latents, acts[:, :context], taken=taken[:, :context])
     sess.write(torch.randn(B, hidden, c.latent_channels, c.latent_size, c.latent_size, generator=gen),
                acts[:, context:context + hidden], sigma=1.0, taken=taken[:, context:context + hidden])
     key_times = torch.cat([sess.cache.times, torch.tensor([sess.t])])  # the cache's frames, then the drawn one
@@ -85,8 +86,7 @@ def probe(checkpoint: str, world: str = "adventure", episodes: int = 8, context:
                  for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
         # the hidden walk's keys hidden (null action tokens) with its poses kept: does the model take
         # the walk's motion from its keys, and draw the return one move further along it?
-        x_keys = redraw_hidden_keys_null(model, ae.encode_frames(real.frames[:, :context]), acts, taken, context,
-                                         hidden, seed, steps, shift_s)
+        x_keys = redraw_hidden_keys_null(model, ctx_latents, acts, taken, context, hidden, seed, steps, shift_s)
     L = c.tokens_per_frame
     calls = [m for m in maps if m.shape[-1] == len(key_times) * L]
     mass = torch.stack(calls).mean(0).view(B, -1, len(key_times), L).sum(-1).mean((0, 1))  # per key frame

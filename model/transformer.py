@@ -456,17 +456,20 @@ class RingKVCache:
         return 0 if self.buffers is None else sum(k.numel() * k.element_size() * 2 for k, _ in self.buffers)
 
 
-def _default_taken_prior(state: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Weights saved before the taken head had a prior (``taken_prior``) load with prior 0."""
-    if f"{prefix}taken_head.bias" in state and f"{prefix}taken_prior" not in state:
-        state[f"{prefix}taken_prior"] = torch.zeros(())
+def _fill_defaulted_state(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load pre-hook: buffers of ``module.defaulted_state`` that older weights lack load as zeros."""
+    for k in getattr(module, "defaulted_state", ()):
+        buf = module._buffers.get(k)
+        if buf is not None and f"{prefix}{k}" not in state:
+            state[f"{prefix}{k}"] = torch.zeros_like(buf)
 
 
 # ---------------------------------------------------------------------------- model
 class FrameTransformer(nn.Module):
     """Velocity predictor over sequences of latent frames: (B, F, C, h, w) -> (B, F, C, h, w)."""
 
-    #: state entries that weights saved before them load without (filled in by a load pre-hook)
+    #: buffers that weights saved before them load without, as zeros (a load pre-hook fills them in;
+    #: ``model.io.load_into`` does not count them missing)
     defaulted_state = ("taken_prior",)
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -501,7 +504,7 @@ class FrameTransformer(nn.Module):
             # (loss.taken_balance) learnt odds as if both classes were equally common, and the trainer
             # stores the data's log(taken / blocked) here so that play decides by the data's odds
             self.register_buffer("taken_prior", torch.zeros(()))
-            self._register_load_state_dict_pre_hook(_default_taken_prior)
+            self._register_load_state_dict_pre_hook(_fill_defaulted_state, with_module=True)
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(D, 2 * D)
         self.patch_out = nn.Linear(D, C * p * p)

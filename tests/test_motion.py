@@ -81,3 +81,28 @@ def test_weight_shares_counts_the_still_views(tmp_path):
     # the command line, on a recorded dataset
     ds = record_tiny_dataset(tmp_path / "tiny-v0", episodes=1, steps=12)
     assert main(["--dataset", str(ds)]) == 0
+
+
+def test_the_teacher_loss_weighs_its_error_by_the_clips_motion():
+    from trainer.stages.teacher import TeacherLossConfig, teacher_forcing_loss
+
+    x0 = torch.randn(2, 3, 4, 4, 4)
+    acts = torch.ones(2, 3, dtype=torch.long)
+    motion = torch.zeros(2, 3, 4, 4)
+    motion[:, :, 1, 2] = 1.0
+
+    def still(clean, x_t, sigma, a, clean_sigma, pose_actions=None):
+        return torch.zeros_like(x_t)  # the error is then the target's square
+
+    def loss(mw: float, m: torch.Tensor | None) -> float:
+        cfg = TeacherLossConfig(action_dropout=0.0, change_weight=4.0, motion_weight=mw)
+        return float(teacher_forcing_loss(still, x0, acts, cfg, 5, torch.Generator().manual_seed(3), motion=m)[0])
+
+    gen = torch.Generator().manual_seed(3)  # the loss's own draws: sigma, then the noise
+    torch.rand(2, 3, generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    err = (eps - x0).pow(2)  # the flow-matching velocity target is eps - x0
+    want = float((err * token_change_weights(x0, 4.0, motion, 2.0)).mean())
+    assert loss(2.0, motion) == pytest.approx(want, rel=1e-5)
+    assert loss(2.0, motion) != pytest.approx(loss(2.0, None))
+    assert loss(0.0, motion) == pytest.approx(loss(2.0, None))

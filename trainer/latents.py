@@ -29,17 +29,21 @@ class LatentCache:
     def length(self, ep: int) -> int:
         return int(self.offsets[ep + 1] - self.offsets[ep])
 
+    def window_index(self, rows: np.ndarray, frames: int) -> np.ndarray:
+        """rows (N, 2) [episode, start] -> (N, F) indices into the cache's per-frame arrays (and into
+        any array of the dataset's frames in the same order, e.g. :func:`trainer.motion.motion_cache`)."""
+        starts = self.offsets[rows[:, 0]] + rows[:, 1]
+        return starts[:, None] + np.arange(frames)[None, :]
+
     def windows(self, rows: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
         """rows (N, 2) [episode, start] -> latents (N, F, C, h, w) float32, actions (N, F)."""
-        starts = self.offsets[rows[:, 0]] + rows[:, 1]
-        idx = starts[:, None] + np.arange(frames)[None, :]
+        idx = self.window_index(rows, frames)
         return self.latents[idx].astype(np.float32), self.actions[idx]
 
     def window_taken(self, rows: np.ndarray, frames: int) -> np.ndarray:
         """rows (N, 2) [episode, start] -> (N, F) bool: the recorded effective action equals the
         pressed one (the world took the move; a key pressed into a wall was not taken)."""
-        starts = self.offsets[rows[:, 0]] + rows[:, 1]
-        idx = starts[:, None] + np.arange(frames)[None, :]
+        idx = self.window_index(rows, frames)
         return self.effective[idx] == self.actions[idx]
 
     @classmethod

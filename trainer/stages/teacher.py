@@ -286,8 +286,7 @@ class ClipData:
     def motion(self, rows: np.ndarray, motion: np.ndarray, device: torch.device) -> torch.Tensor:
         """(N, F, h, w) for the same windows as :meth:`clips`: their rows of a dataset's
         :func:`trainer.motion.motion_cache`."""
-        idx = self.cache.offsets[rows[:, 0]][:, None] + rows[:, 1][:, None] + np.arange(self.frames)[None]
-        return torch.from_numpy(motion[idx].astype(np.float32)).to(device)
+        return torch.from_numpy(motion[self.cache.window_index(rows, self.frames)].astype(np.float32)).to(device)
 
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clips(self.next_rows(batch_size, info), info.device)
