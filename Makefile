@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
+.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-still dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
 	dataset-doom-heldout external-report variants variants-long compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -46,6 +46,15 @@ dataset-revisit: setup
 	$(PY) -m world.record --world adventure --policy explorer --policy-arg retrace=0.3 --policy-arg retrace_len=16 \
 		--episodes 240 --steps 256 --seed 0 --out data/datasets/adventure-revisit-v0 \
 		$(if $(wildcard data/datasets/adventure-revisit-v0),--resume)
+
+# Still views (the long teacher's controls where the view stands still): the retracing explorer drawn
+# to the map's edges, where the camera stops and only the player's sprite shows a move
+# (--policy-arg still_weight), seeds from 5000 (apart from the other datasets).
+dataset-still: setup
+	$(PY) -m world.record --world adventure --policy explorer --policy-arg retrace=0.3 --policy-arg retrace_len=16 \
+		--policy-arg still_weight=8 --policy-arg blocked_weight=1 \
+		--episodes 160 --steps 256 --seed 5000 --out data/datasets/adventure-still-v0 \
+		$(if $(wildcard data/datasets/adventure-still-v0),--resume)
 
 # The teacher's dataset: twice the episodes (the first 240 are those of `make dataset`).
 dataset-teacher: setup

@@ -353,8 +353,10 @@ def world_model_real_steps(checkpoint: str) -> dict[str, Any]:
     heads = card.get("heads") or default_heads(card.get("world", "adventure"))
     if heads:
         sources["heads"] = resolve_full(heads)[1]
+    from world.dataset import trained_datasets
+
     datasets = sorted({str(d) for c in sources.values()
-                       for d in [trained_on(c), *(c.get("datasets") or [])] if d})
+                       for d in [*trained_datasets(c), *(c.get("datasets") or [])] if d})
     missing = [d for d in datasets if not (Path(d) / "data" / "metadata.json").is_file()]
     if missing:
         raise BenchmarkError(f"the world model's training data {missing} is not here: regenerate it (make dataset, "

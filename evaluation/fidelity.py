@@ -269,9 +269,10 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         import yaml
 
         step = (yaml.safe_load(weights_file.with_suffix(".yaml").read_text()) or {}).get("steps")
-    dataset = cfg.get("data", {}).get("dataset")
-    from world.dataset import recorded_settings
+    from world.dataset import recorded_settings, trained_datasets
 
+    datasets = trained_datasets(cfg)
+    dataset = datasets[0] if datasets else None
     settings: dict[str, Any] = recorded_settings(dataset, world)
     settings.update(cfg.get("world_settings", {}) or {})
     if sampler is None:
@@ -300,7 +301,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
 
     def rollout_pair(n: int, length: int, start: int, **kw) -> tuple[Rollouts, np.ndarray]:
         real = recorded.take(n, length) if recorded is not None else play_real(world, settings, n, length, start, **kw)
-        check_heldout(real.seeds, dataset)
+        for d in datasets:
+            check_heldout(real.seeds, d)
         seeds_used.extend(real.seeds)
         g = generate(model, ae, real.frames[:, :context], real.actions, sampler, seed, precision,
                      taken=real.effective == real.actions)
@@ -380,7 +382,8 @@ def evaluate(checkpoint: str, world: str = "adventure", episodes: int = 16, cont
         if recorded is None:
             still = play_real(world, settings, revisit_episodes, context + walk, first_seed + REVISIT_SEED_OFFSET,
                               script_fn=lambda i: [0] * (context - 1 + walk))
-            check_heldout(still.seeds, dataset)
+            for d in datasets:
+                check_heldout(still.seeds, d)
             seeds_used.extend(still.seeds)
             kept = generate(model, ae, still.frames[:, :context], still.actions, sampler, seed, precision,
                             hidden=walk - 1, taken=still.effective == still.actions)

@@ -106,3 +106,30 @@ def test_the_teacher_loss_weighs_its_error_by_the_clips_motion():
     assert loss(2.0, motion) == pytest.approx(want, rel=1e-5)
     assert loss(2.0, motion) != pytest.approx(loss(2.0, None))
     assert loss(0.0, motion) == pytest.approx(loss(2.0, None))
+
+
+def test_several_datasets_make_one_cache_whose_extra_episodes_all_train():
+    """data.extra_datasets: the caches join episode after episode; the held-out episodes stay the first
+    dataset's (so the held-out loss is comparable with a run on it alone)."""
+    from trainer.latents import LatentCache
+    from trainer.stages.autoencoder import DataConfig
+
+    def cache(lengths: list[int], first: float) -> LatentCache:
+        n = sum(lengths)
+        lat = (first + np.arange(n, dtype=np.float16))[:, None, None, None] * np.ones((1, 1, 2, 2), np.float16)
+        return LatentCache(lat, np.arange(n) % 5, np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool),
+                           np.cumsum([0] + lengths))
+
+    a, b = cache([5, 7], 0), cache([4], 100)
+    both = LatentCache.concat([a, b])
+    assert both.num_episodes == 3 and both.offsets.tolist() == [0, 5, 12, 16]
+    z, _ = both.windows(np.array([[2, 1]]), 3)  # the second dataset's episode, from its frame 1
+    assert z[0, :, 0, 0, 0].tolist() == [101, 102, 103]
+    assert LatentCache.concat([a]) is a
+    with pytest.raises(ValueError, match="differ in shape"):
+        LatentCache.concat([a, LatentCache(np.zeros((3, 2, 2, 2), np.float16), *[np.zeros(3)] * 4,
+                                           np.array([0, 3]))])
+    cfg = DataConfig(dataset="d/a-v0", extra_datasets=["d/b-v0"])
+    assert cfg.datasets == ["d/a-v0", "d/b-v0"]
+    with pytest.raises(ValueError, match="extra_datasets"):
+        cfg.only_one("autoencoder")

@@ -277,10 +277,13 @@ def test_teacher_loss_falls(tmp_path, dataset):
     # pose attention from the moves taken added to the trained teacher (init=): the pose bias starts at
     # zero and the taken head fresh, both train on the data's effective actions, and the checkpoint
     # loads as a model that places each generated frame where its taken head says the player went
+    # it also trains on the episodes of a second dataset (data.extra_datasets)
     moves = [[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]]
+    extra = record_tiny_dataset(tmp_path / "extra-v0", episodes=2, steps=30, seed=100)
     pose_cfg = write_config(tmp_path / "pose.yaml", "adventure_teacher.yaml", run_dir=str(tmp_path / "pose"),
                             autoencoder=str(tmp_path / "ae_for_teacher"), latent_cache_dir=str(tmp_path / "lat"),
-                            frames=4, data={"dataset": str(dataset), "holdout_episodes": 1},
+                            frames=4, data={"dataset": str(dataset), "holdout_episodes": 1,
+                                            "extra_datasets": [str(extra)]},
                             model={"latent_channels": 8, "width": 32, "depth": 2, "heads": 2, "pose_moves": moves,
                                    "pose_radius": 2, "pose_taken": True},
                             loss={"taken_balance": True, "motion_weight": 2.0},
@@ -295,10 +298,11 @@ def test_teacher_loss_falls(tmp_path, dataset):
 
     net, card, _ = load_world_model(tmp_path / "pose")
     # the balanced head's weights carry the training episodes' prior log-odds of a move being taken
-    eps = load_episodes(str(dataset))
+    eps, extra_eps = load_episodes(str(dataset)), load_episodes(str(extra))
     train_ids, _ = split_episodes(len(eps), 1)
-    pressed = np.concatenate([eps[e].actions for e in train_ids])
-    effective = np.concatenate([eps[e].effective for e in train_ids])
+    trained = [eps[e] for e in train_ids] + extra_eps  # the first dataset's last episode held out
+    pressed = np.concatenate([e.actions for e in trained])
+    effective = np.concatenate([e.effective for e in trained])
     moving = pressed != 0
     n_taken, n_blocked = int((moving & (effective == pressed)).sum()), int((moving & (effective != pressed)).sum())
     assert n_blocked > 0
@@ -306,11 +310,12 @@ def test_teacher_loss_falls(tmp_path, dataset):
     # the sprite motion it was weighted by is cached beside the latents, episode after episode
     from trainer.motion import sprite_motion
 
-    cached = list((tmp_path / "lat").glob("*_motion8.npz"))
-    assert len(cached) == 1
-    with np.load(cached[0]) as z:
-        want = np.concatenate([sprite_motion(e.frames, 8) for e in eps]).astype(np.float16)
-        assert np.array_equal(z["motion"], want)
+    for ds, its in ((dataset, eps), (extra, extra_eps)):
+        cached = list((tmp_path / "lat").glob(f"{ds.name}_*_motion8.npz"))
+        assert len(cached) == 1
+        with np.load(cached[0]) as z:
+            want = np.concatenate([sprite_motion(e.frames, 8) for e in its]).astype(np.float16)
+            assert np.array_equal(z["motion"], want)
     assert card["model"]["pose_moves"] == moves and net.pose_bias.abs().max() > 0
     assert card["model"]["pose_taken"] and net.taken_head.bias.item() != 2.0  # trained from its init
     for bias, want in ((10.0, [[2, -1]]), (-10.0, [[0, 0]])):  # every move taken; none

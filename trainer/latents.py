@@ -47,6 +47,21 @@ class LatentCache:
         return self.effective[idx] == self.actions[idx]
 
     @classmethod
+    def concat(cls, caches: list[LatentCache]) -> LatentCache:
+        """One cache of several datasets' caches, episode after episode in their order (the episode
+        ids of ``caches[k]`` follow those of ``caches[:k]``)."""
+        if len(caches) == 1:
+            return caches[0]
+        shapes = {c.latents.shape[1:] for c in caches}
+        if len(shapes) > 1:
+            raise ValueError(f"the datasets' latents differ in shape {sorted(shapes)}: they must be frames of one "
+                             "world at one resolution, encoded by one autoencoder")
+        cat = lambda name: np.concatenate([getattr(c, name) for c in caches])  # noqa: E731
+        starts = np.cumsum([0] + [int(c.offsets[-1]) for c in caches[:-1]])
+        offsets = np.concatenate([caches[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(caches, starts)])
+        return cls(cat("latents"), cat("actions"), cat("effective"), cat("rewards"), cat("terminated"), offsets)
+
+    @classmethod
     def build(cls, dataset: str, ae: Autoencoder, ae_id: str, cache_dir: str | Path,
               batch: int = 256) -> LatentCache:
         """The dataset's latents, from the cache or encoded now (by rank 0 first, with several

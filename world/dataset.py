@@ -120,6 +120,13 @@ def recorded_settings(root: str | Path | None, world: str) -> dict[str, Any]:
     return {}
 
 
+def trained_datasets(config: dict[str, Any]) -> list[str]:
+    """Every dataset a run config or model card says its model trained on: ``data.dataset`` and
+    ``data.extra_datasets``, in that order."""
+    data = config.get("data") or {}
+    return [str(d) for d in [data.get("dataset"), *(data.get("extra_datasets") or [])] if d]
+
+
 def dir_size(path: Path) -> int:
     """Bytes of all files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

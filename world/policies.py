@@ -82,6 +82,10 @@ class ExplorerPolicy:
             replaced by its opposite (UP/DOWN, LEFT/RIGHT, FORWARD/BACKWARD, TURN_LEFT/TURN_RIGHT):
             the recording then holds returns to places that left the view (0: never, the default).
         retrace_len: how many of the latest moves a retrace walks back (at most).
+        still_weight: weight of the share of look-ahead steps where the player's sprite moves on
+            the screen (``info["player_pos"]`` changes), which a camera that follows the player shows
+            only where the view stands still: at the map's edges. Such transitions show a move by the
+            sprite alone, and a world model needs them to read the keys there (0: off, the default).
     """
 
     name = "explorer"
@@ -90,7 +94,8 @@ class ExplorerPolicy:
                  noop_share: float = 0.15, horizon: int = 4, novelty_weight: float = 8.0,
                  balance_weight: float = 1.0, blocked_weight: float = 3.0,
                  end_penalty: float = 4.0, temperature: float = 0.5,
-                 lookahead: bool = True, retrace: float = 0.0, retrace_len: int = 16) -> None:
+                 lookahead: bool = True, retrace: float = 0.0, retrace_len: int = 16,
+                 still_weight: float = 0.0) -> None:
         if world.num_actions < 2:
             raise PolicyError(f"the explorer needs at least one action besides NOOP; "
                               f"world {world.name!r} has {list(world.action_names)}")
@@ -99,7 +104,8 @@ class ExplorerPolicy:
                   (horizon >= 1, f"horizon must be >= 1, got {horizon}"),
                   (temperature > 0, f"temperature must be > 0, got {temperature}"),
                   (0 <= retrace <= 1, f"retrace must be in [0, 1], got {retrace}"),
-                  (retrace_len >= 1, f"retrace_len must be >= 1, got {retrace_len}")]
+                  (retrace_len >= 1, f"retrace_len must be >= 1, got {retrace_len}"),
+                  (still_weight >= 0, f"still_weight must be >= 0, got {still_weight}")]
         for ok, msg in checks:
             if not ok:
                 raise PolicyError(f"explorer: {msg}")
@@ -112,6 +118,12 @@ class ExplorerPolicy:
                        "lookahead": bool(lookahead and world.supports_state)}
         if retrace > 0:  # only then in the description (earlier recordings resume unchanged)
             self.params.update(retrace=float(retrace), retrace_len=int(retrace_len))
+        if still_weight > 0:
+            if not lookahead or not world.supports_state:
+                raise PolicyError(f"explorer: still_weight needs the look-ahead (lookahead=True and a world with "
+                                  f"get_state/set_state); world {world.name!r} has supports_state="
+                                  f"{world.supports_state}, lookahead={lookahead}")
+            self.params["still_weight"] = float(still_weight)
         names = list(world.action_names)
         pairs = [("UP", "DOWN"), ("LEFT", "RIGHT"), ("FORWARD", "BACKWARD"), ("TURN_LEFT", "TURN_RIGHT")]
         self._opposite = {names.index(a): names.index(b) for x, y in pairs for a, b in ((x, y), (y, x))
@@ -133,6 +145,7 @@ class ExplorerPolicy:
         self._action, self._hold, self._stuck = 0, 0, 0
         self._path: list[int] = []      # the latest effective moves, for a retrace
         self._back: list[int] = []      # the moves of a retrace still to make
+        self._pos: Any = None           # the player's latest position on the screen, if the world says
 
     def act(self, frame: np.ndarray, info: dict[str, Any]) -> int:
         self._observe(info)
@@ -154,6 +167,7 @@ class ExplorerPolicy:
         cell = info.get("cell")
         if cell is not None:
             self._visits[cell] += 1
+        self._pos = info.get("player_pos")
         if self.params.get("retrace") and info.get("step", 0) > 0:
             eff = int(info.get("effective_action", self._action))
             if eff in self._opposite:
@@ -195,19 +209,23 @@ class ExplorerPolicy:
         snapshot = world.get_state()
         scores = np.zeros(len(self.moves))
         for k, a in enumerate(self.moves):
-            novelty, blocked, ended = 0.0, 0, False
+            novelty, blocked, ended, on_screen, pos = 0.0, 0, False, 0, self._pos
             for _ in range(steps):
                 res = world.step(int(a))
                 cell = res.info.get("cell")
                 if cell is not None:
                     novelty += 1.0 / (1.0 + self._visits[cell])
                 blocked += res.info.get("effective_action", a) == 0
+                new_pos = res.info.get("player_pos")
+                on_screen += pos is not None and new_pos is not None and tuple(new_pos) != tuple(pos)
+                pos = new_pos
                 if res.terminated or res.truncated:
                     ended = res.terminated
                     break
             world.set_state(snapshot)
             scores[k] = (p["novelty_weight"] * novelty / steps
-                         - p["blocked_weight"] * blocked / steps - p["end_penalty"] * ended)
+                         - p["blocked_weight"] * blocked / steps - p["end_penalty"] * ended
+                         + p.get("still_weight", 0.0) * on_screen / steps)
         return scores
 
 

@@ -30,6 +30,21 @@ class DataConfig:
     dataset: str = "data/datasets/adventure-explorer-v0"
     holdout_episodes: int = 8
     max_episodes: int = 0  # 0 = every episode
+    # more recorded datasets of the same world whose episodes all train, after ``dataset``'s (the
+    # held-out episodes are ``dataset``'s alone, so the held-out loss stays comparable); the stages
+    # that train on latent clips (teacher, cd, dmd, ode) read them
+    extra_datasets: list[str] = field(default_factory=list)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.dataset, *self.extra_datasets]
+
+    def only_one(self, stage: str) -> None:
+        """Refuse ``extra_datasets`` in a stage that trains on ``dataset`` alone."""
+        if self.extra_datasets:
+            raise ValueError(f"{stage}: data.extra_datasets ({self.extra_datasets}) is read by the stages that train "
+                             f"on latent clips (teacher, cd, dmd, ode); the {stage} trains on data.dataset alone: "
+                             "remove the key, or record one dataset with all the episodes")
 
 
 @dataclass
@@ -104,6 +119,7 @@ class AutoencoderStage:
 
     def __init__(self, cfg: AutoencoderExperiment) -> None:
         self.cfg = cfg
+        cfg.data.only_one("autoencoder")
         n_total = _count_episodes(cfg.data.dataset)
         if cfg.data.max_episodes:
             n_total = min(n_total, cfg.data.max_episodes)

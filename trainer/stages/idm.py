@@ -47,6 +47,7 @@ class IDMStage:
 
     def __init__(self, cfg: IDMExperiment) -> None:
         self.cfg = cfg
+        cfg.data.only_one("idm")
         n = _count_episodes(cfg.data.dataset)
         if cfg.data.max_episodes:
             n = min(n, cfg.data.max_episodes)

@@ -259,9 +259,13 @@ class ClipData:
             raise ValueError(
                 f"model.latent_channels/latent_size ({model.latent_channels}, {model.latent_size}) must "
                 f"match the autoencoder's ({ae.cfg.latent_channels}, {ae.cfg.latent_size})")
-        cache = LatentCache.build(data.dataset, ae, ae_id, cache_dir)
-        n = cache.num_episodes if not data.max_episodes else min(cache.num_episodes, data.max_episodes)
+        caches = [LatentCache.build(d, ae, ae_id, cache_dir) for d in data.datasets]
+        first = caches[0]
+        n = first.num_episodes if not data.max_episodes else min(first.num_episodes, data.max_episodes)
         train_ids, hold_ids = split_episodes(n, data.holdout_episodes)
+        # the extra datasets' episodes (after the first dataset's) all train
+        train_ids += list(range(first.num_episodes, sum(c.num_episodes for c in caches)))
+        cache = LatentCache.concat(caches)
         self.cache = cache
         self.frames = frames
         self.train_windows = window_index([cache.length(e) for e in train_ids], frames)
@@ -317,10 +321,11 @@ class TeacherStage:
         if cfg.loss.motion_weight > 0:
             from trainer.motion import motion_cache
 
-            self.sprite_motion = motion_cache(cfg.data.dataset, cfg.model.latent_size, cfg.latent_cache_dir)
+            self.sprite_motion = np.concatenate([motion_cache(d, cfg.model.latent_size, cfg.latent_cache_dir)
+                                                 for d in cfg.data.datasets])
             if len(self.sprite_motion) != len(self.cache.latents):
-                raise ValueError(f"the motion cache of {cfg.data.dataset} has {len(self.sprite_motion)} frames, its "
-                                 f"latent cache {len(self.cache.latents)}: delete the stale one in "
+                raise ValueError(f"the motion caches of {cfg.data.datasets} have {len(self.sprite_motion)} frames, their "
+                                 f"latent caches {len(self.cache.latents)}: delete the stale ones in "
                                  f"{cfg.latent_cache_dir} and run again")
 
     def _taken_prior(self) -> float:
