@@ -276,6 +276,38 @@ def test_the_retracing_explorer_returns_to_places_it_left():
         make_policy("explorer", w, seed=0, retrace=2.0)
 
 
+def test_the_still_seeking_explorer_moves_the_sprite_on_still_views_more_often():
+    """explorer still_weight=w: the look-ahead favours moves that move the player's sprite on the screen,
+    which the following camera shows only where the view stops (the map's edges)."""
+    from world import make_world
+    from world.policies import PolicyError, make_policy
+
+    w = make_world("adventure")
+
+    def on_screen_moves(still_weight: float) -> int:
+        n = 0
+        for seed in range(2):
+            pol = make_policy("explorer", w, seed=seed, still_weight=still_weight)
+            pol.reset(seed)
+            f, info = w.reset(seed=seed)
+            for _ in range(160):
+                before = tuple(info["player_pos"])
+                f, _r, term, trunc, info = w.step(pol.act(f, info))
+                n += info["effective_action"] != 0 and tuple(info["player_pos"]) != before
+                if term or trunc:
+                    break
+        return n
+
+    base, more = on_screen_moves(0.0), on_screen_moves(8.0)
+    assert more > 1.5 * max(base, 1), (base, more)
+    assert "still_weight" not in make_policy("explorer", w, seed=0).describe()["params"]  # old recordings resume
+    with pytest.raises(PolicyError, match="still_weight must be"):
+        make_policy("explorer", w, seed=0, still_weight=-1.0)
+    with pytest.raises(PolicyError, match="needs the look-ahead"):
+        make_policy("explorer", w, seed=0, still_weight=1.0, lookahead=False)
+    w.close()
+
+
 def test_sampled_observations_are_distinct_frames_of_the_dataset_and_follow_the_seed(dataset):
     every = np.concatenate([ep.observations for ep in load_episodes(dataset)])  # 3 episodes of 41 frames
     some = sample_observations(dataset, 20, seed=3)
