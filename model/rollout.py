@@ -90,6 +90,8 @@ class Session:
         # a pose_taken model: whether each frame of the block being denoised took its pressed move, as
         # the model's taken head read it at the latest conditional call ((B, K) bool; None: not read)
         self.taken: torch.Tensor | None = None
+        # the keys pressed for the block being denoised (B, K): what a pose model's frames follow
+        self.pressed: torch.Tensor | None = None
 
     def _shape(self, frames: int) -> tuple[int, ...]:
         c = self.cfg
@@ -166,8 +168,13 @@ class Session:
                                       write_cache=True, taken=ptaken, return_taken=read), actions, P)
                 return out[:, P:].to(x.dtype)
             if B == self.batch:
-                return keep(self.model(x, sigma, actions, times, noisy, cache=self.cache, return_taken=read),
-                            actions).to(x.dtype)
+                poses = None
+                if self.cfg.pose_moves is not None and self.pressed is not None and not torch.equal(actions, self.pressed):
+                    # guidance's null-action call: its frame stands where the pressed keys put it, as in
+                    # training, where dropped action tokens keep the pressed moves' poses
+                    poses = self.model.call_poses(self.pressed, times, noisy, self.cache)
+                return keep(self.model(x, sigma, actions, times, noisy, cache=self.cache, return_taken=read,
+                                       poses=poses), actions).to(x.dtype)
             self.flush()  # CFG batches cond and uncond: write the pending frame once, first
             # CFG batches cond and uncond along the batch: run them one after the other
             # against the same cache (the cache is per batch element).
@@ -186,6 +193,7 @@ class Session:
         noise = torch.randn(self._shape(K), generator=self.gen, dtype=torch.float32).to(self.device, self.dtype)
         actions = actions.to(self.device)
         self.taken = None
+        self.pressed = actions
         v = self._velocity(times)
         if sampler.kind == "euler":
             null = torch.full_like(actions, self.cfg.null_action)

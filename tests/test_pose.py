@@ -362,3 +362,29 @@ def test_the_probe_redraws_the_return_with_the_hidden_walks_keys_hidden():
     with torch.no_grad():  # a null embedding equal to RIGHT's: the very same frame
         model.action_emb.weight[model.cfg.null_action] = model.action_emb.weight[4]
     assert torch.allclose(with_keys(), redraw_hidden_keys_null(model, ctx, acts, taken, 2, 3, 5, 3, 3.0), atol=1e-5)
+
+
+def test_guidance_s_null_action_call_places_the_frame_where_the_pressed_keys_put_it():
+    """Action CFG: the null-action call keeps the poses of the pressed moves (training drops action
+    tokens but keeps their poses), so guidance does not push the frame a move further along."""
+    model = tiny()
+    sess = Session(model, 1, generator=torch.Generator().manual_seed(0))
+    sess.prime(torch.randn(1, 1, *clip(F=1)[0].shape[2:]), torch.zeros(1, 1, dtype=torch.long))
+    seen: list[tuple[list[int], list]] = []
+    forward = model.forward
+
+    def spy(x, sigma, actions, times, clean, **kw):
+        poses = kw.get("poses")
+        if poses is None:
+            poses = model.call_poses(actions, times, clean, kw.get("cache"), kw.get("taken"))
+        seen.append((actions[0].tolist(), poses[0].tolist()))
+        return forward(x, sigma, actions, times, clean, **kw)
+
+    model.forward = spy  # type: ignore[method-assign]
+    for a in (4, 4):  # RIGHT, RIGHT
+        seen.clear()
+        sess.generate(torch.tensor([[a]]), SamplerConfig(kind="euler", steps=2, cfg=2.0))
+        null_calls = [p for acts, p in seen if acts == [model.cfg.null_action]]
+        cond_calls = [p for acts, p in seen if acts == [a]]
+        assert null_calls and cond_calls and all(p == cond_calls[0] for p in null_calls + cond_calls), seen
+    assert cond_calls[0] == [[2, 0]]
