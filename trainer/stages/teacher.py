@@ -208,13 +208,15 @@ def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tenso
 
 
 def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor, cfg: TeacherLossConfig,
-                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, int, int]:
+                 gen: torch.Generator | None = None,
+                 taken: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """The clips x0 (B, F, ...) with one run of frames [start, start + length) replaced by the
     model's own: each generated from the real frames before the run and the frames it generated
     since, with the clip's actions (``cfg.rollout_steps`` Euler steps, no guidance, no grad),
     entered into its cache as the sampler does at play (at ``generated_sigma``). The run's length is
     ``rollout_span // 2``..``rollout_span`` (at most F - 2); at least one real frame comes before it
-    and one after it. Returns (context, start, length)."""
+    and one after it. ``taken`` (B, F): a ``pose_taken`` model's real context frames enter with the
+    data's taken moves, as in the loss. Returns (context, start, length)."""
     from model.rollout import SamplerConfig, Session
 
     B, F = x0.shape[:2]
@@ -224,7 +226,8 @@ def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor,
     sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift, context_sigma=cfg.generated_sigma)
     with torch.no_grad():  # the transformer has no train-only layers: no eval() switch needed
         session = Session(net, B, x0.device, generator=gen, cache="dynamic")
-        session.prime(x0[:, :start], actions[:, :start], defer=True)
+        session.prime(x0[:, :start], actions[:, :start], defer=True,
+                      taken=None if taken is None else taken[:, :start])
         frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float()
                   for t in range(start, start + length)]
     context = x0.clone()
@@ -390,7 +393,7 @@ class TeacherStage:
         lc = self.cfg.loss
         context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
-            context, start, length = rollout_span(self.net, x0, actions, lc, self.gen)
+            context, start, length = rollout_span(self.net, x0, actions, lc, self.gen, taken)
             span = slice(start, start + length)
             extra = {"rollout_len": float(length),
                      "rollout_mse": float((context[:, span] - x0[:, span]).pow(2).mean())}
