@@ -133,3 +133,27 @@ def test_several_datasets_make_one_cache_whose_extra_episodes_all_train():
     assert cfg.datasets == ["d/a-v0", "d/b-v0"]
     with pytest.raises(ValueError, match="extra_datasets"):
         cfg.only_one("autoencoder")
+
+
+def test_joined_datasets_must_share_the_world_and_its_actions(tmp_path):
+    import json
+
+    from trainer.data import DataError
+    from trainer.latents import LatentCache
+    from trainer.stages.teacher import check_joined
+
+    def dataset(name: str, world: str) -> str:
+        (tmp_path / name / "data").mkdir(parents=True)
+        (tmp_path / name / "data" / "metadata.json").write_text(json.dumps({"recording": {"world": world}}))
+        return str(tmp_path / name)
+
+    def cache(top: int) -> LatentCache:
+        return LatentCache(np.zeros((3, 1, 2, 2), np.float16), np.array([0, 1, top]), np.zeros(3, np.int64),
+                           np.zeros(3), np.zeros(3, bool), np.array([0, 3]))
+
+    a, b, doom = dataset("a-v0", "adventure"), dataset("b-v0", "adventure"), dataset("d-v0", "gym:Doom")
+    check_joined([a, b], [cache(4), cache(4)], 5)
+    with pytest.raises(DataError, match="world 'adventure'"):
+        check_joined([a, doom], [cache(4), cache(4)], 5)
+    with pytest.raises(DataError, match="holds action 7, but model.num_actions is 5"):
+        check_joined([a, b], [cache(4), cache(7)], 5)

@@ -251,6 +251,25 @@ class TeacherForcing(nn.Module):
                                         return_taken=True)
 
 
+def check_joined(datasets: list[str], caches: list[LatentCache], num_actions: int) -> None:
+    """Datasets trained on together must be recordings of one world whose actions the model has."""
+    from trainer.data import DataError
+    from world.dataset import read_metadata
+
+    worlds = {d: (read_metadata(d).get("recording") or {}).get("world") for d in datasets[1:]}
+    if worlds:
+        first = (read_metadata(datasets[0]).get("recording") or {}).get("world")
+        other = {d: w for d, w in worlds.items() if w != first}
+        if other:
+            raise DataError(f"data.extra_datasets must be recordings of {datasets[0]}'s world {first!r}; "
+                            f"{other} differ: train on them apart")
+    for d, c in zip(datasets, caches):
+        top = int(c.actions.max()) if len(c.actions) else 0
+        if top >= num_actions:
+            raise DataError(f"{d} holds action {top}, but model.num_actions is {num_actions}: set model.num_actions "
+                            "to the world's action count, or drop the dataset")
+
+
 class ClipData:
     """Windows of ``frames`` latent frames + actions from a dataset, encoded once by the frozen
     autoencoder and cached on disk; deterministic shuffling (exact resume) and held-out windows."""
@@ -263,6 +282,7 @@ class ClipData:
                 f"model.latent_channels/latent_size ({model.latent_channels}, {model.latent_size}) must "
                 f"match the autoencoder's ({ae.cfg.latent_channels}, {ae.cfg.latent_size})")
         caches = [LatentCache.build(d, ae, ae_id, cache_dir) for d in data.datasets]
+        check_joined(data.datasets, caches, model.num_actions)
         first = caches[0]
         n = first.num_episodes if not data.max_episodes else min(first.num_episodes, data.max_episodes)
         train_ids, hold_ids = split_episodes(n, data.holdout_episodes)
