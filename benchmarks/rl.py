@@ -195,9 +195,10 @@ def dream_vec_env(cfg: RLConfig):
 
 
 def trained_on(card: dict[str, Any]) -> str | None:
-    """The dataset a model card (or run config) says its model was trained on, if it names one."""
-    d = (card.get("data") or {}).get("dataset")
-    return str(d) if d else None
+    """The (first) dataset a model card (or run config) says its model was trained on, if it names one."""
+    from world.dataset import trained_datasets
+
+    return next(iter(trained_datasets(card)), None)
 
 
 @functools.lru_cache(maxsize=2)

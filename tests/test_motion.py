@@ -109,8 +109,9 @@ def test_the_teacher_loss_weighs_its_error_by_the_clips_motion():
 
 
 def test_several_datasets_make_one_cache_whose_extra_episodes_all_train():
-    """data.extra_datasets: the caches join episode after episode; the held-out episodes stay the first
-    dataset's (so the held-out loss is comparable with a run on it alone)."""
+    """data.extra_datasets: the caches join episode after episode (that the extra episodes all train
+    and the held-out ones stay the first dataset's is checked by tests/test_trainer.py's teacher run,
+    through the taken prior it counts over the training episodes)."""
     from trainer.latents import LatentCache
     from trainer.stages.autoencoder import DataConfig
 
