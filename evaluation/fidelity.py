@@ -203,12 +203,17 @@ def fidelity(real: Rollouts, gen: np.ndarray, C: int, ae: Autoencoder, idm, worl
         r["view_moved_share"] = float(moved.mean())
         for name, sel in (("view_moved", moved), ("view_still", ~moved)):
             r[f"action_accuracy_{name}"] = float((pred_g == true)[sel].mean()) if sel.any() else None
+        # and by the policy that played the real episode (the explorer or uniform random keys)
+        pol = np.repeat(np.asarray(real.policies[:len(gen)]), Hn)
+        r["action_accuracy_by_policy"] = {k: float((pred_g == true)[pol == k].mean()) for k in sorted(set(pol))}
+        r["action_accuracy_view_still_by_policy"] = {
+            k: float((pred_g == true)[(pol == k) & ~moved].mean()) for k in sorted(set(pol)) if ((pol == k) & ~moved).any()}
     else:
         r["action_accuracy"] = r["idm_real_accuracy"] = r["idm_ae_accuracy"] = r["action_confusion"] = None
         r["action_accuracy_at"] = None
         for k in ("switch_share", "action_accuracy_switch", "action_accuracy_hold", "idm_real_accuracy_switch",
                   "idm_real_accuracy_hold", "view_moved_share", "action_accuracy_view_moved",
-                  "action_accuracy_view_still"):
+                  "action_accuracy_view_still", "action_accuracy_by_policy", "action_accuracy_view_still_by_policy"):
             r[k] = None
     return r
 

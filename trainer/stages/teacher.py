@@ -24,6 +24,7 @@ from model import flow
 from model.transformer import FrameTransformer, TransformerConfig
 from trainer.data import EpochSampler, split_episodes, window_index
 from trainer.distributed import DistInfo
+from trainer.judge import ActionJudge, judge_loss
 from trainer.latents import LatentCache, load_autoencoder
 from trainer.loop import TrainConfig, autocast
 from trainer.stages.autoencoder import DataConfig
@@ -64,8 +65,33 @@ class TeacherLossConfig:
     # motion), motion being the frame's change once the view's scroll is taken out (trainer.motion), so
     # that the player and the creatures weigh where the view stands still as where it scrolls (0 = off)
     motion_weight: float = 0.0
+    # the action judge (trainer/judge.py): cross-entropy of the frozen IDM's reading of the model's
+    # predicted clean frames (decoded by the frozen autoencoder) against the data's effective actions,
+    # on up to idm_frames frames a clip whose noise level is below idm_max_sigma and whose action was
+    # not dropped; needs the experiment's ``idm`` (0 = off)
+    idm_weight: float = 0.0
+    idm_frames: int = 4
+    idm_max_sigma: float = 1.0
+    # idm_steps >= 2: the judge reads the frames the sampler is drawing instead (idm_max_sigma unused: the
+    # stop levels are the grid's), on the batch's first
+    # idm_clips clips: each noisy frame is sampled from pure noise (no grad) along an idm_steps-step
+    # Euler grid, stopped after a random 1..idm_steps-1 steps, and the model's prediction there is
+    # judged, so the loss reaches the moves a sample has already half committed to (0 = the teacher-
+    # forcing batch's own predictions)
+    idm_steps: int = 0
+    idm_clips: int = 2
+    # the sampled judge's clips cut to their first idm_prefix frames (0 = whole clips): frames drawn
+    # from a short real history, as the evaluation draws its first frames after 4 context frames
+    idm_prefix: int = 0
 
     def __post_init__(self) -> None:
+        if self.idm_weight < 0 or self.idm_frames < 1 or not 0 < self.idm_max_sigma <= 1:
+            raise ValueError(f"loss.idm_weight must be >= 0, idm_frames >= 1 and idm_max_sigma in (0, 1]; got "
+                             f"{self.idm_weight}, {self.idm_frames}, {self.idm_max_sigma}")
+        if self.idm_steps == 1 or self.idm_steps < 0 or self.idm_clips < 1 or self.idm_prefix in (1,) \
+                or self.idm_prefix < 0:
+            raise ValueError(f"loss.idm_steps must be 0 (off) or >= 2, idm_clips >= 1 and idm_prefix 0 (whole clips) "
+                             f"or >= 2; got {self.idm_steps}, {self.idm_clips}, {self.idm_prefix}")
         if self.motion_weight < 0:
             raise ValueError(f"loss.motion_weight must be >= 0, got {self.motion_weight}")
         if self.taken_weight < 0:
@@ -96,6 +122,13 @@ class TeacherExperiment:
     # start from these weights (a run, checkpoint or shipped .safetensors with the same model config),
     # e.g. to continue training the shipped teacher in a new session; ignored when the run resumes
     init: str = ""
+    # the inverse-dynamics model of loss.idm_weight's action judge (a run, checkpoint or .safetensors)
+    idm: str = ""
+
+    def __post_init__(self) -> None:
+        if self.loss.idm_weight > 0 and not self.idm:
+            raise ValueError(f"loss.idm_weight {self.loss.idm_weight} needs the world's inverse-dynamics model: set "
+                             "idm (e.g. assets/checkpoints/adventure_idm.safetensors) or loss.idm_weight: 0")
 
 
 def token_change_weights(x0: torch.Tensor, change_weight: float, motion: torch.Tensor | None = None,
@@ -120,8 +153,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
                          null_action: int, gen: torch.Generator | None = None,
                          context: torch.Tensor | None = None, context_sigma: torch.Tensor | None = None,
                          taken: torch.Tensor | None = None, moving: torch.Tensor | None = None,
-                         taken_prior: float = 0.0, motion: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, dict[str, float]]:
+                         taken_prior: float = 0.0, motion: torch.Tensor | None = None,
+                         judge: ActionJudge | None = None, effective: torch.Tensor | None = None,
+                         judge_model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Flow-matching loss of one batch of clips x0 (B, F, C, h, w) with actions (B, F).
 
     ``context`` (same shape) replaces x0 as the clean history the noisy frames see (e.g. with
@@ -133,7 +167,9 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     is then trained on them (``cfg.taken_weight``) over the frames where ``moving`` (B, F) bool; its
     accuracy and blocked-move recall are read as play decides, with ``taken_prior`` (the model's
     ``taken_prior``, log-odds) added to the logits. ``motion`` (B, F, h, w): the clips' sprite motion,
-    for ``cfg.motion_weight``."""
+    for ``cfg.motion_weight``. ``judge`` and ``effective`` (B, F), the data's effective actions: the
+    action judge's loss (``cfg.idm_weight``); ``judge_model``: the model the sampled judge calls (the
+    same weights uncompiled: its batch and grad mode differ from the training step's; default ``model``)."""
     B, F = x0.shape[:2]
     dev = x0.device
     u = torch.rand(B, F, generator=gen).to(dev)
@@ -166,6 +202,15 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
     err = (v.float() - target).pow(2)
     loss = (err * w).mean()
     metrics = {"mse_unweighted": err.detach().mean().item()}
+    if judge is not None and cfg.idm_weight > 0:
+        if effective is None:
+            raise ValueError("loss.idm_weight needs the clips' effective actions")
+        if cfg.idm_steps >= 2:
+            jl, jm = sampled_judge_loss(judge_model or model, judge, x0, actions, effective, cfg, gen, taken)
+        else:
+            jl, jm = judge_loss(judge, x0, x_t, sigma, v, effective, drop, cfg.idm_frames, cfg.idm_max_sigma, gen)
+        loss = loss + cfg.idm_weight * jl
+        metrics.update(jm)
     if logits is not None and taken is not None:
         m = moving if moving is not None else torch.ones_like(taken, dtype=torch.bool)
         y = taken.float().to(dev)
@@ -187,6 +232,41 @@ def teacher_forcing_loss(model: nn.Module, x0: torch.Tensor, actions: torch.Tens
         metrics["taken_blocked_recall"] = float(((~says).float() * blocked).sum() / nb) \
             if float(nb) > 0 else float("nan")
     return loss, metrics
+
+
+def sampled_judge_loss(model: nn.Module, judge: ActionJudge, x0: torch.Tensor, actions: torch.Tensor,
+                       effective: torch.Tensor, cfg: TeacherLossConfig, gen: torch.Generator | None = None,
+                       taken: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The action judge on frames being sampled (``cfg.idm_steps`` >= 2): the noisy frames of the first
+    ``cfg.idm_clips`` clips (their first ``cfg.idm_prefix`` frames, if set) start from pure noise beside
+    their real context (teacher forcing: every frame is drawn at once, each from the real frames before
+    it) and follow the ``cfg.idm_steps``-step Euler grid of the training shift without grad for a
+    random 1..idm_steps-1 steps; the model's clean-frame
+    prediction at that level, with grad, is judged (:func:`trainer.judge.judge_loss`) against the
+    effective actions. Actions are not dropped. Returns (loss, metrics with ``judge_sigma``)."""
+    B = min(cfg.idm_clips, x0.shape[0])
+    P = x0.shape[1] if not cfg.idm_prefix else min(cfg.idm_prefix, x0.shape[1])
+    x, a, eff = x0[:B, :P], actions[:B, :P], effective[:B, :P]
+    kw = {} if taken is None else {"taken": taken[:B, :P]}
+    F = x.shape[1]
+    grid = [float(g) for g in flow.sigma_grid(cfg.idm_steps + 1, cfg.shift)]
+    stop = int(torch.randint(1, cfg.idm_steps, (1,), generator=gen))
+    zeros = torch.zeros(B, F, device=x.device)
+
+    def velocity(x_t: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = torch.full((B, F), level, device=x.device)
+        out = model(x, x_t, sigma, a, zeros, pose_actions=a, **kw)
+        return (out[0] if isinstance(out, tuple) else out), sigma
+
+    x_t = torch.randn(x.shape, generator=gen).to(x.device)
+    with torch.no_grad():
+        for i in range(stop):
+            v, _ = velocity(x_t, grid[i])
+            x_t = flow.euler_step(x_t, v.float(), grid[i], grid[i + 1])
+    v, sigma = velocity(x_t, grid[stop])
+    loss, m = judge_loss(judge, x, x_t, sigma, v, eff, torch.zeros_like(zeros, dtype=torch.bool), cfg.idm_frames,
+                         1.0, gen)
+    return loss, {**m, "judge_sigma": grid[stop]}
 
 
 def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tensor, cfg: TeacherLossConfig,
@@ -251,6 +331,10 @@ class TeacherForcing(nn.Module):
                                         return_taken=True)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def check_joined(datasets: list[str], caches: list[LatentCache], num_actions: int) -> None:
     """Datasets trained on together must be recordings of one world whose actions the model has."""
     from trainer.data import DataError
@@ -310,6 +394,10 @@ class ClipData:
         (the recorded effective action equals the pressed one)?"""
         return torch.from_numpy(self.cache.window_taken(rows, self.frames)).to(device)
 
+    def effective(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(N, F) long for the same windows as :meth:`clips`: the recorded effective actions."""
+        return torch.from_numpy(self.cache.effective[self.cache.window_index(rows, self.frames)]).long().to(device)
+
     def motion(self, rows: np.ndarray, motion: np.ndarray, device: torch.device) -> torch.Tensor:
         """(N, F, h, w) for the same windows as :meth:`clips`: their rows of a dataset's
         :func:`trainer.motion.motion_cache`."""
@@ -325,6 +413,7 @@ class ClipData:
 
 class TeacherStage:
     name = "teacher"
+    judge: ActionJudge | None = None  # loss.idm_weight's action judge (set in __init__)
 
     def __init__(self, cfg: TeacherExperiment) -> None:
         self.cfg = cfg
@@ -339,6 +428,8 @@ class TeacherStage:
 
             init_from(self.net, cfg.init, "teacher")
         self.wrapped = TeacherForcing(self.net)
+        # the action judge (loss.idm_weight): the run's autoencoder and the world's IDM, frozen
+        self.judge = ActionJudge.load(cfg.autoencoder, cfg.idm) if cfg.loss.idm_weight > 0 else None
         self.taken_prior = self._taken_prior() if cfg.model.pose_taken and cfg.loss.taken_balance else 0.0
         self.sprite_motion: np.ndarray | None = None
         if cfg.loss.motion_weight > 0:
@@ -390,15 +481,17 @@ class TeacherStage:
         return self.data.clips(rows, device)
 
     def next_batch(self, batch_size: int, info: DistInfo) -> tuple[torch.Tensor, ...]:
-        """(latents, actions, taken, motion): the windows' taken moves for a ``pose_taken`` model and
-        their sprite motion for ``loss.motion_weight``, else None."""
+        """(latents, actions, taken, motion, effective): the windows' taken moves for a ``pose_taken``
+        model, their sprite motion for ``loss.motion_weight`` and their effective actions for
+        ``loss.idm_weight``, else None."""
         rows = self.data.next_rows(batch_size, info)
         return (*self.data.clips(rows, info.device), *self._extras(rows, info.device))
 
-    def _extras(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _extras(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor | None, ...]:
         taken = self.data.taken(rows, device) if self.cfg.model.pose_taken else None
         motion = None if self.sprite_motion is None else self.data.motion(rows, self.sprite_motion, device)
-        return taken, motion
+        effective = self.data.effective(rows, device) if self.judge is not None else None
+        return taken, motion, effective
 
     def _taken_args(self, actions: torch.Tensor, taken: torch.Tensor | None) -> dict[str, Any]:
         if taken is None:
@@ -410,6 +503,7 @@ class TeacherStage:
         x0, actions = batch[0], batch[1]  # (latents, actions) alone from callers that bring no extras
         taken = batch[2] if len(batch) > 2 else None
         motion = batch[3] if len(batch) > 3 else None
+        effective = batch[4] if len(batch) > 4 else None
         lc = self.cfg.loss
         context, ctx_sigma, extra = None, None, {}
         if lc.rollout_span > 0 and x0.shape[1] > 2 and float(torch.rand(1, generator=self.gen)) < lc.rollout_prob:
@@ -421,8 +515,15 @@ class TeacherStage:
                 ctx_sigma = torch.zeros(x0.shape[:2], device=x0.device)
                 ctx_sigma[:, span] = lc.generated_sigma
         self._set_prior()
+        if self.judge is not None:
+            self.judge.to(x0.device)  # loaded on the host; a no-op after the first step
         loss, m = teacher_forcing_loss(model, x0, actions, lc, self.cfg.model.null_action, self.gen, context,
-                                       ctx_sigma, motion=motion, **self._taken_args(actions, taken))
+                                       ctx_sigma, motion=motion, judge=self.judge, effective=effective,
+                                       # the sampled judge calls the uncompiled module (its batch and grad
+                                       # mode differ from the compiled step's); under DDP the wrapped one,
+                                       # so that its gradient hooks see every forward
+                                       judge_model=None if self.judge is None or _distributed() else self.wrapped,
+                                       **self._taken_args(actions, taken))
         return loss, {**m, **extra}
 
     @torch.no_grad()
@@ -447,13 +548,52 @@ class TeacherStage:
                     taken_weight=0.0), self.cfg.model.null_action, gen, **self._taken_args(a, taken))
             losses.append((float(loss), m["mse_unweighted"], m.get("taken_acc", float("nan")),
                            m.get("taken_blocked_recall", float("nan"))))
-        model.train(was)
         arr = np.array(losses)
         out = {"heldout_loss": float(arr[:, 0].mean()), "heldout_mse": float(arr[:, 1].mean())}
         if self.cfg.model.pose_taken:
             out["heldout_taken_acc"] = float(arr[:, 2].mean())
             if np.isfinite(arr[:, 3]).any():
                 out["heldout_taken_blocked_recall"] = float(np.nanmean(arr[:, 3]))
+        if self.judge is not None:
+            out.update(self.judge_readout(model))
+        model.train(was)
+        return out
+
+    @torch.no_grad()
+    def judge_readout(self, model: nn.Module, levels: tuple[float, ...] = (0.3, 0.6, 0.9)) -> dict[str, float]:
+        """The action judge's reading of the model's predicted clean frames on the held-out windows, every
+        noisy frame at one noise level (its own fixed noise, apart from the held-out loss's): the share
+        of transitions read as the data's effective action (``heldout_judge_acc_s{level}``) and of those
+        whose effective action is a move, not action 0 (the worlds' no-op; ``..._moves``). Where in the sampling the controls are decided."""
+        model.eval()
+        dev = next(model.parameters()).device
+        self.judge.to(dev)
+        out: dict[str, float] = {}
+        for level in levels:
+            gen = torch.Generator().manual_seed(7)
+            right, n, right_m, n_m = 0, 0, 0, 0
+            for i in range(0, len(self.eval_windows), 16):
+                rows = self.eval_windows[i:i + 16]
+                x0, a = self._clips(rows, dev)
+                eff = self.data.effective(rows, dev)
+                taken = self.data.taken(rows, dev) if self.cfg.model.pose_taken else None
+                sigma = torch.full(x0.shape[:2], level, device=dev)
+                x_t = flow.add_noise(x0, torch.randn(x0.shape, generator=gen).to(dev), sigma)
+                kw = {} if taken is None else {"taken": taken}
+                with autocast(dev, self.cfg.train.precision):
+                    v = model(x0, x_t, sigma, a, torch.zeros_like(sigma), pose_actions=a, **kw)
+                v = v[0] if isinstance(v, tuple) else v
+                x0_hat = flow.x0_from_v(x_t[:, 1:].float(), sigma[:, 1:], v[:, 1:].float())
+                B, F1 = x0_hat.shape[:2]
+                pred = self.judge.logits(x0[:, :-1].reshape(B * F1, *x0.shape[2:]),
+                                         x0_hat.reshape(B * F1, *x0.shape[2:])).argmax(1)
+                y = eff[:, 1:].reshape(-1)
+                ok = pred == y
+                mv = y != 0  # action 0: the world's no-op
+                right, n = right + int(ok.sum()), n + len(y)
+                right_m, n_m = right_m + int((ok & mv).sum()), n_m + int(mv.sum())
+            out[f"heldout_judge_acc_s{level}"] = right / max(n, 1)
+            out[f"heldout_judge_acc_s{level}_moves"] = right_m / n_m if n_m else float("nan")
         return out
 
     def data_state(self) -> dict[str, Any]:
