@@ -117,6 +117,10 @@ class Autoencoder(nn.Module):
         """The encoder's raw output (N, C, h, w) -> normalised latents (what the models read)."""
         return (h - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
 
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> the decoder's input (fp32): the inverse of :meth:`normalize`."""
+        return z.float() * self.latent_std[:, None, None].float() + self.latent_mean[:, None, None].float()
+
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
         """uint8 frames (..., H, W, 3) -> normalised fp32 latents (..., C, h, w) on this model's device,
@@ -142,7 +146,7 @@ class Autoencoder(nn.Module):
         """Normalised latents (N, C, 8, 8) -> images (N, 3, 64, 64) in [-1, 1] (rgb: unclamped;
         palette: each pixel the colour of its most likely palette entry)."""
         # de-normalised in fp32, then in the decoder's own precision (a decoder cast to bf16 for play)
-        z = z.float() * self.latent_std[:, None, None].float() + self.latent_mean[:, None, None].float()
+        z = self.denormalize(z)
         z = z.to(self.decoder.net[0].weight.dtype) if not torch.is_autocast_enabled(z.device.type) else z
         if self.cfg.output == "rgb":
             return self.decoder(z)

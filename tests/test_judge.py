@@ -67,7 +67,7 @@ def test_the_judge_is_frozen_and_its_gradient_teaches_the_frame_the_action():
         judge.ae.decoder.net[-2].weight.mul_(200.0)
     z = x0[:, 1]
     hard, soft = judge.ae.decode(z), judge.soft_image(z * 1.0)
-    sure = judge.ae.decoder(z * judge.ae.latent_std[:, None, None] + judge.ae.latent_mean[:, None, None]).softmax(1)
+    sure = judge.ae.decoder(judge.ae.denormalize(z)).softmax(1)
     mask = (sure.max(1).values > 0.999)[:, None].expand_as(hard)
     assert mask.float().mean() > 0.5
     assert torch.allclose(hard[mask], soft[mask], atol=5e-3)
@@ -151,3 +151,23 @@ def test_the_sampled_judge_reads_half_drawn_frames_and_teaches_the_model():
     assert grads and sum(float(gr.abs().sum()) for gr in grads) > 0
     with pytest.raises(ValueError, match="idm_steps"):
         TeacherLossConfig(idm_steps=1)
+
+
+def test_the_judge_adds_its_weighted_cross_entropy_to_the_teacher_loss():
+    """teacher_forcing_loss with the judge = the flow loss (same noise) + idm_weight * the judge's CE."""
+    from model.transformer import FrameTransformer, TransformerConfig
+    from trainer.stages.teacher import TeacherForcing, TeacherLossConfig, teacher_forcing_loss
+
+    judge = tiny_judge()
+    torch.manual_seed(0)
+    model = TeacherForcing(FrameTransformer(TransformerConfig(latent_channels=4, latent_size=4, width=32, depth=1,
+                                                              heads=2, window=4, num_actions=5)))
+    x0 = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    actions = torch.randint(0, 5, (2, 4), generator=torch.Generator().manual_seed(2))
+    for steps in (0, 4):  # the batch's own predictions, then frames being sampled
+        cfg = TeacherLossConfig(idm_weight=0.5, idm_steps=steps, idm_frames=3, action_dropout=0.0)
+        plain, _ = teacher_forcing_loss(model, x0, actions, cfg, 5, torch.Generator().manual_seed(7))
+        judged, m = teacher_forcing_loss(model, x0, actions, cfg, 5, torch.Generator().manual_seed(7), judge=judge,
+                                         effective=actions)
+        assert m["judge_ce"] > 0
+        assert float(judged) == pytest.approx(float(plain) + 0.5 * m["judge_ce"], rel=1e-5)

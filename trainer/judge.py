@@ -46,8 +46,7 @@ class ActionJudge(nn.Module):
         palette decoder each pixel is the palette's colours weighted by their probabilities (where the
         decoder is sure, the colour :meth:`Autoencoder.decode` picks)."""
         ae = self.ae
-        raw = z.float() * ae.latent_std[:, None, None] + ae.latent_mean[:, None, None]
-        out = ae.decoder(raw)
+        out = ae.decoder(ae.denormalize(z))
         if ae.cfg.output == "rgb":
             return out
         p = out.float().softmax(1)                                   # (N, K, H, W)

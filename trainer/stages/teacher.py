@@ -73,11 +73,10 @@ class TeacherLossConfig:
     idm_frames: int = 4
     idm_max_sigma: float = 1.0
     # idm_steps >= 2: the judge reads the frames the sampler is drawing instead (idm_max_sigma unused: the
-    # stop levels are the grid's), on the batch's first
-    # idm_clips clips: each noisy frame is sampled from pure noise (no grad) along an idm_steps-step
-    # Euler grid, stopped after a random 1..idm_steps-1 steps, and the model's prediction there is
-    # judged, so the loss reaches the moves a sample has already half committed to (0 = the teacher-
-    # forcing batch's own predictions)
+    # stop levels are the grid's), on the batch's first idm_clips clips: each noisy frame is sampled from
+    # pure noise (no grad) along an idm_steps-step Euler grid, stopped after a random 1..idm_steps-1
+    # steps, and the model's prediction there is judged, so the loss reaches the moves a sample has
+    # already half committed to (0 = the teacher-forcing batch's own predictions)
     idm_steps: int = 0
     idm_clips: int = 2
     # the sampled judge's clips cut to their first idm_prefix frames (0 = whole clips): frames drawn
@@ -88,7 +87,7 @@ class TeacherLossConfig:
         if self.idm_weight < 0 or self.idm_frames < 1 or not 0 < self.idm_max_sigma <= 1:
             raise ValueError(f"loss.idm_weight must be >= 0, idm_frames >= 1 and idm_max_sigma in (0, 1]; got "
                              f"{self.idm_weight}, {self.idm_frames}, {self.idm_max_sigma}")
-        if self.idm_steps == 1 or self.idm_steps < 0 or self.idm_clips < 1 or self.idm_prefix in (1,) \
+        if self.idm_steps == 1 or self.idm_steps < 0 or self.idm_clips < 1 or self.idm_prefix == 1 \
                 or self.idm_prefix < 0:
             raise ValueError(f"loss.idm_steps must be 0 (off) or >= 2, idm_clips >= 1 and idm_prefix 0 (whole clips) "
                              f"or >= 2; got {self.idm_steps}, {self.idm_clips}, {self.idm_prefix}")
@@ -241,9 +240,8 @@ def sampled_judge_loss(model: nn.Module, judge: ActionJudge, x0: torch.Tensor, a
     ``cfg.idm_clips`` clips (their first ``cfg.idm_prefix`` frames, if set) start from pure noise beside
     their real context (teacher forcing: every frame is drawn at once, each from the real frames before
     it) and follow the ``cfg.idm_steps``-step Euler grid of the training shift without grad for a
-    random 1..idm_steps-1 steps; the model's clean-frame
-    prediction at that level, with grad, is judged (:func:`trainer.judge.judge_loss`) against the
-    effective actions. Actions are not dropped. Returns (loss, metrics with ``judge_sigma``)."""
+    random 1..idm_steps-1 steps; the model's clean-frame prediction at that level, with grad, is judged
+    (:func:`trainer.judge.judge_loss`) against the effective actions. Actions are not dropped. Returns (loss, metrics with ``judge_sigma``)."""
     B = min(cfg.idm_clips, x0.shape[0])
     P = x0.shape[1] if not cfg.idm_prefix else min(cfg.idm_prefix, x0.shape[1])
     x, a, eff = x0[:B, :P], actions[:B, :P], effective[:B, :P]
