@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,games,minari
 ARGS   ?=
 
-.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-still dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
+.PHONY: setup play test lint bench-engine dataset dataset-revisit dataset-still dataset-random dataset-teacher dataset-lava teacher-report teacher-long teacher-long-curve rl external \
 	dataset-doom-heldout external-report variants variants-long compare stage2 stage2-long stage2-grid clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -55,6 +55,13 @@ dataset-still: setup
 		--policy-arg still_weight=8 --policy-arg blocked_weight=1 \
 		--episodes 160 --steps 256 --seed 5000 --out data/datasets/adventure-still-v0 \
 		$(if $(wildcard data/datasets/adventure-still-v0),--resume)
+
+# Uniform random keys, a new key every step (the long teacher's controls where keys change, as in the
+# evaluation's random-policy episodes), seeds from 20000 (apart from the other datasets).
+dataset-random: setup
+	$(PY) -m world.record --world adventure --policy random \
+		--episodes 160 --steps 256 --seed 20000 --out data/datasets/adventure-random-v0 \
+		$(if $(wildcard data/datasets/adventure-random-v0),--resume)
 
 # The teacher's dataset: twice the episodes (the first 240 are those of `make dataset`).
 dataset-teacher: setup
