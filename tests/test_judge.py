@@ -171,3 +171,44 @@ def test_the_judge_adds_its_weighted_cross_entropy_to_the_teacher_loss():
                                          effective=actions)
         assert m["judge_ce"] > 0
         assert float(judged) == pytest.approx(float(plain) + 0.5 * m["judge_ce"], rel=1e-5)
+
+
+def test_the_judge_reads_frames_drawn_from_the_models_own_rollout(monkeypatch):
+    """loss.idm_rollout_from: the judged clips' frames from that index on are the model's own (streamed
+    without grad from the real frames before it); only frames drawn after a generated one are judged,
+    each against the generated frame before it, and the judge's gradient still reaches the model."""
+    import trainer.stages.teacher as teacher
+    from model.transformer import FrameTransformer, TransformerConfig
+
+    judge = tiny_judge()
+    torch.manual_seed(0)
+    net = FrameTransformer(TransformerConfig(latent_channels=4, latent_size=4, width=32, depth=1, heads=2,
+                                             window=8, num_actions=5))
+    model = teacher.TeacherForcing(net)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(3, 8, 4, 4, 4, generator=g)
+    actions = torch.randint(0, 5, (3, 8), generator=g)
+    own = teacher.own_frames(model, x0[:2], actions[:2], 3, 2, 3.0, torch.Generator().manual_seed(1))
+    assert torch.equal(own[:, :3], x0[:2, :3]) and not torch.allclose(own[:, 3:], x0[:2, 3:])
+    again = teacher.own_frames(net, x0[:2], actions[:2], 3, 2, 3.0, torch.Generator().manual_seed(1))
+    assert torch.equal(own, again)  # the wrapper or the bare transformer, the same frames
+    seen = {}
+    real_loss = teacher.judge_loss
+
+    def spy(judge_, x, x_t, sigma, v, eff, drop, *rest):
+        seen["x"], seen["drop"] = x, drop
+        return real_loss(judge_, x, x_t, sigma, v, eff, drop, *rest)
+
+    monkeypatch.setattr(teacher, "judge_loss", spy)
+    cfg = teacher.TeacherLossConfig(idm_weight=1.0, idm_steps=3, idm_clips=2, idm_frames=8, idm_prefix=6,
+                                    idm_rollout_from=3, idm_rollout_steps=2)
+    loss, m = teacher.sampled_judge_loss(model, judge, x0, actions, actions, cfg, torch.Generator().manual_seed(5))
+    assert seen["x"].shape[:2] == (2, 6)
+    assert torch.equal(seen["x"][:, :3], x0[:2, :3]) and not torch.allclose(seen["x"][:, 3:], x0[:2, 3:6])
+    assert seen["drop"][:, :3].all() and not seen["drop"][:, 3:].any()
+    assert m["judge_ce"] > 0
+    model.zero_grad()
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0
+    with pytest.raises(ValueError, match="idm_rollout_from"):
+        teacher.TeacherLossConfig(idm_steps=4, idm_prefix=4, idm_rollout_from=3)

@@ -82,6 +82,14 @@ class TeacherLossConfig:
     # the sampled judge's clips cut to their first idm_prefix frames (0 = whole clips): frames drawn
     # from a short real history, as the evaluation draws its first frames after 4 context frames
     idm_prefix: int = 0
+    # the sampled judge on the model's own rollouts (0 = off): of each judged clip only the first
+    # idm_rollout_from frames are real; the rest, up to idm_prefix, are the model's own (generated
+    # without grad, idm_rollout_steps Euler steps, the clip's actions, as in rollout_span), and the
+    # judge reads the frames drawn after them, each against the generated frame before it: the
+    # controls idm_prefix - idm_rollout_from steps deep into a rollout, where the evaluation's
+    # 16-step episodes lose them (needs idm_steps >= 2 and idm_prefix > idm_rollout_from + 1)
+    idm_rollout_from: int = 0
+    idm_rollout_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.idm_weight < 0 or self.idm_frames < 1 or not 0 < self.idm_max_sigma <= 1:
@@ -91,6 +99,11 @@ class TeacherLossConfig:
                 or self.idm_prefix < 0:
             raise ValueError(f"loss.idm_steps must be 0 (off) or >= 2, idm_clips >= 1 and idm_prefix 0 (whole clips) "
                              f"or >= 2; got {self.idm_steps}, {self.idm_clips}, {self.idm_prefix}")
+        if self.idm_rollout_from and (self.idm_rollout_from < 1 or self.idm_steps < 2
+                                      or self.idm_prefix < self.idm_rollout_from + 2 or self.idm_rollout_steps < 1):
+            raise ValueError(f"loss.idm_rollout_from {self.idm_rollout_from} needs idm_steps >= 2 (got {self.idm_steps}), "
+                             f"idm_prefix >= idm_rollout_from + 2 (got {self.idm_prefix}) and idm_rollout_steps >= 1 "
+                             f"(got {self.idm_rollout_steps}); set loss.idm_rollout_from: 0 to judge real histories")
         if self.motion_weight < 0:
             raise ValueError(f"loss.motion_weight must be >= 0, got {self.motion_weight}")
         if self.taken_weight < 0:
@@ -247,6 +260,9 @@ def sampled_judge_loss(model: nn.Module, judge: ActionJudge, x0: torch.Tensor, a
     x, a, eff = x0[:B, :P], actions[:B, :P], effective[:B, :P]
     kw = {} if taken is None else {"taken": taken[:B, :P]}
     F = x.shape[1]
+    start = min(cfg.idm_rollout_from, F - 2) if cfg.idm_rollout_from else 0
+    if start:  # frames start.. are the model's own; the judged frames are drawn from them
+        x = own_frames(model, x, a, start, cfg.idm_rollout_steps, cfg.shift, gen, kw.get("taken"))
     grid = [float(g) for g in flow.sigma_grid(cfg.idm_steps + 1, cfg.shift)]
     stop = int(torch.randint(1, cfg.idm_steps, (1,), generator=gen))
     zeros = torch.zeros(B, F, device=x.device)
@@ -262,9 +278,34 @@ def sampled_judge_loss(model: nn.Module, judge: ActionJudge, x0: torch.Tensor, a
             v, _ = velocity(x_t, grid[i])
             x_t = flow.euler_step(x_t, v.float(), grid[i], grid[i + 1])
     v, sigma = velocity(x_t, grid[stop])
-    loss, m = judge_loss(judge, x, x_t, sigma, v, eff, torch.zeros_like(zeros, dtype=torch.bool), cfg.idm_frames,
-                         1.0, gen)
+    # frames up to ``start`` have a real frame before them: left out where the judge reads rollouts
+    skip = torch.zeros_like(zeros, dtype=torch.bool)
+    skip[:, :start] = True
+    loss, m = judge_loss(judge, x, x_t, sigma, v, eff, skip, cfg.idm_frames, 1.0, gen)
     return loss, {**m, "judge_sigma": grid[stop]}
+
+
+def own_frames(model: nn.Module, x: torch.Tensor, actions: torch.Tensor, start: int, steps: int, shift: float,
+               gen: torch.Generator | None = None, taken: torch.Tensor | None = None) -> torch.Tensor:
+    """The clips x (B, F, ...) with frames start.. replaced by the model's own, streamed as at play
+    from the real frames before ``start`` with the clips' actions (``steps`` Euler steps, no guidance,
+    no grad; a ``pose_taken`` model's real frames primed with the data's ``taken``, its own decided by
+    its head). ``model``: a :class:`FrameTransformer` or the :class:`TeacherForcing` (or DDP) wrapping one."""
+    from model.rollout import SamplerConfig, Session
+
+    net = model
+    while not isinstance(net, FrameTransformer):
+        net = getattr(net, "module", None) or net.net
+    B, F = x.shape[:2]
+    sampler = SamplerConfig(kind="euler", steps=steps, shift=shift)
+    with torch.no_grad():
+        session = Session(net, B, x.device, generator=gen, cache="dynamic")
+        session.prime(x[:, :start], actions[:, :start], defer=True,
+                      taken=None if taken is None else taken[:, :start])
+        frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float() for t in range(start, F)]
+    out = x.clone()
+    out[:, start:] = torch.cat(frames, 1)
+    return out
 
 
 def memory_spans(x0: torch.Tensor, clean: torch.Tensor, clean_sigma: torch.Tensor, cfg: TeacherLossConfig,
