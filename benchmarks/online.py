@@ -50,13 +50,19 @@ def collect(world: str, settings: dict[str, Any], policy: Callable[[np.ndarray],
     return out
 
 
-def transitions(dreamer: Any, trajs: Sequence[Trajectory]) -> dict[str, torch.Tensor]:
-    """The latent transitions (z_prev, z, action, reward, terminated) of real trajectories."""
+def transitions(dreamer: Any, trajs: Sequence[Trajectory],
+                encoded: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The latent transitions (z_prev, z, action, reward, terminated) of real trajectories.
+    ``encoded``: the latents of the first trajectories, from an earlier call (each trajectory is
+    encoded alone, so reusing them changes nothing); the ones it lacks are appended to it."""
     zp, zc, a, r, t = [], [], [], [], []
-    for tr in trajs:
+    encoded = [] if encoded is None else encoded
+    for i, tr in enumerate(trajs):
+        if i == len(encoded):
+            encoded.append(dreamer.encode(tr.frames) if len(tr.actions) else torch.zeros(0))
         if not len(tr.actions):
             continue
-        z = dreamer.encode(tr.frames)
+        z = encoded[i]
         zp.append(z[:-1])
         zc.append(z[1:])
         a.append(torch.from_numpy(tr.actions))
@@ -112,6 +118,8 @@ def train_online(cfg: Any, seed: int, make_env: Callable[[], tuple[Any, Any]], m
     ``make_agent(sb3_env) -> PPO``; ``cfg`` an RLConfig with its ``online`` section."""
     import time
 
+    from world.log import get_logger
+
     o = cfg.online
     venv, env = make_env()
     env.seed(seed)
@@ -119,6 +127,7 @@ def train_online(cfg: Any, seed: int, make_env: Callable[[], tuple[Any, Any]], m
     reals = round_budgets(o.real_steps, o.rounds)
     dreams = round_budgets(cfg.train.timesteps, o.rounds)
     trajs: list[Trajectory] = []
+    encoded: list[torch.Tensor] = []  # the trajectories' latents, encoded once across the rounds
     rounds = []
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -132,12 +141,15 @@ def train_online(cfg: Any, seed: int, make_env: Callable[[], tuple[Any, Any]], m
         new = collect(cfg.world, settings, policy, real_k, cfg.train.episode_steps,
                       COLLECT_SEED_BASE + 10_000 * seed + 1_000 * k)
         trajs += new
-        heads = finetune_heads(venv.dreamer.heads, transitions(venv.dreamer, trajs), o.head_steps, o.head_lr,
+        heads = finetune_heads(venv.dreamer.heads, transitions(venv.dreamer, trajs, encoded), o.head_steps, o.head_lr,
                                seed=seed + k)
         venv.set_start_frames(np.concatenate([tr.frames for tr in trajs]))
         model.learn(total_timesteps=dream_k, reset_num_timesteps=k == 0)
         rounds.append({"real_steps": int(sum(len(t.actions) for t in new)), "dream_steps": dream_k,
                        "real_pickups": int(sum((t.rewards > 0).sum() for t in new)), "heads": heads})
+        get_logger().info(f"[rl] online seed {seed}: round {k + 1}/{len(reals)} done ({rounds[-1]['real_steps']} real "
+                          f"steps, {rounds[-1]['real_pickups']} pickups, {dream_k} dream steps; "
+                          f"{time.perf_counter() - t0:.0f} s)")
     wall = time.perf_counter() - t0
     env.close()
     real_steps = sum(r["real_steps"] for r in rounds)

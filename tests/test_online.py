@@ -27,6 +27,35 @@ def test_collection_plays_exactly_its_budget_on_training_seeds():
     assert all(len(t.frames) == len(t.actions) + 1 for t in trajs)
 
 
+def test_transitions_encode_each_trajectory_once_across_rounds():
+    """The online rounds pass their growing trajectory list again: earlier latents are reused, only
+    the new trajectories are encoded, and the transitions are the same as encoding all afresh."""
+    from benchmarks.transfer import Trajectory
+
+    class Counting:
+        calls = 0
+
+        def encode(self, frames: np.ndarray) -> torch.Tensor:
+            Counting.calls += 1
+            return torch.from_numpy(frames.astype(np.float32)).mean(-1)[:, None]
+
+    rng = np.random.default_rng(0)
+
+    def traj(t: int) -> Trajectory:
+        return Trajectory(0, rng.integers(0, 255, (t + 1, 4, 4, 3), dtype=np.uint8), rng.integers(0, 5, t),
+                          rng.random(t), np.zeros(t, dtype=bool))
+
+    trajs = [traj(5), traj(0), traj(3)]
+    enc: list[torch.Tensor] = []
+    first = online.transitions(Counting(), trajs, enc)
+    assert Counting.calls == 2 and len(enc) == 3 and len(first["action"]) == 8
+    trajs.append(traj(4))
+    again = online.transitions(Counting(), trajs, enc)
+    assert Counting.calls == 3                          # only the new trajectory was encoded
+    fresh = online.transitions(Counting(), trajs)
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh) and len(fresh["z"]) == 12
+
+
 def test_finetuning_the_heads_lowers_their_loss_on_real_transitions():
     from model.heads import HeadsConfig, RewardHeads
 
