@@ -286,25 +286,28 @@ def sampled_judge_loss(model: nn.Module, judge: ActionJudge, x0: torch.Tensor, a
 
 
 def own_frames(model: nn.Module, x: torch.Tensor, actions: torch.Tensor, start: int, steps: int, shift: float,
-               gen: torch.Generator | None = None, taken: torch.Tensor | None = None) -> torch.Tensor:
-    """The clips x (B, F, ...) with frames start.. replaced by the model's own, streamed as at play
-    from the real frames before ``start`` with the clips' actions (``steps`` Euler steps, no guidance,
-    no grad; a ``pose_taken`` model's real frames primed with the data's ``taken``, its own decided by
-    its head). ``model``: a :class:`FrameTransformer` or the :class:`TeacherForcing` (or DDP) wrapping one."""
+               gen: torch.Generator | None = None, taken: torch.Tensor | None = None, end: int | None = None,
+               context_sigma: float = 0.0) -> torch.Tensor:
+    """The clips x (B, F, ...) with frames start..end (default: to the clip's end) replaced by the
+    model's own, streamed as at play from the real frames before ``start`` with the clips' actions
+    (``steps`` Euler steps, no guidance, no grad; each entered into the cache at ``context_sigma``; a
+    ``pose_taken`` model's real frames primed with the data's ``taken``, its own decided by its head).
+    ``model``: a :class:`FrameTransformer` or the :class:`TeacherForcing` (or DDP) wrapping one."""
     from model.rollout import SamplerConfig, Session
 
     net = model
     while not isinstance(net, FrameTransformer):
         net = getattr(net, "module", None) or net.net
     B, F = x.shape[:2]
-    sampler = SamplerConfig(kind="euler", steps=steps, shift=shift)
-    with torch.no_grad():
+    end = F if end is None else end
+    sampler = SamplerConfig(kind="euler", steps=steps, shift=shift, context_sigma=context_sigma)
+    with torch.no_grad():  # the transformer has no train-only layers: no eval() switch needed
         session = Session(net, B, x.device, generator=gen, cache="dynamic")
         session.prime(x[:, :start], actions[:, :start], defer=True,
                       taken=None if taken is None else taken[:, :start])
-        frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float() for t in range(start, F)]
+        frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float() for t in range(start, end)]
     out = x.clone()
-    out[:, start:] = torch.cat(frames, 1)
+    out[:, start:end] = torch.cat(frames, 1)
     return out
 
 
@@ -336,21 +339,13 @@ def rollout_span(net: FrameTransformer, x0: torch.Tensor, actions: torch.Tensor,
     ``rollout_span // 2``..``rollout_span`` (at most F - 2); at least one real frame comes before it
     and one after it. ``taken`` (B, F): a ``pose_taken`` model's real context frames enter with the
     data's taken moves, as in the loss. Returns (context, start, length)."""
-    from model.rollout import SamplerConfig, Session
 
-    B, F = x0.shape[:2]
+    F = x0.shape[1]
     hi = min(cfg.rollout_span, F - 2)
     length = int(torch.randint(max(1, min(hi, cfg.rollout_span // 2)), hi + 1, (1,), generator=gen))
     start = int(torch.randint(1, F - length, (1,), generator=gen))
-    sampler = SamplerConfig(kind="euler", steps=cfg.rollout_steps, shift=cfg.shift, context_sigma=cfg.generated_sigma)
-    with torch.no_grad():  # the transformer has no train-only layers: no eval() switch needed
-        session = Session(net, B, x0.device, generator=gen, cache="dynamic")
-        session.prime(x0[:, :start], actions[:, :start], defer=True,
-                      taken=None if taken is None else taken[:, :start])
-        frames = [session.generate(actions[:, t:t + 1], sampler, fuse=True).float()
-                  for t in range(start, start + length)]
-    context = x0.clone()
-    context[:, start:start + length] = torch.cat(frames, 1)
+    context = own_frames(net, x0, actions, start, cfg.rollout_steps, cfg.shift, gen, taken, end=start + length,
+                         context_sigma=cfg.generated_sigma)
     return context, start, length
 
 
